@@ -1,0 +1,255 @@
+"""`parallalx`: the command line for headless devices and scripts.
+
+It speaks to the local Jupyter server's REST API, exactly like the panel, widgets and magics, so
+no behaviour lives only here. The server is found from `--url`/`--token`, the environment
+(`PARALLALX_URL`, `PARALLALX_TOKEN`) or the `server.json` the extension writes into its home.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from .client import ServerNotFound, find_server
+
+EXIT_USAGE = 2
+EXIT_API = 1
+
+
+class CliError(Exception):
+    pass
+
+
+def _api(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
+    url, token = args.server
+    request = urllib.request.Request(
+        f"{url.rstrip('/')}/parallalx/api/{path}",
+        data=None if body is None and method == "GET" else json.dumps(body or {}).encode(),
+        method=method,
+        headers={"Authorization": f"token {token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=args.timeout) as response:
+            return json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as err:
+        try:
+            message = json.loads(err.read()).get("error", err.reason)
+        except ValueError:
+            message = err.reason
+        raise CliError(f"{message} (HTTP {err.code})") from None
+    except urllib.error.URLError as err:
+        raise CliError(f"cannot reach the Jupyter server at {url}: {err.reason}") from None
+
+
+def _ago(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    delta = ts - time.time()
+    if delta > 0:
+        return f"in {int(delta // 60)}m{int(delta % 60):02d}s"
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    if not rows:
+        return "(none)"
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(h).ljust(w) for h, w in zip(header, widths, strict=True))]
+    for row in rows:
+        lines.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
+    return "\n".join(lines)
+
+
+def _show_request(r: dict[str, Any]) -> str:
+    code = r.get("code")
+    pretty = f"{code[:3]} {code[3:]}" if code else "-"
+    asks = r.get("asks") or {}
+    return "\n".join([
+        f"request {r['id']} ({r['direction']} {r['kind']}): {r['state']}",
+        f"  peer:    {r['peer']['name']}  [{r['peer']['id_display']}]",
+        f"  asks:    {asks.get('purpose', '')}"
+        + "".join(f", {k}={v}" for k, v in asks.items() if k != "purpose" and v is not None),
+        f"  code:    {pretty}   (must match the code on the other device)",
+        f"  expires: {_ago(r.get('expires_at'))}",
+    ])
+
+
+def cmd_device(args: argparse.Namespace) -> Any:
+    info = _api(args, "GET", "device" + ("?refresh=true" if args.refresh else ""))
+    if args.json:
+        return info
+    p = info["profile"]
+    acc = p.get("accelerators") or {}
+    gpus = ", ".join(d["name"] for d in acc.get("cuda", [])) or ("MPS" if acc.get("mps") else "-")
+    return "\n".join([
+        f"name:       {info['name']}",
+        f"device ID:  {info['id_display']}",
+        f"peer URLs:  {', '.join(info['peer_urls'])}",
+        f"resources:  {p['cpu_cores']} cores, {p['memory_bytes'] / 2**30:.1f} GiB, GPUs: {gpus}",
+        f"os:         {p['os']} ({p['machine']}), Python {p['python']}",
+    ])
+
+
+def _asks(args: argparse.Namespace) -> dict[str, Any]:
+    asks: dict[str, Any] = {}
+    if args.purpose:
+        asks["purpose"] = args.purpose
+    for field in ("nthreads", "memory_limit_gb", "gpus", "duration_hours"):
+        value = getattr(args, field)
+        if value is not None:
+            asks[field] = value
+    return asks
+
+
+def cmd_invite(args: argparse.Namespace) -> Any:
+    result = _api(args, "POST", "invitations", {
+        "url": args.peer_url, "kind": "offer" if args.offer else "invite", "asks": _asks(args),
+    })
+    if args.json:
+        return result
+    return _show_request(result) + "\nWaiting for the other device's user to decide."
+
+
+def cmd_requests(args: argparse.Namespace) -> Any:
+    query = {"state": "all" if args.all else "open"}
+    if args.direction:
+        query["direction"] = args.direction
+    rows = _api(args, "GET", "requests?" + urllib.parse.urlencode(query))
+    if args.json:
+        return rows
+    return "\n\n".join(_show_request(r) for r in rows) or "(no requests)"
+
+
+def cmd_decide(args: argparse.Namespace) -> Any:
+    rid = urllib.parse.quote(args.request_id, safe="")
+    if args.command == "accept":
+        body: dict[str, Any] = {}
+        if args.kernel:
+            body["kernel"] = args.kernel
+        result = _api(args, "POST", f"requests/{rid}/accept", body)
+    else:
+        result = _api(args, "POST", f"requests/{rid}/reject", {"reason": args.reason})
+    return result if args.json else _show_request(result)
+
+
+def cmd_devices(args: argparse.Namespace) -> Any:
+    rows = _api(args, "GET", "devices")
+    if args.json:
+        return rows
+    return _table(
+        [[d["name"], d["id_display"][:15] + "…", d["role"], d["state"], _ago(d["paired_at"])]
+         for d in rows],
+        ["NAME", "DEVICE ID", "ROLE", "STATE", "PAIRED"],
+    )
+
+
+def cmd_revoke(args: argparse.Namespace) -> Any:
+    devices = _api(args, "GET", "devices")
+    target = args.device.replace("-", "").upper()
+    matches = [d for d in devices if d["id"].startswith(target) or d["name"] == args.device]
+    if not matches and len(target) >= 52:
+        matches = [d for d in devices if d["id"] == target[:52]]
+    if len(matches) != 1:
+        raise CliError(
+            f"no paired device matches {args.device!r}" if not matches
+            else f"{args.device!r} matches {len(matches)} devices; give more of the ID"
+        )
+    result = _api(args, "POST", f"devices/{matches[0]['id']}/revoke")
+    return result if args.json else f"revoked {result['name']} [{result['id_display']}]"
+
+
+def cmd_demo(args: argparse.Namespace) -> Any:
+    from .demo import run_demo
+
+    return run_demo(devices=args.devices, workdir=args.workdir, as_json=args.json)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="parallalx", description="Pool your computers into one PyTorch training cluster."
+    )
+    parser.add_argument("--url", help="Jupyter server URL (default: from --home's server.json)")
+    parser.add_argument("--token", help="Jupyter server token")
+    parser.add_argument("--home", help="device state dir (env PARALLALX_HOME)")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per API call")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("device", help="show this device")
+    p.add_argument("--refresh", action="store_true", help="re-probe CPUs, memory and GPUs")
+    p.set_defaults(func=cmd_device)
+
+    p = sub.add_parser("invite", help="send a connection request to another device")
+    p.add_argument("peer_url", help="the other device's peer address, e.g. https://host:8476")
+    p.add_argument("--offer", action="store_true",
+                   help="offer this device as a worker instead of inviting the peer")
+    p.add_argument("--purpose", help="what the workers will be used for")
+    p.add_argument("--nthreads", type=int)
+    p.add_argument("--memory-limit-gb", dest="memory_limit_gb", type=float)
+    p.add_argument("--gpus", type=int)
+    p.add_argument("--duration-hours", dest="duration_hours", type=float)
+    p.set_defaults(func=cmd_invite)
+
+    p = sub.add_parser("requests", help="list connection requests")
+    p.add_argument("--all", action="store_true", help="include decided and expired ones")
+    p.add_argument("--direction", choices=["incoming", "outgoing"])
+    p.set_defaults(func=cmd_requests)
+
+    p = sub.add_parser("accept", help="accept a connection request")
+    p.add_argument("request_id")
+    p.add_argument("--kernel", help="kernelspec the worker runs in")
+    p.set_defaults(func=cmd_decide)
+
+    p = sub.add_parser("reject", help="reject a connection request")
+    p.add_argument("request_id")
+    p.add_argument("--reason")
+    p.set_defaults(func=cmd_decide)
+
+    p = sub.add_parser("devices", help="list paired devices")
+    p.set_defaults(func=cmd_devices)
+
+    p = sub.add_parser("revoke", help="revoke a paired device (stop sharing)")
+    p.add_argument("device", help="device ID (a unique prefix is enough) or name")
+    p.set_defaults(func=cmd_revoke)
+
+    p = sub.add_parser("demo", help="the local multi-device demo (starts its own devices)")
+    p.add_argument("--devices", type=int, default=3)
+    p.add_argument("--workdir", help="where the demo devices keep their state")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command != "demo":
+            home = Path(args.home).expanduser() if args.home else None
+            args.server = find_server(
+                url=args.url or os.environ.get("PARALLALX_URL"),
+                token=args.token or os.environ.get("PARALLALX_TOKEN"),
+                home=home,
+            )
+        result = args.func(args)
+    except (CliError, ServerNotFound) as err:
+        print(f"parallalx: error: {err}", file=sys.stderr)
+        return EXIT_API
+    except KeyboardInterrupt:
+        return 130
+    if args.json and not isinstance(result, str):
+        print(json.dumps(result, indent=2))
+    elif result is not None:
+        print(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

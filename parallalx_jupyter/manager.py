@@ -1,0 +1,559 @@
+"""The device manager: pairing flows in both directions as a pure-asyncio object.
+
+Handlers (local REST and the peer listener) stay thin and call into this; it owns the rules
+(who may ask what, which state transitions exist, what each side learns) and speaks to storage,
+peers and the event logger through the objects it is given.
+
+Request states: `handshake` (opened, code not yet fixed) -> `pending` (code shown, waiting for
+the receiving user) -> `accepted` | `rejected` | `expired` | `superseded`.
+Device states: `paired`, `revoked` (by this device), `revoked_by_peer`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ._version import __version__
+from .identity import DeviceIdentity, device_id_from_public_der, display_device_id
+from .pairing import (
+    NAME_MAX,
+    Opened,
+    ProtocolError,
+    clean_asks,
+    clean_text,
+    commitment,
+    new_nonce,
+    open_envelope,
+    seal,
+    verification_code,
+)
+from .peer_client import PeerClient, PeerError, normalise_peer_url
+from .profile import ProfileCache
+from .store import Store
+
+log = logging.getLogger("parallalx_jupyter")
+
+Emit = Callable[[str, dict[str, Any]], None]
+
+
+class ApiError(Exception):
+    """An error for the local API: HTTP status plus a message for the user."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class PairingSettings:
+    device_name: str
+    request_ttl: float = 600.0
+    clock_skew: float = 300.0
+    max_pending: int = 50
+    max_pending_per_ip: int = 5
+    poll_interval: float = 2.0
+    peer_port: int = 0
+    demo_auto_accept: bool = False
+
+
+def _role_for(kind: str, direction: str) -> str:
+    """The role the *peer* takes once a request is accepted. An invite asks the receiver to run
+    workers for the sender; an offer is the reverse."""
+    sender_is_main = kind == "invite"
+    peer_is_sender = direction == "incoming"
+    return "main" if sender_is_main == peer_is_sender else "worker"
+
+
+class DeviceManager:
+    def __init__(
+        self,
+        identity: DeviceIdentity,
+        store: Store,
+        settings: PairingSettings,
+        emit: Emit,
+        profile: ProfileCache | None = None,
+    ) -> None:
+        self.identity = identity
+        self.store = store
+        self.settings = settings
+        self.emit = emit
+        self.profile = profile or ProfileCache()
+        self.peers = PeerClient()
+        self.peer_urls: list[str] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Start the background loop (expiry, outcome polling, nonce purge)."""
+        if self._loop_task is None:
+            self._loop_task = asyncio.ensure_future(self._background())
+
+    async def stop(self) -> None:
+        tasks = list(self._tasks)
+        if self._loop_task is not None:
+            tasks.append(self._loop_task)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._loop_task = None
+        self.peers.close()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _background(self) -> None:
+        idle = 0
+        while True:
+            try:
+                await self.sweep()
+                busy = await self._poll_outgoing()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # keep the loop alive; the next round retries
+                log.exception("parallalx background round failed")
+                busy = False
+            idle = 0 if busy else min(idle + 1, 5)
+            delay = self.settings.poll_interval * (1 + idle)
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), delay)
+            except asyncio.TimeoutError:
+                pass
+
+    async def sweep(self) -> None:
+        now = time.time()
+        for row in await self.store.expire_requests(now):
+            self._emit_decided(row, "expired")
+        await self.store.purge_nonces(now)
+
+    # ------------------------------------------------------------------ views
+
+    async def device_info(self, refresh: bool = False) -> dict[str, Any]:
+        profile = await self.profile.get(refresh=refresh) if refresh else self.profile.peek()
+        return {
+            "id": self.identity.device_id,
+            "id_display": self.identity.display_id,
+            "name": self.settings.device_name,
+            "peer_urls": self.peer_urls,
+            "version": __version__,
+            "profile": profile,
+        }
+
+    @staticmethod
+    def request_view(row: dict[str, Any]) -> dict[str, Any]:
+        show_code = row["state"] in ("pending", "accepted")
+        return {
+            "id": row["id"],
+            "direction": row["direction"],
+            "kind": row["kind"],
+            "state": row["state"],
+            "peer": {
+                "id": row["peer_id"],
+                "id_display": display_device_id(row["peer_id"]),
+                "name": row["peer_name"],
+                "url": row["peer_url"],
+            },
+            "asks": row["asks"],
+            "code": row["code"] if show_code else None,
+            "created_at": row["created_at"],
+            "expires_at": row["expires_at"],
+            "decided_at": row["decided_at"],
+        }
+
+    @staticmethod
+    def device_view(row: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "id": row["id"],
+            "id_display": display_device_id(row["id"]),
+            "name": row["name"],
+            "role": row["role"],
+            "state": row["state"],
+            "peer_url": row["peer_url"],
+            "request_id": row["request_id"],
+            "paired_at": row["paired_at"],
+            "updated_at": row["updated_at"],
+            "last_seen": row["last_seen"],
+        }
+
+    async def list_requests(
+        self, direction: str | None = None, state: str | None = None
+    ) -> list[dict[str, Any]]:
+        await self.sweep()
+        states: tuple[str, ...] | None = None
+        if state == "open":
+            states = ("pending",)
+        elif state and state != "all":
+            states = (state,)
+        rows = await self.store.list_requests(direction=direction, states=states)
+        return [self.request_view(r) for r in rows if r["state"] != "handshake"]
+
+    async def get_request(self, request_id: str) -> dict[str, Any]:
+        await self.sweep()
+        row = await self.store.get_request(request_id)
+        if row is None or row["state"] == "handshake":
+            raise ApiError(404, f"no request with ID {request_id!r}")
+        return self.request_view(row)
+
+    async def list_devices(self) -> list[dict[str, Any]]:
+        rows = await self.store.list_devices()
+        grants = await self.store.list_grants()
+        current = {g["device_id"]: g for g in grants if g["revoked_at"] is None}
+        out = []
+        for row in rows:
+            view = self.device_view(row)
+            grant = current.get(row["id"])
+            view["grant"] = (
+                {"asks": grant["asks"], "selection": grant["selection"]} if grant else None
+            )
+            out.append(view)
+        return out
+
+    async def get_device(self, device_id: str) -> dict[str, Any]:
+        for device in await self.list_devices():
+            if device["id"] == device_id:
+                return device
+        raise ApiError(404, f"no paired device with ID {device_id!r}")
+
+    # ------------------------------------------------------------------ local decisions
+
+    async def decide(
+        self, request_id: str, accept: bool, selection: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        await self.sweep()
+        row = await self.store.get_request(request_id)
+        if row is None or row["state"] == "handshake":
+            raise ApiError(404, f"no request with ID {request_id!r}")
+        if row["direction"] != "incoming":
+            raise ApiError(409, "only the receiving device decides a request")
+        if row["state"] != "pending":
+            raise ApiError(409, f"request is already {row['state']}")
+        now = time.time()
+        decision = "accepted" if accept else "rejected"
+        device = None
+        if accept:
+            device = {
+                "id": row["peer_id"],
+                "name": row["peer_name"],
+                "public_key": row["peer_key"],
+                "peer_url": row["peer_url"],
+                "role": _role_for(row["kind"], "incoming"),
+                "request_id": row["id"],
+                "asks": row["asks"],
+                "selection": selection or {},
+            }
+        if not await self.store.decide(request_id, decision, now, selection, device):
+            latest = await self.store.get_request(request_id)
+            state = latest["state"] if latest else "gone"
+            raise ApiError(409, f"request is already {state}")
+        row = await self.store.get_request(request_id)
+        assert row is not None
+        self._emit_decided(row, decision)
+        if device is not None:
+            self.emit("device-added", {
+                "peer_id": device["id"], "peer_name": device["name"], "role": device["role"]
+            })
+        if row["peer_url"]:
+            self._spawn(self._notify(row["peer_url"], row["peer_id"], "request.decided", {
+                "request_id": row["id"], "state": decision,
+            }))
+        return self.request_view(row)
+
+    async def revoke(self, device_id: str) -> dict[str, Any]:
+        row = await self.store.get_device(device_id)
+        if row is None:
+            raise ApiError(404, f"no paired device with ID {device_id!r}")
+        if row["state"] == "revoked":
+            raise ApiError(409, "device is already revoked")
+        now = time.time()
+        if not await self.store.set_device_state(
+            device_id, "revoked", now, only_if=("paired", "revoked_by_peer")
+        ):
+            raise ApiError(409, "device is already revoked")
+        self.emit("device-revoked", {"peer_id": device_id, "peer_name": row["name"], "by": "self"})
+        if row["peer_url"] and row["state"] == "paired":
+            self._spawn(self._notify(row["peer_url"], device_id, "device.revoked", {}))
+        return await self.get_device(device_id)
+
+    # ------------------------------------------------------------------ outgoing requests
+
+    async def send_request(
+        self, url: str, kind: str = "invite", asks: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Open a request on a peer and run commit-then-reveal; returns our outgoing request with
+        the verification code the user compares with the peer's screen."""
+        if kind not in ("invite", "offer"):
+            raise ApiError(400, "kind must be 'invite' or 'offer'")
+        try:
+            base = normalise_peer_url(url)
+            clean = clean_asks(asks or {})
+        except PeerError as err:
+            raise ApiError(err.status, err.message) from None
+        except ProtocolError as err:
+            raise ApiError(400, err.message) from None
+        try:
+            hello = await self.peers.call(base, "/hello")
+            peer_key, peer_id, peer_name = self._check_hello(hello)
+            if peer_id == self.identity.device_id:
+                raise ApiError(400, "that address is this device's own peer listener")
+            opened = await self._exchange(base, peer_id, "request.open", {
+                "kind": kind,
+                "name": self.settings.device_name,
+                "asks": clean,
+                "reply_port": self.settings.peer_port or None,
+            })
+            request_id = opened.body.get("request_id")
+            their_commit = opened.body.get("commitment")
+            if not isinstance(request_id, str) or not isinstance(their_commit, str):
+                raise PeerError("peer sent an incomplete response")
+            my_nonce = new_nonce()
+            revealed = await self._exchange(base, peer_id, "request.reveal", {
+                "request_id": request_id, "nonce": my_nonce,
+            })
+        except PeerError as err:
+            raise ApiError(err.status, err.message) from None
+        their_nonce = revealed.body.get("nonce")
+        if not isinstance(their_nonce, str) or len(their_nonce) != 64:
+            raise ApiError(502, "peer sent an incomplete reveal")
+        try:
+            ok = commitment(peer_key, self.identity.public_der, their_nonce) == their_commit
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ApiError(
+                502, "peer's nonce does not match its commitment: possible man in the middle; "
+                     "the request was abandoned"
+            )
+        code = verification_code(self.identity.public_der, peer_key, my_nonce, their_nonce)
+        now = time.time()
+        expires = revealed.body.get("expires_at")
+        expires_at = min(
+            now + self.settings.request_ttl,
+            float(expires) if isinstance(expires, int | float) else now + self.settings.request_ttl,
+        )
+        row = {
+            "id": request_id, "direction": "outgoing", "kind": kind, "peer_id": peer_id,
+            "peer_name": peer_name, "peer_key": peer_key, "peer_url": base, "source_ip": None,
+            "asks": clean, "state": "pending", "code": code, "my_nonce": my_nonce,
+            "peer_nonce": their_nonce, "commitment": their_commit, "created_at": now,
+            "expires_at": expires_at, "decided_at": None, "reason": None,
+        }
+        existing = await self.store.get_request(request_id)
+        if existing is not None:
+            raise ApiError(409, "peer reused a request ID; try again")
+        await self.store.insert_request(row, supersede=True)
+        self._wake.set()
+        return self.request_view(row)
+
+    def _check_hello(self, hello: Any) -> tuple[bytes, str, str]:
+        if not isinstance(hello, dict):
+            raise PeerError("peer sent an invalid hello")
+        try:
+            key = base64.b64decode(str(hello.get("public_key", "")), validate=True)
+        except ValueError:
+            raise PeerError("peer sent an invalid public key") from None
+        peer_id = hello.get("device_id")
+        if not key or device_id_from_public_der(key) != peer_id:
+            raise PeerError("peer's public key does not match its device ID")
+        return key, str(peer_id), clean_text(str(hello.get("name", "")), NAME_MAX) or "unnamed"
+
+    async def _exchange(
+        self, base: str, peer_id: str, msg_type: str, body: dict[str, Any], path: str | None = None
+    ) -> Opened:
+        """Send a signed message and verify the signed response is the peer's answer to it."""
+        envelope = seal(self.identity, msg_type, peer_id, body, time.time())
+        paths = {
+            "request.open": "/requests",
+            "request.reveal": f"/requests/{body.get('request_id')}/reveal",
+            "request.status": f"/requests/{body.get('request_id')}/status",
+        }
+        raw = await self.peers.call(base, path or paths.get(msg_type, "/notify"), envelope)
+        try:
+            opened = open_envelope(
+                raw, receiver_id=self.identity.device_id, now=time.time(),
+                skew=self.settings.clock_skew, expected_type="response", expected_sender=peer_id,
+            )
+        except ProtocolError as err:
+            raise PeerError(f"peer's response failed verification: {err.message}") from None
+        if opened.in_reply_to != envelope["payload"]["nonce"]:
+            raise PeerError("peer's response answers a different message")
+        return opened
+
+    async def _notify(self, base: str, peer_id: str, msg_type: str, body: dict[str, Any]) -> None:
+        """Best-effort push; the peer also polls, so a failure here only delays its news."""
+        try:
+            await self._exchange(base, peer_id, msg_type, body, path="/notify")
+        except PeerError as err:
+            log.info("could not notify %s: %s", base, err.message)
+
+    async def _poll_outgoing(self) -> bool:
+        rows = await self.store.list_requests(direction="outgoing", states=("pending",))
+        for row in rows:
+            try:
+                opened = await self._exchange(
+                    row["peer_url"], row["peer_id"], "request.status", {"request_id": row["id"]}
+                )
+            except PeerError:
+                continue
+            state = opened.body.get("state")
+            if state in ("accepted", "rejected", "expired", "superseded"):
+                await self._record_outcome(row, state)
+        return bool(rows)
+
+    async def _record_outcome(self, row: dict[str, Any], state: str) -> None:
+        device = None
+        if state == "accepted":
+            device = {
+                "id": row["peer_id"], "name": row["peer_name"], "public_key": row["peer_key"],
+                "peer_url": row["peer_url"], "role": _role_for(row["kind"], "outgoing"),
+                "request_id": row["id"], "asks": row["asks"],
+            }
+        if await self.store.record_outcome(row["id"], state, time.time(), device):
+            self._emit_decided(row, state)
+            if device is not None:
+                self.emit("device-added", {
+                    "peer_id": device["id"], "peer_name": device["name"], "role": device["role"]
+                })
+
+    # ------------------------------------------------------------------ peer listener side
+
+    async def check_nonce(self, opened: Opened) -> None:
+        keep_until = opened.ts + 2 * self.settings.clock_skew
+        if not await self.store.use_nonce(opened.sender_id, opened.nonce, keep_until):
+            raise ProtocolError(409, "nonce already used (replay)")
+
+    def respond(self, opened: Opened, body: dict[str, Any]) -> dict[str, Any]:
+        return seal(self.identity, "response", opened.sender_id, body, time.time(),
+                    in_reply_to=opened.nonce)
+
+    def hello(self) -> dict[str, Any]:
+        return {
+            "device_id": self.identity.device_id,
+            "name": self.settings.device_name,
+            "public_key": self.identity.public_b64,
+            "protocol": 1,
+        }
+
+    async def handle_open(self, opened: Opened, source_ip: str) -> dict[str, Any]:
+        body = opened.body
+        asks = clean_asks(body["asks"])
+        if await self.store.count_open() >= self.settings.max_pending:
+            raise ProtocolError(429, "this device has too many open requests; try later")
+        if await self.store.count_open(source_ip) >= self.settings.max_pending_per_ip:
+            raise ProtocolError(429, "too many open requests from your address; try later")
+        now = time.time()
+        my_nonce = new_nonce()
+        reply_port = body.get("reply_port")
+        host = f"[{source_ip}]" if ":" in source_ip else source_ip
+        row = {
+            "id": secrets.token_urlsafe(12),
+            "direction": "incoming",
+            "kind": body["kind"],
+            "peer_id": opened.sender_id,
+            "peer_name": clean_text(body["name"], NAME_MAX) or "unnamed",
+            "peer_key": opened.sender_key,
+            "peer_url": f"https://{host}:{reply_port}" if reply_port else None,
+            "source_ip": source_ip,
+            "asks": asks,
+            "state": "handshake",
+            "code": None,
+            "my_nonce": my_nonce,
+            "peer_nonce": None,
+            "commitment": commitment(self.identity.public_der, opened.sender_key, my_nonce),
+            "created_at": now,
+            "expires_at": now + self.settings.request_ttl,
+            "decided_at": None,
+            "reason": None,
+        }
+        for old_id in await self.store.insert_request(row, supersede=True):
+            old = await self.store.get_request(old_id)
+            if old is not None and old["code"] is not None:
+                self._emit_decided(old, "superseded")
+        return {"request_id": row["id"], "commitment": row["commitment"],
+                "expires_at": row["expires_at"]}
+
+    async def _own_incoming(self, opened: Opened) -> dict[str, Any]:
+        row = await self.store.get_request(opened.body["request_id"])
+        if row is None or row["direction"] != "incoming" or row["peer_id"] != opened.sender_id:
+            raise ProtocolError(404, "no such request")
+        return row
+
+    async def handle_reveal(self, opened: Opened) -> dict[str, Any]:
+        row = await self._own_incoming(opened)
+        if row["state"] != "handshake":
+            raise ProtocolError(409, f"request is {row['state']}")
+        code = verification_code(
+            opened.sender_key, self.identity.public_der, opened.body["nonce"], row["my_nonce"]
+        )
+        updated = await self.store.update_request(
+            row["id"], {"state": "pending", "code": code, "peer_nonce": opened.body["nonce"]},
+            only_if_state=("handshake",),
+        )
+        if not updated:
+            raise ProtocolError(409, "request is no longer open")
+        self.emit("request-received", {
+            "request_id": row["id"], "kind": row["kind"], "peer_id": row["peer_id"],
+            "peer_name": row["peer_name"], "expires_at": row["expires_at"],
+        })
+        if self.settings.demo_auto_accept:
+            self._spawn(self._demo_accept(row["id"]))
+        return {"request_id": row["id"], "nonce": row["my_nonce"], "expires_at": row["expires_at"]}
+
+    async def _demo_accept(self, request_id: str) -> None:
+        """Demo-only: stands in for the user clicking Accept. Off unless configured."""
+        await asyncio.sleep(0.2)
+        try:
+            await self.decide(request_id, accept=True, selection={"auto_accepted": True})
+        except ApiError as err:
+            log.info("demo auto-accept of %s skipped: %s", request_id, err.message)
+
+    async def handle_status(self, opened: Opened) -> dict[str, Any]:
+        await self.sweep()
+        row = await self._own_incoming(opened)
+        return {"request_id": row["id"], "state": row["state"], "decided_at": row["decided_at"]}
+
+    async def handle_notify(self, opened: Opened) -> dict[str, Any]:
+        if opened.type == "request.decided":
+            row = await self.store.get_request(opened.body["request_id"])
+            if row is None or row["direction"] != "outgoing" or row["peer_id"] != opened.sender_id:
+                raise ProtocolError(404, "no such request")
+            await self._record_outcome(row, opened.body["state"])
+            return {"ok": True}
+        if opened.type == "device.revoked":
+            device = await self.store.get_device(opened.sender_id)
+            if device is None:
+                raise ProtocolError(404, "not paired")
+            if await self.store.set_device_state(opened.sender_id, "revoked_by_peer", time.time()):
+                self.emit("device-revoked", {
+                    "peer_id": opened.sender_id, "peer_name": device["name"], "by": "peer"
+                })
+            return {"ok": True}
+        raise ProtocolError(400, f"'{opened.type}' cannot be sent to /notify")
+
+    def open(self, envelope: Any, expected_type: str | tuple[str, ...]) -> Opened:
+        types = (expected_type,) if isinstance(expected_type, str) else expected_type
+        opened = open_envelope(
+            envelope, receiver_id=self.identity.device_id, now=time.time(),
+            skew=self.settings.clock_skew,
+        )
+        if opened.type not in types:
+            raise ProtocolError(400, f"expected a {' or '.join(types)} message")
+        return opened
+
+    def _emit_decided(self, row: dict[str, Any], state: str) -> None:
+        self.emit("request-decided", {
+            "request_id": row["id"], "direction": row["direction"], "kind": row["kind"],
+            "peer_id": row["peer_id"], "peer_name": row["peer_name"], "state": state,
+        })

@@ -1,0 +1,86 @@
+"""Outbound calls to other devices' peer listeners.
+
+The peer listener's certificate is self-signed, so TLS here gives confidentiality only; who is
+on the other end is established by the signed envelopes (the key hashes to the device ID) and,
+for a first contact, by both users comparing the verification code. That is why certificate
+validation is off: a CA could not vouch for a laptop's self-made key anyway.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+
+PEER_PREFIX = "/parallalx/peer/v1"
+MAX_RESPONSE_BYTES = 256 * 1024
+
+
+class PeerError(Exception):
+    """A peer could not be reached or refused; `status` is what our own API should answer."""
+
+    def __init__(self, message: str, status: int = 502) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+def normalise_peer_url(url: str) -> str:
+    """`host:port`, `https://host:port/` and `https://host:port/anything` all mean the listener
+    root; anything that is not https with a host is refused before we connect anywhere."""
+    text = url.strip()
+    if "://" not in text:
+        text = "https://" + text
+    parts = urlsplit(text)
+    if parts.scheme != "https":
+        raise PeerError("peer URL must use https:// (the peer listener only speaks TLS)", 400)
+    if not parts.hostname:
+        raise PeerError("peer URL has no host", 400)
+    try:
+        port = parts.port
+    except ValueError:
+        raise PeerError("peer URL has an invalid port", 400) from None
+    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    return urlunsplit(("https", f"{host}:{port or 8476}", "", "", ""))
+
+
+class PeerClient:
+    """Small JSON-over-HTTPS client with bounded time and response size."""
+
+    def __init__(self, timeout: float = 10.0) -> None:
+        self._http = AsyncHTTPClient(force_instance=True, max_body_size=MAX_RESPONSE_BYTES)
+        self.timeout = timeout
+
+    async def call(self, base_url: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        url = base_url.rstrip("/") + PEER_PREFIX + path
+        request = HTTPRequest(
+            url,
+            method="GET" if body is None else "POST",
+            body=None if body is None else json.dumps(body),
+            headers={"Content-Type": "application/json"},
+            validate_cert=False,
+            connect_timeout=self.timeout,
+            request_timeout=self.timeout,
+            follow_redirects=False,
+        )
+        try:
+            response = await self._http.fetch(request)
+        except HTTPClientError as err:
+            message = err.message or str(err)
+            if err.response is not None and err.response.body:
+                try:
+                    message = json.loads(err.response.body).get("error", message)
+                except (ValueError, AttributeError):
+                    pass
+            raise PeerError(f"peer at {base_url} refused ({err.code}): {message}") from None
+        except (OSError, TimeoutError) as err:
+            raise PeerError(f"could not reach peer at {base_url}: {err}") from None
+        try:
+            return json.loads(response.body)
+        except ValueError:
+            raise PeerError(f"peer at {base_url} sent a response that is not JSON") from None
+
+    def close(self) -> None:
+        self._http.close()

@@ -1,0 +1,205 @@
+"""The local REST API under `<base_url>/parallalx/api/`: thin handlers over the DeviceManager.
+
+Every method is `@web.authenticated` and `@authorized` (resource `parallalx`); XSRF is checked
+by jupyter_server for cookie-authenticated requests. Errors are `{"error": message}` with a 4xx
+status and never carry a traceback: a peer's name or a path from a request body must not turn
+into an HTML page or leak server internals.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from typing import Any
+
+from jupyter_server.auth.decorator import authorized
+from jupyter_server.base.handlers import APIHandler
+from jupyter_server.extension.handler import ExtensionHandlerMixin
+from jupyter_server.utils import url_path_join
+from tornado import web
+
+from ..manager import ApiError, DeviceManager
+from ..pairing import ProtocolError, validate
+
+AUTH_RESOURCE = "parallalx"
+API_PREFIX = "parallalx/api"
+_ID = r"([A-Za-z0-9_\-]{1,64})"
+
+
+class ParallalxHandler(ExtensionHandlerMixin, APIHandler):
+    auth_resource = AUTH_RESOURCE
+
+    @property
+    def manager(self) -> DeviceManager:
+        return self.settings["parallalx_manager"]
+
+    def json_body(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """The request body as a JSON object checked against `spec`; empty body means {}."""
+        raw = self.request.body
+        if not raw or not raw.strip():
+            data: Any = {}
+        else:
+            try:
+                data = json.loads(raw)
+            except ValueError as err:
+                raise ApiError(400, f"body is not valid JSON: {err}") from None
+        try:
+            return validate(data, spec, "body")
+        except ProtocolError as err:
+            raise ApiError(400, err.message) from None
+
+    def write_json(self, data: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(data))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, ApiError):
+            message = exc.message
+        elif isinstance(exc, web.HTTPError) and status_code < 500:
+            message = exc.log_message or exc.reason or self._reason
+        elif status_code >= 500:
+            message = "internal server error (see the Jupyter server log)"
+        else:
+            message = self._reason
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"error": message}))
+
+    def _handle_request_exception(self, e: BaseException) -> None:
+        if isinstance(e, ApiError):
+            self.send_error(e.status, exc_info=(type(e), e, e.__traceback__))
+            return
+        super()._handle_request_exception(e)
+
+
+class DeviceHandler(ParallalxHandler):
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        refresh = self.get_query_argument("refresh", "false").lower() in ("1", "true", "yes")
+        self.write_json(await self.manager.device_info(refresh=refresh))
+
+
+def _choice(name: str, value: str | None, allowed: tuple[str, ...]) -> str | None:
+    if value is not None and value not in allowed:
+        raise ApiError(400, f"{name} must be one of: {', '.join(allowed)}")
+    return value
+
+
+class RequestsHandler(ParallalxHandler):
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        direction = _choice(
+            "direction", self.get_query_argument("direction", None), ("incoming", "outgoing")
+        )
+        state = _choice("state", self.get_query_argument("state", None), (
+            "open", "all", "pending", "accepted", "rejected", "expired", "superseded"
+        ))
+        self.write_json(await self.manager.list_requests(direction, state or "open"))
+
+
+class RequestHandler(ParallalxHandler):
+    @web.authenticated
+    @authorized
+    async def get(self, request_id: str) -> None:
+        self.write_json(await self.manager.get_request(request_id))
+
+
+def _is_optional_str(v: Any) -> bool:
+    return v is None or (isinstance(v, str) and len(v) <= 4096)
+
+
+ACCEPT_SPEC = {
+    "kernel": (_is_optional_str, False, "a kernelspec name or null"),
+    "ide": (_is_optional_str, False, "an IDE ID or null"),
+    "note": (_is_optional_str, False, "a string or null"),
+}
+REJECT_SPEC = {"reason": (_is_optional_str, False, "a string or null")}
+
+
+class AcceptHandler(ParallalxHandler):
+    @web.authenticated
+    @authorized
+    async def post(self, request_id: str) -> None:
+        body = self.json_body(ACCEPT_SPEC)
+        selection = {k: body.get(k) for k in ("kernel", "ide") if body.get(k)}
+        self.write_json(await self.manager.decide(request_id, True, selection))
+
+
+class RejectHandler(ParallalxHandler):
+    @web.authenticated
+    @authorized
+    async def post(self, request_id: str) -> None:
+        self.json_body(REJECT_SPEC)
+        self.write_json(await self.manager.decide(request_id, False))
+
+
+class DevicesHandler(ParallalxHandler):
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        self.write_json(await self.manager.list_devices())
+
+
+class PeerDeviceHandler(ParallalxHandler):
+    @web.authenticated
+    @authorized
+    async def get(self, device_id: str) -> None:
+        self.write_json(await self.manager.get_device(device_id))
+
+
+class RevokeHandler(ParallalxHandler):
+    @web.authenticated
+    @authorized
+    async def post(self, device_id: str) -> None:
+        self.write_json(await self.manager.revoke(device_id))
+
+
+INVITATION_SPEC = {
+    "url": (lambda v: isinstance(v, str) and 0 < len(v) <= 2048, True, "a peer URL"),
+    "kind": (lambda v: v in ("invite", "offer"), False, "'invite' or 'offer'"),
+    "asks": (lambda v: isinstance(v, dict), False, "an object"),
+}
+
+
+class InvitationsHandler(ParallalxHandler):
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        body = self.json_body(INVITATION_SPEC)
+        result = await self.manager.send_request(
+            body["url"], body.get("kind", "invite"), body.get("asks")
+        )
+        self.write_json(result, 201)
+
+
+class OpenAPIHandler(ParallalxHandler):
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        text = resources.files("parallalx_jupyter").joinpath("openapi.json").read_text()
+        self.set_header("Content-Type", "application/json")
+        self.finish(text)
+
+
+def route_table() -> list[tuple[str, type[ParallalxHandler]]]:
+    """Relative routes; the app joins them under base_url. Tests enumerate this list so that a
+    new route without auth fails CI."""
+    return [
+        (r"/device", DeviceHandler),
+        (r"/requests", RequestsHandler),
+        (rf"/requests/{_ID}", RequestHandler),
+        (rf"/requests/{_ID}/accept", AcceptHandler),
+        (rf"/requests/{_ID}/reject", RejectHandler),
+        (r"/devices", DevicesHandler),
+        (rf"/devices/{_ID}", PeerDeviceHandler),
+        (rf"/devices/{_ID}/revoke", RevokeHandler),
+        (r"/invitations", InvitationsHandler),
+        (r"/openapi.json", OpenAPIHandler),
+    ]
+
+
+def handlers() -> list[tuple[str, type[ParallalxHandler]]]:
+    return [(url_path_join("/", API_PREFIX, path), cls) for path, cls in route_table()]

@@ -1,0 +1,117 @@
+"""Pairing between real device processes: both directions, decisions, revoke, restarts."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from parallalx_jupyter.local_device import DeviceError, wait_for
+
+
+def _incoming(dev, request_id):
+    return next((r for r in dev.api("GET", "requests") if r["id"] == request_id), None)
+
+
+def _devices(dev):
+    return {d["name"]: d for d in dev.api("GET", "devices")}
+
+
+def test_invite_accept_shows_the_same_code_and_pairs_both_sides(make_device):
+    a, b = make_device("alpha"), make_device("bravo")
+    sent = a.api("POST", "invitations", {
+        "url": b.peer_url, "asks": {"purpose": "train resnet", "nthreads": 2, "gpus": 0},
+    })
+    assert sent["state"] == "pending" and sent["direction"] == "outgoing"
+    got = _incoming(b, sent["id"])
+    a_info, b_info = a.api("GET", "device"), b.api("GET", "device")
+    # B's user sees who asks, what is asked, the expiry and the code A shows
+    assert got["peer"]["name"] == "alpha" and got["peer"]["id"] == a_info["id"]
+    assert got["peer"]["id_display"] == a_info["id_display"]
+    assert got["asks"]["purpose"] == "train resnet" and got["asks"]["nthreads"] == 2
+    assert got["expires_at"] > time.time() + 60
+    assert got["code"] == sent["code"] and len(got["code"]) == 6
+    assert sent["peer"]["id"] == b_info["id"]
+
+    accepted = b.api("POST", f"requests/{sent['id']}/accept", {})
+    assert accepted["state"] == "accepted"
+    wait_for(lambda: a.api("GET", f"requests/{sent['id']}")["state"] == "accepted", 5)
+    assert _devices(a)["bravo"]["role"] == "worker"
+    assert _devices(a)["bravo"]["state"] == "paired"
+    assert _devices(b)["alpha"]["role"] == "main"
+    assert _devices(b)["alpha"]["grant"]["asks"]["purpose"] == "train resnet"
+    with pytest.raises(DeviceError) as err:
+        b.api("POST", f"requests/{sent['id']}/reject", {})
+    assert err.value.status == 409
+
+
+def test_reject_is_seen_by_the_requester_and_pairs_nothing(make_device):
+    a, b = make_device("alpha"), make_device("bravo")
+    sent = a.api("POST", "invitations", {"url": b.peer_url})
+    b.api("POST", f"requests/{sent['id']}/reject", {"reason": "not now"})
+    wait_for(lambda: a.api("GET", f"requests/{sent['id']}")["state"] == "rejected", 5)
+    assert a.api("GET", "devices") == [] and b.api("GET", "devices") == []
+    assert b.api("GET", "requests") == []
+
+
+def test_offer_direction_makes_the_receiver_the_main_device(make_device):
+    main, helper = make_device("main"), make_device("helper")
+    sent = helper.api("POST", "invitations", {"url": main.peer_url, "kind": "offer"})
+    got = _incoming(main, sent["id"])
+    assert got["kind"] == "offer" and got["code"] == sent["code"]
+    main.api("POST", f"requests/{sent['id']}/accept", {})
+    wait_for(lambda: "main" in _devices(helper), 5)
+    assert _devices(main)["helper"]["role"] == "worker"
+    assert _devices(helper)["main"]["role"] == "main"
+
+
+def test_revoke_reaches_the_peer(make_device):
+    a, b = make_device("alpha"), make_device("bravo")
+    sent = a.api("POST", "invitations", {"url": b.peer_url})
+    b.api("POST", f"requests/{sent['id']}/accept", {})
+    wait_for(lambda: "bravo" in _devices(a), 5)
+    a_id = a.api("GET", "device")["id"]
+    revoked = b.api("POST", f"devices/{a_id}/revoke")
+    assert revoked["state"] == "revoked"
+    wait_for(lambda: _devices(a)["bravo"]["state"] == "revoked_by_peer", 5)
+    assert _devices(b)["alpha"]["grant"] is None
+    with pytest.raises(DeviceError) as err:
+        b.api("POST", f"devices/{a_id}/revoke")
+    assert err.value.status == 409
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+def test_restarts_keep_decisions_and_open_requests(make_device, how):
+    a, b, c = make_device("alpha"), make_device("bravo"), make_device("charlie")
+    decided = a.api("POST", "invitations", {"url": b.peer_url})
+    b.api("POST", f"requests/{decided['id']}/accept", {})
+    wait_for(lambda: "bravo" in _devices(a), 5)
+    open_req = c.api("POST", "invitations", {"url": b.peer_url})
+
+    b.kill() if how == signal.SIGKILL else b.stop(how)
+    a.kill() if how == signal.SIGKILL else a.stop(how)
+    b.start()
+    a.start()
+
+    assert _devices(b)["alpha"]["state"] == "paired"
+    assert _devices(a)["bravo"]["state"] == "paired"
+    still_open = _incoming(b, open_req["id"])
+    assert still_open is not None and still_open["code"] == open_req["code"]
+    # and it can still be decided after the restart; the requester learns it
+    b.api("POST", f"requests/{open_req['id']}/accept", {})
+    wait_for(lambda: "bravo" in _devices(c), 5)
+
+
+def test_expired_requests_are_dropped_across_a_restart(make_device):
+    a, b = make_device("alpha"), make_device("bravo", request_ttl=2.0)
+    sent = a.api("POST", "invitations", {"url": b.peer_url})
+    assert _incoming(b, sent["id"]) is not None
+    b.kill()
+    time.sleep(2.5)
+    b.start()
+    assert _incoming(b, sent["id"]) is None
+    with pytest.raises(DeviceError) as err:
+        b.api("POST", f"requests/{sent['id']}/accept", {})
+    assert err.value.status == 409 and "expired" in str(err.value)
+    wait_for(lambda: a.api("GET", f"requests/{sent['id']}")["state"] == "expired", 10)
