@@ -98,6 +98,7 @@ class DeviceManager:
         """Start the background loop (expiry, outcome polling, nonce purge)."""
         if self._loop_task is None:
             self._loop_task = asyncio.ensure_future(self._background())
+            self._spawn(self.profile.get())  # warm the accelerator facts off the IOLoop
 
     async def stop(self) -> None:
         tasks = list(self._tasks)
