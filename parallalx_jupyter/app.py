@@ -20,6 +20,7 @@ from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Float, Int, Unicode, default
 
 from ._version import __version__
+from .cluster.service import ClusterService
 from .identity import DeviceIdentity
 from .manager import DeviceManager, PairingSettings
 from .server import events
@@ -89,6 +90,12 @@ class ParallalxApp(ExtensionApp):
     poll_interval = Float(help="Seconds between polls for outcomes of sent requests.").tag(
         config=True
     )
+    scheduler_ip = Unicode(
+        help="Interface the Dask scheduler binds when this is a main device (default: peer_ip). "
+        "Env: PARALLALX_SCHEDULER_IP."
+    ).tag(config=True)
+    scheduler_port = Int(help="Dask scheduler port; 0 picks one once and keeps it. "
+                         "Env: PARALLALX_SCHEDULER_PORT.").tag(config=True)
     demo_auto_accept = Bool(
         help="DEMO ONLY: accept every incoming request without asking. Never enable this on a "
         "device you care about: accepting grants code execution. Env: PARALLALX_DEMO_AUTO_ACCEPT."
@@ -142,6 +149,14 @@ class ParallalxApp(ExtensionApp):
     def _poll_interval(self) -> float:
         return _env_default("poll_interval", float, 2.0)
 
+    @default("scheduler_ip")
+    def _scheduler_ip(self) -> str:
+        return _env_default("scheduler_ip", str, self.peer_ip)
+
+    @default("scheduler_port")
+    def _scheduler_port(self) -> int:
+        return _env_default("scheduler_port", int, 0)
+
     @default("demo_auto_accept")
     def _demo_auto_accept(self) -> bool:
         return _env_default("demo_auto_accept", bool, False)
@@ -173,6 +188,10 @@ class ParallalxApp(ExtensionApp):
             demo_auto_accept=self.demo_auto_accept,
         )
         self.manager = DeviceManager(identity, self.store, settings, emit)
+        self.manager.cluster = ClusterService(
+            home, identity.device_id, emit, scheduler_ip=self.scheduler_ip,
+            scheduler_port=self.scheduler_port,
+        )
         self.listener = PeerListener(
             self.manager, self.peer_ip, self.peer_port, str(identity.cert_path),
             str(identity.key_path), rate=self.peer_rate, burst=self.peer_burst,

@@ -12,13 +12,11 @@ import json
 import os
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .client import ServerNotFound, find_server
+from .client import ApiClient, ClientError, ServerNotFound, find_server, match_device
 
 EXIT_USAGE = 2
 EXIT_API = 1
@@ -30,23 +28,10 @@ class CliError(Exception):
 
 def _api(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
     url, token = args.server
-    request = urllib.request.Request(
-        f"{url.rstrip('/')}/parallalx/api/{path}",
-        data=None if body is None and method == "GET" else json.dumps(body or {}).encode(),
-        method=method,
-        headers={"Authorization": f"token {token}", "Content-Type": "application/json"},
-    )
     try:
-        with urllib.request.urlopen(request, timeout=args.timeout) as response:
-            return json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as err:
-        try:
-            message = json.loads(err.read()).get("error", err.reason)
-        except ValueError:
-            message = err.reason
-        raise CliError(f"{message} (HTTP {err.code})") from None
-    except urllib.error.URLError as err:
-        raise CliError(f"cannot reach the Jupyter server at {url}: {err.reason}") from None
+        return ApiClient(url, token, timeout=args.timeout).call(method, path, body)
+    except ClientError as err:
+        raise CliError(str(err)) from None
 
 
 def _ago(ts: float | None) -> str:
@@ -152,17 +137,11 @@ def cmd_devices(args: argparse.Namespace) -> Any:
 
 
 def cmd_revoke(args: argparse.Namespace) -> Any:
-    devices = _api(args, "GET", "devices")
-    target = args.device.replace("-", "").upper()
-    matches = [d for d in devices if d["id"].startswith(target) or d["name"] == args.device]
-    if not matches and len(target) >= 52:
-        matches = [d for d in devices if d["id"] == target[:52]]
-    if len(matches) != 1:
-        raise CliError(
-            f"no paired device matches {args.device!r}" if not matches
-            else f"{args.device!r} matches {len(matches)} devices; give more of the ID"
-        )
-    result = _api(args, "POST", f"devices/{matches[0]['id']}/revoke")
+    try:
+        device = match_device(_api(args, "GET", "devices"), args.device)
+    except ValueError as err:
+        raise CliError(str(err)) from None
+    result = _api(args, "POST", f"devices/{device['id']}/revoke")
     return result if args.json else f"revoked {result['name']} [{result['id_display']}]"
 
 

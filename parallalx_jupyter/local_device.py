@@ -50,7 +50,12 @@ class DeviceError(Exception):
 
 @dataclass
 class LocalDevice:
-    """One device: `start()` launches `jupyter server`, `api()` calls its REST API."""
+    """One device: `start()` launches `jupyter server`, `api()` calls its REST API.
+
+    `app="lab"` starts `jupyter lab` instead (the browser tests need the frontend), with
+    JupyterLab's news and update checks off; `base_url` serves everything under a prefix
+    (e.g. `/user/someone/`, as JupyterHub does); `server_config` adds `ServerApp` traits.
+    """
 
     home: Path
     name: str
@@ -60,10 +65,15 @@ class LocalDevice:
     extra_config: dict[str, Any] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
+    app: str = "server"
+    base_url: str = "/"
+    server_config: dict[str, Any] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        """Origin plus base_url, without a trailing slash (`http://127.0.0.1:PORT` by default)."""
+        prefix = "/" + self.base_url.strip("/") if self.base_url.strip("/") else ""
+        return f"http://127.0.0.1:{self.port}{prefix}"
 
     @property
     def peer_url(self) -> str:
@@ -84,19 +94,28 @@ class LocalDevice:
             "poll_interval": 0.5,
             **self.extra_config,
         }
-        config = {
-            "ServerApp": {
-                "jpserver_extensions": {"parallalx_jupyter": True},
-                "ip": "127.0.0.1",
-                "port": self.port,
-                "port_retries": 0,
-                "open_browser": False,
-                "root_dir": str(self.home),
-                "allow_root": True,
-            },
+        server: dict[str, Any] = {
+            "jpserver_extensions": {"parallalx_jupyter": True},
+            "ip": "127.0.0.1",
+            "port": self.port,
+            "port_retries": 0,
+            "open_browser": False,
+            "root_dir": str(self.home),
+            "allow_root": True,
+        }
+        if self.base_url.strip("/"):
+            server["base_url"] = "/" + self.base_url.strip("/") + "/"
+        server.update(self.server_config)
+        config: dict[str, Any] = {
+            "ServerApp": server,
             "IdentityProvider": {"token": self.token},
             "ParallalxApp": parallalx,
         }
+        if self.app == "lab":
+            config["LabApp"] = {
+                "news_url": None,
+                "check_for_updates_class": "jupyterlab.NeverCheckForUpdate",
+            }
         (config_dir / "jupyter_server_config.json").write_text(json.dumps(config, indent=1))
 
     def start(self, timeout: float = 60.0) -> LocalDevice:
@@ -114,8 +133,11 @@ class LocalDevice:
             **self.env,
         }
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
+        if self.app not in ("server", "lab"):
+            raise ValueError(f"app must be 'server' or 'lab', not {self.app!r}")
+        module = "jupyterlab" if self.app == "lab" else "jupyter_server"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jupyter_server"],
+            [sys.executable, "-m", module],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

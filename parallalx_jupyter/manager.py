@@ -15,10 +15,11 @@ import asyncio
 import base64
 import logging
 import secrets
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
 from .identity import DeviceIdentity, device_id_from_public_der, display_device_id
@@ -38,9 +39,17 @@ from .peer_client import PeerClient, PeerError, normalise_peer_url
 from .profile import ProfileCache
 from .store import Store
 
+if TYPE_CHECKING:
+    from .cluster.service import ClusterService
+
 log = logging.getLogger("parallalx_jupyter")
 
 Emit = Callable[[str, dict[str, Any]], None]
+ResolvePython = Callable[[dict[str, Any]], Awaitable[str]]
+
+
+async def _server_python(selection: dict[str, Any]) -> str:
+    return sys.executable
 
 
 class ApiError(Exception):
@@ -91,6 +100,8 @@ class DeviceManager:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self.cluster: ClusterService | None = None
+        self.resolve_python: ResolvePython = _server_python
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -99,6 +110,8 @@ class DeviceManager:
         if self._loop_task is None:
             self._loop_task = asyncio.ensure_future(self._background())
             self._spawn(self.profile.get())  # warm the accelerator facts off the IOLoop
+            if self.cluster is not None:
+                self._spawn(self.cluster.restore())
 
     async def stop(self) -> None:
         tasks = list(self._tasks)
@@ -108,6 +121,8 @@ class DeviceManager:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._loop_task = None
+        if self.cluster is not None:
+            await self.cluster.close()
         self.peers.close()
 
     def _spawn(self, coro: Any) -> None:
@@ -263,9 +278,7 @@ class DeviceManager:
         assert row is not None
         self._emit_decided(row, decision)
         if device is not None:
-            self.emit("device-added", {
-                "peer_id": device["id"], "peer_name": device["name"], "role": device["role"]
-            })
+            self._paired(device)
         if row["peer_url"]:
             self._spawn(self._notify(row["peer_url"], row["peer_id"], "request.decided", {
                 "request_id": row["id"], "state": decision,
@@ -286,6 +299,7 @@ class DeviceManager:
         self.emit("device-revoked", {"peer_id": device_id, "peer_name": row["name"], "by": "self"})
         if row["peer_url"] and row["state"] == "paired":
             self._spawn(self._notify(row["peer_url"], device_id, "device.revoked", {}))
+        await self._unshare(row)
         return await self.get_device(device_id)
 
     # ------------------------------------------------------------------ outgoing requests
@@ -424,9 +438,7 @@ class DeviceManager:
         if await self.store.record_outcome(row["id"], state, time.time(), device):
             self._emit_decided(row, state)
             if device is not None:
-                self.emit("device-added", {
-                    "peer_id": device["id"], "peer_name": device["name"], "role": device["role"]
-                })
+                self._paired(device)
 
     # ------------------------------------------------------------------ peer listener side
 
@@ -540,8 +552,66 @@ class DeviceManager:
                 self.emit("device-revoked", {
                     "peer_id": opened.sender_id, "peer_name": device["name"], "by": "peer"
                 })
+                await self._unshare(device)
             return {"ok": True}
         raise ProtocolError(400, f"'{opened.type}' cannot be sent to /notify")
+
+    async def handle_join(self, opened: Opened) -> dict[str, Any]:
+        """A paired worker device asks for its cluster certificate."""
+        from .cluster.service import ClusterError
+
+        device = await self.store.get_device(opened.sender_id)
+        if device is None or device["state"] != "paired" or device["role"] != "worker":
+            raise ProtocolError(403, "not a paired worker device of this main device")
+        if self.cluster is None:
+            raise ProtocolError(503, "this device cannot run a cluster")
+        try:
+            await self.cluster.ensure_started()
+            return self.cluster.sign_join(opened.sender_id, opened.body["csr"])
+        except ClusterError as err:
+            raise ProtocolError(err.status if err.status < 500 else 503, err.message) from None
+
+    # ------------------------------------------------------------------ cluster hooks
+
+    def _paired(self, device: dict[str, Any]) -> None:
+        self.emit("device-added", {
+            "peer_id": device["id"], "peer_name": device["name"], "role": device["role"]
+        })
+        if device["role"] == "main" and self.cluster is not None and device["peer_url"]:
+            self._spawn(self.join_main(device["id"]))
+
+    async def join_main(self, main_id: str) -> None:
+        """Serve a main device: certificate, environment, worker (see ClusterService.join)."""
+        assert self.cluster is not None
+        device = await self.store.get_device(main_id)
+        grants = [g for g in await self.store.list_grants(main_id) if g["revoked_at"] is None]
+        if device is None or device["state"] != "paired" or not grants:
+            return
+        grant = grants[-1]
+
+        async def exchange(body: dict[str, Any]) -> dict[str, Any]:
+            try:
+                opened = await self._exchange(device["peer_url"], main_id, "cluster.join", body,
+                                              path="/cluster/join")
+            except PeerError as err:
+                raise ApiError(502, err.message) from None
+            return opened.body
+
+        try:
+            python = await self.resolve_python(grant["selection"] or {})
+        except Exception as err:
+            self.cluster._set_join(main_id, {"state": "failed", "message": str(err)})
+            return
+        await self.cluster.join(main_id, device["peer_url"], exchange, python, grant["asks"])
+
+    async def _unshare(self, device: dict[str, Any]) -> None:
+        """Stop sharing at once: our worker for that main, or that device's worker here."""
+        if self.cluster is None:
+            return
+        if device["role"] == "main":
+            await self.cluster.leave(device["id"])
+        else:
+            await self.cluster.revoke_device(device["id"])
 
     def open(self, envelope: Any, expected_type: str | tuple[str, ...]) -> Opened:
         types = (expected_type,) if isinstance(expected_type, str) else expected_type

@@ -161,6 +161,10 @@ DECIDED_SPEC: dict[str, tuple[Check, bool, str]] = {
 
 EMPTY_SPEC: dict[str, tuple[Check, bool, str]] = {}
 
+JOIN_SPEC: dict[str, tuple[Check, bool, str]] = {
+    "csr": (_str_max(8192), True, "a PEM certificate signing request"),
+}
+
 PAYLOAD_SPEC: dict[str, tuple[Check, bool, str]] = {
     "v": (lambda v: v == PROTOCOL_VERSION, True, f"protocol version {PROTOCOL_VERSION}"),
     "type": (_str_max(64), True, "a string"),
@@ -179,6 +183,7 @@ BODY_SPECS: dict[str, dict[str, tuple[Check, bool, str]]] = {
     "request.status": REQUEST_REF_SPEC,
     "request.decided": DECIDED_SPEC,
     "device.revoked": EMPTY_SPEC,
+    "cluster.join": JOIN_SPEC,
 }
 
 

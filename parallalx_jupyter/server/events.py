@@ -70,11 +70,36 @@ DEVICE_REVOKED = _schema(
     ["peer_id", "by"],
 )
 
+CLUSTER_STATE = _schema(
+    "cluster-state",
+    "This main device's scheduler started or stopped",
+    {"state": {"enum": ["started", "stopped"]}},
+    ["state"],
+)
+
+WORKER_STATE = _schema(
+    "worker-state",
+    "Progress of this device's worker for a main device (joining, running, failed, stopped)",
+    {**_PEER, "state": {"type": "string"}, "message": {"type": "string"}},
+    ["peer_id", "state"],
+)
+
+INSTALL_PROGRESS = _schema(
+    "install-progress",
+    "Installing a package into the environment a worker will run in",
+    {**_PEER, "package": {"type": "string"}, "phase": {"type": "string"},
+     "message": {"type": "string"}},
+    ["package", "phase"],
+)
+
 SCHEMAS: dict[str, dict] = {
     "request-received": REQUEST_RECEIVED,
     "request-decided": REQUEST_DECIDED,
     "device-added": DEVICE_ADDED,
     "device-revoked": DEVICE_REVOKED,
+    "cluster-state": CLUSTER_STATE,
+    "worker-state": WORKER_STATE,
+    "install-progress": INSTALL_PROGRESS,
 }
 
 

@@ -18,6 +18,7 @@ from jupyter_server.extension.handler import ExtensionHandlerMixin
 from jupyter_server.utils import url_path_join
 from tornado import web
 
+from ..cluster.service import ClusterError, ClusterService
 from ..manager import ApiError, DeviceManager
 from ..pairing import ProtocolError, validate
 
@@ -43,6 +44,8 @@ class ParallalxHandler(ExtensionHandlerMixin, APIHandler):
                 data = json.loads(raw)
             except ValueError as err:
                 raise ApiError(400, f"body is not valid JSON: {err}") from None
+            except RecursionError:  # deeply nested arrays/objects: refuse, don't 500
+                raise ApiError(400, "body is not valid JSON: nested too deeply") from None
         try:
             return validate(data, spec, "body")
         except ProtocolError as err:
@@ -154,6 +157,7 @@ class RevokeHandler(ParallalxHandler):
     @web.authenticated
     @authorized
     async def post(self, device_id: str) -> None:
+        self.json_body({})  # no fields: refuse a body we would silently ignore
         self.write_json(await self.manager.revoke(device_id))
 
 
@@ -173,6 +177,50 @@ class InvitationsHandler(ParallalxHandler):
             body["url"], body.get("kind", "invite"), body.get("asks")
         )
         self.write_json(result, 201)
+
+
+class ClusterHandler(ParallalxHandler):
+    """Cluster state: the scheduler this device runs as a main device, its workers by device,
+    and the main devices this device serves as a worker."""
+
+    @property
+    def cluster(self) -> ClusterService:
+        cluster = self.manager.cluster
+        if cluster is None:
+            raise ApiError(503, "the cluster is not available on this server")
+        return cluster
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        self.write_json(self.cluster.state())
+
+
+ADD_SELF_SPEC = {
+    "kernel": (_is_optional_str, False, "a kernelspec name or null"),
+    "nthreads": (lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1024,
+                 False, "an integer 1-1024"),
+}
+
+
+class ClusterActionHandler(ClusterHandler):
+    @web.authenticated
+    @authorized
+    async def post(self, action: str) -> None:
+        try:
+            if action == "start":
+                self.json_body({})
+                result = await self.cluster.start()
+            elif action == "stop":
+                self.json_body({})
+                result = await self.cluster.stop()
+            else:
+                body = self.json_body(ADD_SELF_SPEC)
+                python = await self.manager.resolve_python({"kernel": body.get("kernel")})
+                result = await self.cluster.add_self(python, body.get("nthreads", 1))
+        except ClusterError as err:
+            raise ApiError(err.status, err.message) from None
+        self.write_json(result)
 
 
 class OpenAPIHandler(ParallalxHandler):
@@ -197,6 +245,8 @@ def route_table() -> list[tuple[str, type[ParallalxHandler]]]:
         (rf"/devices/{_ID}", PeerDeviceHandler),
         (rf"/devices/{_ID}/revoke", RevokeHandler),
         (r"/invitations", InvitationsHandler),
+        (r"/cluster", ClusterHandler),
+        (r"/cluster/(start|stop|add-self)", ClusterActionHandler),
         (r"/openapi.json", OpenAPIHandler),
     ]
 

@@ -172,6 +172,14 @@ class NotifyHandler(PeerHandler):
 
 
 @web.stream_request_body
+class JoinHandler(PeerHandler):
+    async def post(self) -> None:
+        opened = self.manager.open(self.body(), "cluster.join")
+        await self.manager.check_nonce(opened)
+        self.reply(self.manager.respond(opened, await self.manager.handle_join(opened)))
+
+
+@web.stream_request_body
 class NotFoundHandler(PeerHandler):
     def prepare(self) -> None:
         super().prepare()
@@ -202,6 +210,7 @@ class PeerListener:
                 (PEER_PREFIX + rf"/requests/{rid}/reveal", RevealHandler, kwargs),
                 (PEER_PREFIX + rf"/requests/{rid}/status", StatusHandler, kwargs),
                 (PEER_PREFIX + r"/notify", NotifyHandler, kwargs),
+                (PEER_PREFIX + r"/cluster/join", JoinHandler, kwargs),
                 (r".*", NotFoundHandler, kwargs),
             ],
             default_handler_class=NotFoundHandler,

@@ -1,0 +1,186 @@
+"""Self-contained bootstrap for a parallalx Dask worker, run *by path*:
+
+    <python> /path/to/parallalx_jupyter/cluster/worker_main.py --config worker.json
+
+The interpreter may be any environment that has ``distributed`` (the device user's chosen
+kernel/venv) - ``parallalx_jupyter`` need not be installed there. This file therefore imports
+only the standard library, ``dask``/``distributed``, and ``_guard.py`` (loaded by file path from
+its own directory). Its directory is removed from ``sys.path`` so that sibling modules
+(``scheduler.py``, ``tls.py``, ...) can never shadow anything in the worker environment.
+
+What it does:
+
+* builds ``Security(require_encryption=True)`` from the device's cert/key and the cluster CA
+  (mutual TLS, TLS >= 1.2); the same cert is used for the worker listener and for the
+  worker's outgoing connections;
+* starts a ``distributed.Worker`` subclass whose incoming comms go through the admission guard
+  (``_guard.worker_policy``): ``run``, ``run_coroutine``, ``upload_file``, ``plugin-add`` and
+  ``plugin-remove`` are blocked for everyone (also through Dask's own ``blocked_handlers``);
+  other devices' workers may only fetch data (``get_data``, ``ping``, ``shuffle_receive``);
+  everything else needs the scheduler's or the main device's certificate;
+* binds the worker listener to the configured interface and its HTTP server to 127.0.0.1;
+* exits 77 (``EXIT_REFUSED``) when the scheduler refuses admission (revoked/unknown device) so
+  the supervisor stops retrying, 0 after a normal close (the supervisor restarts it: that is
+  how a worker "reconnects" - distributed 2026.8 workers do not reconnect by themselves, see
+  ``Worker._register_with_scheduler``: "Worker reconnection is not supported");
+* exits when its stdin reaches EOF (the supervising process is gone), killing its process
+  group, so no orphan survives the controlling process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.getcwd()) != _HERE]
+
+logger = logging.getLogger("parallalx_jupyter.cluster.worker_main")
+
+
+def _load_guard():
+    name = "parallalx_cluster_guard"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, os.path.join(_HERE, "_guard.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _write_status(path: str | None, **status) -> None:
+    if not path:
+        return
+    status.setdefault("pid", os.getpid())
+    status.setdefault("time", time.time())
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".status.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(status, f)
+    os.replace(tmp, path)
+
+
+def _security(cfg: dict):
+    import ssl
+
+    from distributed.security import Security
+
+    version = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}[
+        str(cfg.get("tls_min_version", "1.2"))
+    ]
+    cert, key = cfg["cert_file"], cfg["key_file"]
+    return Security(
+        require_encryption=True,
+        tls_ca_file=cfg["ca_file"],
+        tls_client_cert=cert,
+        tls_client_key=key,
+        tls_worker_cert=cert,
+        tls_worker_key=key,
+        tls_scheduler_cert=cert,
+        tls_scheduler_key=key,
+        tls_min_version=version,
+    )
+
+
+def _refused(exc: BaseException, marker: str) -> str | None:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if marker in str(exc):
+            return str(exc)[:500]
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+async def _run(cfg: dict, parent_watch: bool) -> int:
+    import signal
+
+    import dask
+    from distributed import Worker
+
+    guard = _load_guard()
+    policy = guard.worker_policy(frozenset(cfg.get("extra_blocked_handlers") or ()))
+    worker_cls = guard.make_guarded_worker_class(Worker, policy)
+    status_file = cfg.get("status_file")
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+
+    def _stop(*_):
+        loop.call_soon_threadsafe(stopping.set)
+
+    if os.name == "posix":
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, _stop)
+    if parent_watch:
+        guard.start_parent_watchdog(_stop, grace=10.0)
+
+    with dask.config.set({"distributed.comm.require-encryption": True}):
+        worker = worker_cls(
+            cfg["scheduler_address"],
+            name=cfg.get("name") or cfg["device_id"],
+            nthreads=int(cfg.get("nthreads") or 1),
+            memory_limit=cfg.get("memory_limit") or "auto",
+            resources=cfg.get("resources") or None,
+            security=_security(cfg),
+            host=cfg.get("listen_host") or "127.0.0.1",
+            port=int(cfg.get("listen_port") or 0),
+            protocol="tls",
+            contact_address=cfg.get("contact_address"),
+            dashboard_address="127.0.0.1:0",
+            local_directory=cfg.get("local_directory"),
+            death_timeout=cfg.get("death_timeout"),
+        )
+        _write_status(status_file, state="starting")
+        start = asyncio.ensure_future(worker.start())
+        stop_wait = asyncio.ensure_future(stopping.wait())
+        await asyncio.wait([start, stop_wait], return_when=asyncio.FIRST_COMPLETED)
+        if not start.done():
+            start.cancel()
+            await worker.close(reason="parallalx-stop")
+            _write_status(status_file, state="stopped", reason="stopped before joining")
+            return 0
+        exc = start.exception()
+        if exc is not None:
+            reason = _refused(exc, guard.DENIED_MARKER)
+            if reason is not None:
+                logger.error("admission refused by the scheduler: %s", reason)
+                _write_status(status_file, state="refused", reason=reason)
+                return guard.EXIT_REFUSED
+            logger.error("worker failed to start: %r", exc)
+            _write_status(status_file, state="failed", reason=repr(exc)[:500])
+            return 1
+        _write_status(status_file, state="running", address=worker.address)
+        finished = asyncio.ensure_future(worker.finished())
+        await asyncio.wait([finished, stop_wait], return_when=asyncio.FIRST_COMPLETED)
+        if not finished.done():
+            await worker.close(reason="parallalx-stop")
+        _write_status(status_file, state="closed", address=worker.address)
+        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="worker_main.py")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--no-parent-watch", action="store_true")
+    args = parser.parse_args(argv)
+    with open(args.config) as f:
+        cfg = json.load(f)
+    logging.basicConfig(
+        level=getattr(logging, str(cfg.get("log_level", "INFO")).upper(), logging.INFO),
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    if cfg.get("cuda_visible_devices") is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(cfg["cuda_visible_devices"])
+    return asyncio.run(_run(cfg, parent_watch=not args.no_parent_watch))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

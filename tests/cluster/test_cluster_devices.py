@@ -1,0 +1,108 @@
+"""Three real devices: B and C accept A's requests, their workers join A's scheduler over TLS."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import pytest
+from distributed import Client
+
+from parallalx_jupyter.cluster import SchedulerProcess, WorkerSpec, WorkerSupervisor
+from parallalx_jupyter.local_device import wait_for
+
+
+def _pair(main, dev):
+    sent = main.api("POST", "invitations", {"url": dev.peer_url, "asks": {"nthreads": 1}})
+    t0 = time.perf_counter()
+    dev.api("POST", f"requests/{sent['id']}/accept", {})
+    return t0
+
+
+def _workers_by_device(main):
+    return {w["device_id"] for w in main.api("GET", "cluster")["workers"]}
+
+
+async def _main_client(main) -> Client:
+    sched = SchedulerProcess.from_cluster_dir(main.home / "state" / "cluster")
+    return await sched.client()
+
+
+async def test_accepted_devices_join_run_tasks_and_revoke_is_immediate(make_device, tmp_path):
+    a, b, c = make_device("alpha"), make_device("bravo"), make_device("charlie")
+    b_id, c_id = b.api("GET", "device")["id"], c.api("GET", "device")["id"]
+    t0 = _pair(a, b)
+    wait_for(lambda: b_id in _workers_by_device(a), 30, 0.05)
+    joined_s = time.perf_counter() - t0
+    _pair(a, c)
+    wait_for(lambda: {b_id, c_id} <= _workers_by_device(a), 30, 0.05)
+    print(f"accept -> worker joined: {joined_s:.2f} s")
+
+    state = a.api("GET", "cluster")
+    assert state["running"] and state["scheduler_address"].startswith("tls://127.0.0.1:")
+    assert b.api("GET", "cluster")["serving"][0]["state"] == "running"
+
+    client = await _main_client(a)
+    try:
+        addrs = {w["device_id"]: w["address"] for w in state["workers"]}
+        for device_id in (b_id, c_id):
+            pid = await client.submit(os.getpid, workers=[addrs[device_id]], pure=False)
+            assert pid != 0
+        # keep C's certificate to try it again after the revoke
+        c_dir = c.home / "state" / "workers" / a.api("GET", "device")["id"]
+        saved = tmp_path / "c-old"
+        shutil.copytree(c_dir, saved, ignore=shutil.ignore_patterns("run"))
+
+        t_revoke = time.perf_counter()
+        a.api("POST", f"devices/{c_id}/revoke")
+        wait_for(lambda: c_id not in _workers_by_device(a), 5, 0.05)
+        print(f"revoke -> worker gone: {time.perf_counter() - t_revoke:.2f} s")
+        wait_for(lambda: c.api("GET", "cluster")["serving"] == [], 5)
+
+        spec = WorkerSpec(
+            scheduler_address=state["scheduler_address"], device_id=c_id,
+            ca_file=str(saved / "ca.crt"), cert_file=str(saved / "worker.crt"),
+            key_file=str(saved / "worker.key"), worker_dir=str(tmp_path / "c-run"),
+        )
+        old = WorkerSupervisor(spec, backoff_max=1.0)
+        await old.start()
+        try:
+            with pytest.raises(PermissionError):
+                await old.wait_joined(timeout=20)
+        finally:
+            await old.stop()
+        assert c_id not in _workers_by_device(a)
+    finally:
+        await client.close()
+
+    # A restarts: the scheduler re-forms on the same address and B's worker comes back
+    a.stop()
+    a.start()
+    wait_for(lambda: b_id in _workers_by_device(a), 60, 0.2)
+    assert a.api("GET", "cluster")["scheduler_address"] == state["scheduler_address"]
+    assert c_id not in _workers_by_device(a)
+
+
+def test_worker_side_revoke_stops_the_worker(make_device):
+    a, b = make_device("alpha"), make_device("bravo")
+    a_id, b_id = a.api("GET", "device")["id"], b.api("GET", "device")["id"]
+    _pair(a, b)
+    wait_for(lambda: b_id in _workers_by_device(a), 30, 0.05)
+    t0 = time.perf_counter()
+    b.api("POST", f"devices/{a_id}/revoke")
+    wait_for(lambda: b_id not in _workers_by_device(a), 5, 0.05)
+    print(f"stop sharing -> worker gone: {time.perf_counter() - t0:.2f} s")
+    assert b.api("GET", "cluster")["serving"] == []
+
+
+def test_cluster_stop_start_and_add_self(make_device):
+    a = make_device("alpha")
+    a_id = a.api("GET", "device")["id"]
+    assert a.api("GET", "cluster")["running"] is False
+    state = a.api("POST", "cluster/add-self", {"nthreads": 1})
+    assert state["running"]
+    wait_for(lambda: a_id in _workers_by_device(a), 30, 0.1)
+    stopped = a.api("POST", "cluster/stop")
+    assert stopped["running"] is False and stopped["workers"] == []
+    assert a.api("POST", "cluster/start")["running"] is True
