@@ -145,6 +145,32 @@ def cmd_revoke(args: argparse.Namespace) -> Any:
     return result if args.json else f"revoked {result['name']} [{result['id_display']}]"
 
 
+def cmd_cluster(args: argparse.Namespace) -> Any:
+    if args.action == "show":
+        state = _api(args, "GET", "cluster")
+    elif args.action == "add-self":
+        body: dict[str, Any] = {"nthreads": args.nthreads}
+        if args.kernel:
+            body["kernel"] = args.kernel
+        state = _api(args, "POST", "cluster/add-self", body)
+    else:
+        state = _api(args, "POST", f"cluster/{args.action}")
+    if args.json:
+        return state
+    lines = [
+        f"scheduler:  {state['scheduler_address'] or '(not running)'}",
+        f"dashboard:  {state['dashboard_link'] or '-'}",
+        f"CA:         {state['ca_fingerprint'] or '-'}",
+    ]
+    rows = [[w["device_id"][:15] + "…", w["name"][:20], w["address"], str(w["nthreads"])]
+            for w in state["workers"]]
+    lines.append("workers:\n" + _table(rows, ["DEVICE", "NAME", "ADDRESS", "THREADS"]))
+    for entry in state["serving"]:
+        lines.append(f"serving main {entry['main_id'][:15]}…: {entry['state']}"
+                     + (f" ({entry['message']})" if entry.get("message") else ""))
+    return "\n".join(lines)
+
+
 def cmd_demo(args: argparse.Namespace) -> Any:
     from .demo import run_demo
 
@@ -198,6 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("revoke", help="revoke a paired device (stop sharing)")
     p.add_argument("device", help="device ID (a unique prefix is enough) or name")
     p.set_defaults(func=cmd_revoke)
+
+    p = sub.add_parser("cluster", help="show, start or stop this device's cluster")
+    p.add_argument("action", nargs="?", default="show",
+                   choices=["show", "start", "stop", "add-self"])
+    p.add_argument("--kernel", help="add-self: kernelspec the local worker runs in")
+    p.add_argument("--nthreads", type=int, default=1, help="add-self: worker threads")
+    p.set_defaults(func=cmd_cluster)
 
     p = sub.add_parser("demo", help="the local multi-device demo (starts its own devices)")
     p.add_argument("--devices", type=int, default=3)

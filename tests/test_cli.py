@@ -66,3 +66,15 @@ def test_cli_url_and_token_select_the_server(make_device):
     assert rc == 0 and json.loads(out)["name"] == "alpha"
     rc, out, err = run_cli(a, "--url", a.url, "--token", "wrong", "device", home=False)
     assert rc == 1 and "403" in err
+
+
+def test_cli_cluster_start_show_stop(make_device):
+    a = make_device("alpha")
+    rc, out, err = run_cli(a, "cluster")
+    assert rc == 0 and "(not running)" in out
+    rc, out, err = run_cli(a, "cluster", "start")
+    assert rc == 0 and "tls://127.0.0.1:" in out, err
+    rc, out, err = run_cli(a, "--json", "cluster")
+    assert rc == 0 and json.loads(out)["running"] is True
+    rc, out, err = run_cli(a, "cluster", "stop")
+    assert rc == 0 and "(not running)" in out
