@@ -21,6 +21,7 @@ from traitlets import Bool, Float, Int, Unicode, default
 
 from ._version import __version__
 from .cluster.service import ClusterService
+from .environments.service import EnvironmentService
 from .identity import DeviceIdentity
 from .manager import DeviceManager, PairingSettings
 from .server import events
@@ -188,9 +189,12 @@ class ParallalxApp(ExtensionApp):
             demo_auto_accept=self.demo_auto_accept,
         )
         self.manager = DeviceManager(identity, self.store, settings, emit)
+        self.environments = EnvironmentService(emit, Path(self.serverapp.root_dir))
+        self.manager.resolve_python = self.environments.resolve_python
         self.manager.cluster = ClusterService(
             home, identity.device_id, emit, scheduler_ip=self.scheduler_ip,
             scheduler_port=self.scheduler_port,
+            prepare_env=self.environments.prepare_for_main,
         )
         self.listener = PeerListener(
             self.manager, self.peer_ip, self.peer_port, str(identity.cert_path),
@@ -207,7 +211,8 @@ class ParallalxApp(ExtensionApp):
             "parallalx device %s (%s), peer listener on %s:%s",
             identity.display_id, self.device_name, self.peer_ip, self.listener.port,
         )
-        self.settings.update({"parallalx_manager": self.manager, "parallalx_app": self})
+        self.settings.update({"parallalx_manager": self.manager, "parallalx_app": self,
+                              "parallalx_environments": self.environments})
 
     def initialize_handlers(self) -> None:
         self.handlers.extend(handlers())

@@ -87,7 +87,7 @@ def _asks(args: argparse.Namespace) -> dict[str, Any]:
     asks: dict[str, Any] = {}
     if args.purpose:
         asks["purpose"] = args.purpose
-    for field in ("nthreads", "memory_limit_gb", "gpus", "duration_hours"):
+    for field in ("nthreads", "memory_limit_gb", "gpus", "duration_hours", "requirements"):
         value = getattr(args, field)
         if value is not None:
             asks[field] = value
@@ -171,6 +171,39 @@ def cmd_cluster(args: argparse.Namespace) -> Any:
     return "\n".join(lines)
 
 
+def cmd_kernels(args: argparse.Namespace) -> Any:
+    rows = _api(args, "GET", "kernels" + ("?refresh=true" if args.refresh else ""))
+    if args.json:
+        return rows
+    return _table([[k["name"], k["language"], k.get("python_version") or "-",
+                    "yes" if k["selectable"] else f"no: {k.get('reason')}",
+                    k.get("interpreter") or "-"] for k in rows],
+                  ["KERNEL", "LANGUAGE", "PYTHON", "SELECTABLE", "INTERPRETER"])
+
+
+def cmd_ides(args: argparse.Namespace) -> Any:
+    rows = _api(args, "GET", "ides")
+    if args.json:
+        return rows
+    return _table([[i["id"], i["name"], i.get("version") or "-", i.get("interpreter") or "-"]
+                   for i in rows if i["found"]], ["ID", "IDE", "VERSION", "PYTHON"])
+
+
+def cmd_env(args: argparse.Namespace) -> Any:
+    body: dict[str, Any] = {"requirements": args.requirements}
+    if args.kernel:
+        body["kernel"] = args.kernel
+    if args.ide:
+        body["ide"] = args.ide
+    result = _api(args, "POST", f"environment/{args.action}", body)
+    if args.json:
+        return result
+    rows = [[e["name"], e["required"] or "any", e["installed"] or "-", e["action"]]
+            for e in result["diff"]]
+    return f"python: {result['python']}\n" + _table(
+        rows, ["PACKAGE", "REQUIRED", "INSTALLED", "ACTION"])
+
+
 def cmd_demo(args: argparse.Namespace) -> Any:
     from .demo import run_demo
 
@@ -201,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-limit-gb", dest="memory_limit_gb", type=float)
     p.add_argument("--gpus", type=int)
     p.add_argument("--duration-hours", dest="duration_hours", type=float)
+    p.add_argument("--requirement", dest="requirements", action="append",
+                   help="a package the job needs on the worker (repeatable)")
     p.set_defaults(func=cmd_invite)
 
     p = sub.add_parser("requests", help="list connection requests")
@@ -231,6 +266,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kernel", help="add-self: kernelspec the local worker runs in")
     p.add_argument("--nthreads", type=int, default=1, help="add-self: worker threads")
     p.set_defaults(func=cmd_cluster)
+
+    p = sub.add_parser("kernels", help="kernels (environments) a worker can run in")
+    p.add_argument("--refresh", action="store_true")
+    p.set_defaults(func=cmd_kernels)
+
+    p = sub.add_parser("ides", help="IDEs found on this device and their Python")
+    p.set_defaults(func=cmd_ides)
+
+    p = sub.add_parser("env", help="check or install what an environment needs")
+    p.add_argument("action", choices=["check", "install"])
+    p.add_argument("requirements", nargs="*", help="extra requirements of the job")
+    p.add_argument("--kernel")
+    p.add_argument("--ide")
+    p.set_defaults(func=cmd_env)
 
     p = sub.add_parser("demo", help="the local multi-device demo (starts its own devices)")
     p.add_argument("--devices", type=int, default=3)

@@ -116,6 +116,14 @@ class LocalDevice:
                 "news_url": None,
                 "check_for_updates_class": "jupyterlab.NeverCheckForUpdate",
             }
+            # no "get notified about Jupyter news?" prompt on a fresh profile
+            settings = config_dir / "lab" / "user-settings" / "@jupyterlab" / "apputils-extension"
+            settings.mkdir(parents=True, exist_ok=True)
+            notification = settings / "notification.jupyterlab-settings"
+            if not notification.exists():
+                notification.write_text(
+                    json.dumps({"fetchNews": "false", "checkForUpdates": False})
+                )
         (config_dir / "jupyter_server_config.json").write_text(json.dumps(config, indent=1))
 
     def start(self, timeout: float = 60.0) -> LocalDevice:

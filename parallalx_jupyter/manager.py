@@ -416,16 +416,19 @@ class DeviceManager:
     async def _poll_outgoing(self) -> bool:
         rows = await self.store.list_requests(direction="outgoing", states=("pending",))
         for row in rows:
-            try:
-                opened = await self._exchange(
-                    row["peer_url"], row["peer_id"], "request.status", {"request_id": row["id"]}
-                )
-            except PeerError:
-                continue
-            state = opened.body.get("state")
-            if state in ("accepted", "rejected", "expired", "superseded"):
-                await self._record_outcome(row, state)
+            await self._poll_one(row)
         return bool(rows)
+
+    async def _poll_one(self, row: dict[str, Any]) -> None:
+        try:
+            opened = await self._exchange(
+                row["peer_url"], row["peer_id"], "request.status", {"request_id": row["id"]}
+            )
+        except PeerError:
+            return
+        state = opened.body.get("state")
+        if state in ("accepted", "rejected", "expired", "superseded"):
+            await self._record_outcome(row, state)
 
     async def _record_outcome(self, row: dict[str, Any], state: str) -> None:
         device = None
@@ -561,6 +564,12 @@ class DeviceManager:
         from .cluster.service import ClusterError
 
         device = await self.store.get_device(opened.sender_id)
+        if device is None or device["state"] != "paired":
+            # the accept may have raced its own notification: ask the peer now
+            for row in await self.store.list_requests(direction="outgoing", states=("pending",)):
+                if row["peer_id"] == opened.sender_id:
+                    await self._poll_one(row)
+            device = await self.store.get_device(opened.sender_id)
         if device is None or device["state"] != "paired" or device["role"] != "worker":
             raise ProtocolError(403, "not a paired worker device of this main device")
         if self.cluster is None:

@@ -136,6 +136,11 @@ ASKS_SPEC: dict[str, tuple[Check, bool, str]] = {
     "memory_limit_gb": (_optional(_number_range(0.1, 65536)), False, "a number or null"),
     "gpus": (_optional(_int_range(0, 64)), False, "an integer 0-64 or null"),
     "duration_hours": (_optional(_number_range(0.01, 8760)), False, "a number or null"),
+    "requirements": (
+        lambda v: isinstance(v, list) and len(v) <= 50
+        and all(isinstance(r, str) and 0 < len(r) <= 256 for r in v),
+        False, "a list of at most 50 requirement strings",
+    ),
 }
 
 OPEN_SPEC: dict[str, tuple[Check, bool, str]] = {
@@ -192,6 +197,7 @@ def clean_asks(asks: Any) -> dict[str, Any]:
     validate(asks, ASKS_SPEC, "asks")
     out: dict[str, Any] = {k: asks.get(k) for k in ASKS_SPEC}
     out["purpose"] = clean_text(asks.get("purpose") or "run training workers", TEXT_MAX)
+    out["requirements"] = [clean_text(r, 256) for r in asks.get("requirements") or []]
     return out
 
 

@@ -18,8 +18,8 @@ def make_device(tmp_path: Path) -> Iterator[Callable[..., LocalDevice]]:
     """Start devices as separate `jupyter server` processes; all are stopped at teardown."""
     started: list[LocalDevice] = []
 
-    def make(name: str, **config: Any) -> LocalDevice:
-        dev = LocalDevice(home=tmp_path / name, name=name, extra_config=config)
+    def make(name: str, env: dict[str, str] | None = None, **config: Any) -> LocalDevice:
+        dev = LocalDevice(home=tmp_path / name, name=name, extra_config=config, env=env or {})
         started.append(dev)
         return dev.start()
 

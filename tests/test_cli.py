@@ -78,3 +78,15 @@ def test_cli_cluster_start_show_stop(make_device):
     assert rc == 0 and json.loads(out)["running"] is True
     rc, out, err = run_cli(a, "cluster", "stop")
     assert rc == 0 and "(not running)" in out
+
+
+def test_cli_kernels_ides_and_env_check(make_device):
+    a = make_device("alpha")
+    rc, out, err = run_cli(a, "kernels")
+    assert rc == 0 and "python3" in out, err
+    rc, out, err = run_cli(a, "ides")
+    assert rc == 0 and "jupyterlab" in out
+    rc, out, err = run_cli(a, "env", "check", "--kernel", "python3", "six")
+    assert rc == 0 and "torch" in out and "six" in out
+    rc, out, err = run_cli(a, "env", "check", "--kernel", "nope")
+    assert rc == 1 and "no kernel named" in err

@@ -28,10 +28,8 @@ from .worker import WorkerSpec, WorkerSupervisor
 log = logging.getLogger("parallalx_jupyter.cluster")
 
 Emit = Callable[[str, dict[str, Any]], None]
-# (python, requirements, peer_id) -> None; raises with a clear message when it cannot prepare
-PrepareEnv = Callable[[str, dict[str, str], str], Awaitable[None]]
-
-CLUSTER_CRITICAL = ("torch", "dask", "distributed", "cloudpickle", "msgpack", "tornado")
+# (python, main versions, job requirements, peer_id) -> None; raises with a clear message
+PrepareEnv = Callable[[str, dict[str, str], list[str], str], Awaitable[None]]
 
 
 class ClusterError(Exception):
@@ -41,17 +39,11 @@ class ClusterError(Exception):
         self.message = message
 
 
-def local_versions(names: tuple[str, ...] = CLUSTER_CRITICAL) -> dict[str, str]:
+def main_versions() -> dict[str, str]:
     """This (main) device's versions of the packages every worker must match."""
-    from importlib import metadata
+    from ..environments import local_versions
 
-    out = {}
-    for name in names:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
+    return {name: version for name, version in local_versions().items() if version}
 
 
 def host_of_url(url: str) -> str:
@@ -152,7 +144,7 @@ class ClusterService:
             "ca": ca.cert_pem.decode(),
             "ca_fingerprint": ca.fingerprint,
             "scheduler_port": int(port),
-            "requirements": local_versions(),
+            "requirements": main_versions(),
         }
 
     async def revoke_device(self, device_id: str) -> None:
@@ -191,7 +183,8 @@ class ClusterService:
             signed = await exchange({"csr": csr_pem.decode()})
             self._set_join(main_id, {"state": "preparing-environment"})
             if self.prepare_env is not None:
-                await self.prepare_env(python, dict(signed.get("requirements") or {}), main_id)
+                await self.prepare_env(python, dict(signed.get("requirements") or {}),
+                                       list(limits.get("requirements") or []), main_id)
             await self._run_worker(main_id, host_of_url(main_url), key_pem, signed, python,
                                    limits)
         except asyncio.CancelledError:

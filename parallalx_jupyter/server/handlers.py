@@ -19,6 +19,8 @@ from jupyter_server.utils import url_path_join
 from tornado import web
 
 from ..cluster.service import ClusterError, ClusterService
+from ..environments.errors import EnvironmentStepError
+from ..environments.service import EnvironmentService
 from ..manager import ApiError, DeviceManager
 from ..pairing import ProtocolError, validate
 
@@ -128,6 +130,12 @@ class AcceptHandler(ParallalxHandler):
     async def post(self, request_id: str) -> None:
         body = self.json_body(ACCEPT_SPEC)
         selection = {k: body.get(k) for k in ("kernel", "ide") if body.get(k)}
+        if selection:
+            try:
+                python = await self.settings["parallalx_environments"].resolve_python(selection)
+            except EnvironmentStepError as err:
+                raise ApiError(400, str(err)) from None
+            selection["python"] = python
         self.write_json(await self.manager.decide(request_id, True, selection))
 
 
@@ -223,6 +231,65 @@ class ClusterActionHandler(ClusterHandler):
         self.write_json(result)
 
 
+class EnvironmentHandlerBase(ParallalxHandler):
+    @property
+    def environments(self) -> EnvironmentService:
+        return self.settings["parallalx_environments"]
+
+    async def python_for(self, body: dict[str, Any]) -> str:
+        try:
+            return await self.environments.resolve_python(body)
+        except EnvironmentStepError as err:
+            raise ApiError(400, str(err)) from None
+
+
+class KernelsHandler(EnvironmentHandlerBase):
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        refresh = self.get_query_argument("refresh", "false").lower() in ("1", "true", "yes")
+        self.write_json(await self.environments.kernels(refresh=refresh))
+
+
+class IdesHandler(EnvironmentHandlerBase):
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        self.write_json(await self.environments.ides())
+
+
+ENVIRONMENT_SPEC = {
+    "kernel": (_is_optional_str, False, "a kernelspec name or null"),
+    "ide": (_is_optional_str, False, "an IDE ID or null"),
+    "requirements": (
+        lambda v: isinstance(v, list) and len(v) <= 200
+        and all(isinstance(r, str) and 0 < len(r) <= 512 for r in v),
+        False, "a list of PEP 508 requirement strings",
+    ),
+}
+
+
+class EnvironmentActionHandler(EnvironmentHandlerBase):
+    """check: what would be installed into the selected environment (this device's versions of
+    the cluster-critical packages plus `requirements`); install: do it, with progress events."""
+
+    @web.authenticated
+    @authorized
+    async def post(self, action: str) -> None:
+        body = self.json_body(ENVIRONMENT_SPEC)
+        python = await self.python_for(body)
+        extra = body.get("requirements") or []
+        try:
+            if action == "check":
+                result = await self.environments.check(python, extra)
+            else:
+                result = await self.environments.install(python, extra)
+        except EnvironmentStepError as err:
+            status = 400 if isinstance(err, ValueError) else 422
+            raise ApiError(status, str(err)) from None
+        self.write_json(result)
+
+
 class OpenAPIHandler(ParallalxHandler):
     @web.authenticated
     @authorized
@@ -245,6 +312,9 @@ def route_table() -> list[tuple[str, type[ParallalxHandler]]]:
         (rf"/devices/{_ID}", PeerDeviceHandler),
         (rf"/devices/{_ID}/revoke", RevokeHandler),
         (r"/invitations", InvitationsHandler),
+        (r"/kernels", KernelsHandler),
+        (r"/ides", IdesHandler),
+        (r"/environment/(check|install)", EnvironmentActionHandler),
         (r"/cluster", ClusterHandler),
         (r"/cluster/(start|stop|add-self)", ClusterActionHandler),
         (r"/openapi.json", OpenAPIHandler),
