@@ -276,7 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("env", help="check or install what an environment needs")
     p.add_argument("action", choices=["check", "install"])
-    p.add_argument("requirements", nargs="*", help="extra requirements of the job")
+    p.add_argument("-r", "--requirement", dest="requirements", action="append", default=[],
+                   help="an extra requirement of the job (repeatable)")
     p.add_argument("--kernel")
     p.add_argument("--ide")
     p.set_defaults(func=cmd_env)

@@ -86,7 +86,7 @@ def test_cli_kernels_ides_and_env_check(make_device):
     assert rc == 0 and "python3" in out, err
     rc, out, err = run_cli(a, "ides")
     assert rc == 0 and "jupyterlab" in out
-    rc, out, err = run_cli(a, "env", "check", "--kernel", "python3", "six")
+    rc, out, err = run_cli(a, "env", "check", "--kernel", "python3", "-r", "six")
     assert rc == 0 and "torch" in out and "six" in out
     rc, out, err = run_cli(a, "env", "check", "--kernel", "nope")
     assert rc == 1 and "no kernel named" in err
