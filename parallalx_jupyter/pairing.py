@@ -246,6 +246,8 @@ def parse_json(raw: bytes) -> Any:
         return json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ProtocolError(400, f"body is not valid JSON: {err}") from None
+    except RecursionError:
+        raise ProtocolError(400, "body is nested too deeply") from None
 
 
 def open_envelope(

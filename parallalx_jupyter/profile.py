@@ -66,6 +66,10 @@ async def accelerator_profile(
         proc.kill()
         await proc.wait()
         return {"torch": None, "cuda": [], "mps": False, "error": "probe timed out"}
+    except asyncio.CancelledError:  # server stopping: leave no probe behind
+        proc.kill()
+        await proc.wait()
+        raise
     try:
         return json.loads(stdout.decode().strip().splitlines()[-1])
     except (ValueError, IndexError):

@@ -3,17 +3,32 @@ import {
   JupyterFrontEnd,
   JupyterFrontEndPlugin
 } from '@jupyterlab/application';
+import { ICommandPalette, InputDialog, Notification } from '@jupyterlab/apputils';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
-import { LabIcon } from '@jupyterlab/ui-components';
+import { IStatusBar } from '@jupyterlab/statusbar';
+import { LabIcon, refreshIcon } from '@jupyterlab/ui-components';
 
 import iconSvg from '../style/icon.svg';
+import { ParallalxAPI } from './api';
+import { formatCode, RequestKind } from './models';
+import { RequestToasts } from './notify';
 import { ParallalxPanel } from './panel';
+import { ParallalxModel } from './state';
+import { PendingStatus } from './statusbar';
 
-export { requestAPI, getDevice } from './api';
-export type { IDeviceInfo } from './api';
+export { APIError, ParallalxAPI, getDevice, requestAPI } from './api';
+export type { IDevice, IPairedDevice, IRequest } from './models';
+export { ParallalxModel } from './state';
 export { ParallalxPanel } from './panel';
 
 const PLUGIN_ID = 'parallalx-jupyter:plugin';
+
+export namespace CommandIDs {
+  export const open = 'parallalx:open';
+  export const refresh = 'parallalx:refresh';
+  export const invite = 'parallalx:invite';
+  export const offer = 'parallalx:offer';
+}
 
 export const parallalxIcon = new LabIcon({
   name: 'parallalx-jupyter:icon',
@@ -22,26 +37,117 @@ export const parallalxIcon = new LabIcon({
 
 const plugin: JupyterFrontEndPlugin<void> = {
   id: PLUGIN_ID,
-  description: 'Parallalx sidebar panel: pool your computers into one training cluster.',
+  description:
+    'Parallalx sidebar: this device, connection requests and paired devices.',
   autoStart: true,
-  optional: [ILayoutRestorer, ISettingRegistry],
+  optional: [ILayoutRestorer, ISettingRegistry, IStatusBar, ICommandPalette],
   activate: (
     app: JupyterFrontEnd,
     restorer: ILayoutRestorer | null,
-    settingRegistry: ISettingRegistry | null
+    settingRegistry: ISettingRegistry | null,
+    statusBar: IStatusBar | null,
+    palette: ICommandPalette | null
   ) => {
-    const panel = new ParallalxPanel(app.serviceManager.serverSettings);
+    const api = new ParallalxAPI(app.serviceManager.serverSettings);
+    const model = new ParallalxModel(api);
+    const { commands, shell } = app;
+
+    const panel = new ParallalxPanel({
+      model,
+      commands,
+      toolbarCommands: [
+        { id: CommandIDs.invite, label: 'Invite' },
+        { id: CommandIDs.refresh, label: '' }
+      ]
+    });
     panel.title.icon = parallalxIcon;
-    panel.title.caption = 'Parallalx';
-    app.shell.add(panel, 'left', { rank: 800 });
+    shell.add(panel, 'left', { rank: 800 });
     restorer?.add(panel, panel.id);
+
+    const openPanel = () => shell.activateById(panel.id);
+    const toasts = new RequestToasts(model, { onShow: openPanel });
+
+    // Live updates: our events from the server's event bus; polling is the fallback.
+    app.serviceManager.events.stream.connect((_, emission) => {
+      model.handleEmission(emission);
+    });
+
+    commands.addCommand(CommandIDs.open, {
+      label: 'Open Parallalx Panel',
+      caption: 'Show this device, connection requests and paired devices',
+      icon: parallalxIcon,
+      execute: openPanel
+    });
+    commands.addCommand(CommandIDs.refresh, {
+      label: 'Refresh Parallalx',
+      caption: 'Fetch this device, requests and devices again',
+      icon: args => (args['isPalette'] ? undefined : refreshIcon),
+      execute: () => model.refresh({ device: true })
+    });
+    const sendRequest = async (kind: RequestKind) => {
+      const invite = kind === 'invite';
+      const result = await InputDialog.getText({
+        title: invite ? 'Invite a device' : 'Offer this device to a main device',
+        label: invite
+          ? 'Peer address of the device that should run workers for you (https://host:port):'
+          : 'Peer address of the main device (https://host:port):',
+        placeholder: 'https://192.168.1.20:8476',
+        okLabel: 'Send request'
+      });
+      const url = result.value?.trim();
+      if (!result.button.accept || !url) {
+        return;
+      }
+      try {
+        const request = await model.invite({ url, kind });
+        openPanel();
+        Notification.success(
+          `Parallalx: request sent to “${request.peer.name}”. Code ${formatCode(request.code)}: their screen must show the same.`,
+          { autoClose: 10000 }
+        );
+      } catch (error) {
+        const message = error instanceof Error ? error.message : String(error);
+        Notification.error(`Parallalx: could not send the request: ${message}`, {
+          autoClose: 10000
+        });
+      }
+    };
+    commands.addCommand(CommandIDs.invite, {
+      label: 'Invite a Device by URL…',
+      caption: 'Send a connection request asking another device to run workers for this one',
+      icon: args => (args['isPalette'] ? undefined : parallalxIcon),
+      execute: () => sendRequest('invite')
+    });
+    commands.addCommand(CommandIDs.offer, {
+      label: 'Offer This Device to a Main Device…',
+      caption: 'Send a connection request offering this device as a worker',
+      execute: () => sendRequest('offer')
+    });
+    if (palette) {
+      const category = 'Parallalx';
+      for (const command of [CommandIDs.open, CommandIDs.refresh, CommandIDs.invite, CommandIDs.offer]) {
+        palette.addItem({ command, category, args: { isPalette: true } });
+      }
+    }
+
+    if (statusBar) {
+      const item = new PendingStatus(model, parallalxIcon, openPanel);
+      statusBar.registerStatusItem('parallalx-jupyter:pending', {
+        item,
+        align: 'left',
+        rank: 50,
+        isActive: () => model.pendingCount > 0,
+        activeStateChanged: model.changed
+      });
+    }
 
     if (settingRegistry) {
       settingRegistry
         .load(PLUGIN_ID)
         .then(settings => {
           const apply = () => {
-            panel.pollInterval = settings.get('pollInterval').composite as number;
+            model.pollInterval = settings.get('pollInterval').composite as number;
+            toasts.enabled = settings.get('showToasts').composite as boolean;
           };
           apply();
           settings.changed.connect(apply);
@@ -50,6 +156,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
           console.error('parallalx-jupyter: failed to load settings', reason);
         });
     }
+
+    void model.start();
   }
 };
 

@@ -212,6 +212,9 @@ ADD_SELF_SPEC = {
 
 
 class ClusterActionHandler(ClusterHandler):
+    # POST only: the inherited state GET would be called with the action and fail (500)
+    get = web.RequestHandler.get
+
     @web.authenticated
     @authorized
     async def post(self, action: str) -> None:
@@ -228,6 +231,8 @@ class ClusterActionHandler(ClusterHandler):
                 result = await self.cluster.add_self(python, body.get("nthreads", 1))
         except ClusterError as err:
             raise ApiError(err.status, err.message) from None
+        except EnvironmentStepError as err:  # e.g. an unknown kernel: the caller's mistake
+            raise ApiError(400, str(err)) from None
         self.write_json(result)
 
 
@@ -321,5 +326,17 @@ def route_table() -> list[tuple[str, type[ParallalxHandler]]]:
     ]
 
 
+class UnknownRouteHandler(ParallalxHandler):
+    """Any other path under the API: a JSON 404 (after auth), not Jupyter's HTML page."""
+
+    @web.authenticated
+    @authorized
+    async def get(self, path: str) -> None:
+        raise ApiError(404, f"no such API route: /{API_PREFIX}/{path[:200]}")
+
+    post = put = patch = delete = get
+
+
 def handlers() -> list[tuple[str, type[ParallalxHandler]]]:
-    return [(url_path_join("/", API_PREFIX, path), cls) for path, cls in route_table()]
+    routes = [(url_path_join("/", API_PREFIX, path), cls) for path, cls in route_table()]
+    return [*routes, (url_path_join("/", API_PREFIX, r"(.*)"), UnknownRouteHandler)]

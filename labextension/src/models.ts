@@ -1,0 +1,444 @@
+/**
+ * Typed models of the parallalx REST API JSON (see parallalx_jupyter/openapi.json) and the
+ * pure helpers the sidebar needs. Nothing in this module touches the DOM, so it is unit-tested
+ * in node (src/__tests__).
+ *
+ * Every string that comes from a peer (names, purpose, URLs) is untrusted text: the widgets put
+ * it into the page with `textContent` only.
+ */
+
+/* ------------------------------------------------------------------ REST API models */
+
+export type RequestDirection = 'incoming' | 'outgoing';
+export type RequestKind = 'invite' | 'offer';
+export type RequestState =
+  | 'pending'
+  | 'accepted'
+  | 'rejected'
+  | 'expired'
+  | 'superseded';
+export type DeviceRole = 'main' | 'worker';
+export type PairedState = 'paired' | 'revoked' | 'revoked_by_peer';
+
+/** One CUDA device from the torch probe. */
+export interface ICudaDevice {
+  index: number;
+  name: string;
+  memory_bytes: number;
+}
+
+/** Accelerators from a torch probe in a subprocess; null until the first probe. */
+export interface IAccelerators {
+  torch: string | null;
+  cuda: ICudaDevice[];
+  mps: boolean;
+  error?: string;
+}
+
+/** This device's capability profile. */
+export interface IProfile {
+  hostname: string;
+  os: string;
+  machine: string;
+  python: string;
+  cpu_cores: number;
+  cpu_threads: number;
+  memory_bytes: number;
+  memory_available_bytes: number;
+  accelerators: IAccelerators | null;
+  probed_at: number | null;
+}
+
+/** `GET device`: this device. */
+export interface IDevice {
+  id: string;
+  id_display: string;
+  name: string;
+  peer_urls: string[];
+  version: string;
+  profile: IProfile;
+}
+
+/** What a request asks for, as the server stored it (every field present, null if not asked). */
+export interface IAsksView {
+  purpose: string;
+  nthreads: number | null;
+  memory_limit_gb: number | null;
+  gpus: number | null;
+  duration_hours: number | null;
+}
+
+/** What an invitation asks for (every field optional). */
+export interface IAsks {
+  purpose?: string;
+  nthreads?: number | null;
+  memory_limit_gb?: number | null;
+  gpus?: number | null;
+  duration_hours?: number | null;
+}
+
+/** The other side of a request. */
+export interface IPeerRef {
+  id: string;
+  id_display: string;
+  name: string;
+  url: string | null;
+}
+
+/** `GET requests`, `GET requests/{id}`: a connection request. */
+export interface IRequest {
+  id: string;
+  direction: RequestDirection;
+  kind: RequestKind;
+  state: RequestState;
+  peer: IPeerRef;
+  asks: IAsksView;
+  /** 6 digits; only while pending or once accepted. */
+  code: string | null;
+  created_at: number;
+  expires_at: number;
+  decided_at: number | null;
+}
+
+/** What the receiving user picked when accepting. */
+export interface ISelection {
+  kernel?: string;
+  ide?: string;
+  auto_accepted?: boolean;
+}
+
+/** What a current pairing grants; null once revoked. */
+export interface IGrant {
+  asks: IAsksView;
+  selection: ISelection;
+}
+
+/** `GET devices`: a paired device. */
+export interface IPairedDevice {
+  id: string;
+  id_display: string;
+  name: string;
+  /** The role the peer has for this device. */
+  role: DeviceRole;
+  state: PairedState;
+  peer_url: string | null;
+  request_id: string | null;
+  paired_at: number;
+  updated_at: number;
+  last_seen: number | null;
+  grant: IGrant | null;
+}
+
+/** `POST requests/{id}/accept` body. */
+export interface IAcceptBody {
+  kernel?: string | null;
+  ide?: string | null;
+  note?: string | null;
+}
+
+/** `POST requests/{id}/reject` body. */
+export interface IRejectBody {
+  reason?: string | null;
+}
+
+/** `POST invitations` body. */
+export interface IInvitationBody {
+  url: string;
+  kind?: RequestKind;
+  asks?: IAsks;
+}
+
+/**
+ * A kernel/environment the accepting user can pick for the worker.
+ *
+ * HOOK: the kernels API (`GET <base>/parallalx/api/kernels`) comes with a later issue; until the
+ * server serves it the list is empty and the selector only offers the default environment.
+ */
+export interface IKernelChoice {
+  name: string;
+  display_name: string;
+  /** false for kernels that cannot run a worker (e.g. non-Python), with the reason. */
+  selectable: boolean;
+  reason?: string;
+}
+
+/* ------------------------------------------------------------------ events */
+
+/** Our event schema IDs are `${SCHEMA_PREFIX}<name>/v1`. */
+export const SCHEMA_PREFIX = 'https://events.parallalx.dev/parallalx_jupyter/';
+
+export const EVENT_NAMES = [
+  'request-received',
+  'request-decided',
+  'device-added',
+  'device-revoked'
+] as const;
+
+export type ParallalxEventName = (typeof EVENT_NAMES)[number];
+
+/** One of our events, as it comes out of `serviceManager.events.stream`. */
+export interface IParallalxEvent {
+  name: ParallalxEventName;
+  version: string;
+  /** The payload fields (IDs, names, states only). */
+  payload: { [key: string]: unknown };
+}
+
+/**
+ * Pick our events out of the server's event stream. Returns null for anything else (other
+ * extensions' events, unknown versions of ours, malformed emissions).
+ */
+export function parseEvent(emission: unknown): IParallalxEvent | null {
+  if (!isObject(emission)) {
+    return null;
+  }
+  const schemaId = emission['schema_id'];
+  if (typeof schemaId !== 'string' || !schemaId.startsWith(SCHEMA_PREFIX)) {
+    return null;
+  }
+  const rest = schemaId.slice(SCHEMA_PREFIX.length);
+  const match = /^([a-z-]+)\/v(\d+)$/.exec(rest);
+  if (!match) {
+    return null;
+  }
+  const name = match[1] as ParallalxEventName;
+  if (!EVENT_NAMES.includes(name)) {
+    return null;
+  }
+  const payload: { [key: string]: unknown } = {};
+  for (const [key, value] of Object.entries(emission)) {
+    if (key !== 'schema_id' && key !== 'version' && key !== '__timestamp__') {
+      payload[key] = value;
+    }
+  }
+  return { name, version: match[2], payload };
+}
+
+/* ------------------------------------------------------------------ derived views */
+
+/** Incoming requests waiting for this user's decision, soonest expiry first. */
+export function pendingIncoming(requests: readonly IRequest[]): IRequest[] {
+  return requests
+    .filter(r => r.direction === 'incoming' && r.state === 'pending')
+    .sort((a, b) => a.expires_at - b.expires_at);
+}
+
+/** Outgoing requests waiting for the peer's decision, newest first. */
+export function pendingOutgoing(requests: readonly IRequest[]): IRequest[] {
+  return requests
+    .filter(r => r.direction === 'outgoing' && r.state === 'pending')
+    .sort((a, b) => b.created_at - a.created_at);
+}
+
+/** Requests in `current` whose ID is not in `known` (new arrivals since the last look). */
+export function newRequests(
+  known: ReadonlySet<string>,
+  current: readonly IRequest[]
+): IRequest[] {
+  return current.filter(r => !known.has(r.id));
+}
+
+/** Devices shown in the Devices section: current pairings first, then by name. */
+export function sortDevices(devices: readonly IPairedDevice[]): IPairedDevice[] {
+  const rank = (d: IPairedDevice) => (d.state === 'paired' ? 0 : 1);
+  return [...devices].sort(
+    (a, b) => rank(a) - rank(b) || a.name.localeCompare(b.name) || a.id.localeCompare(b.id)
+  );
+}
+
+/* ------------------------------------------------------------------ formatting */
+
+/** `123456` -> `123 456` (easier to read aloud); anything else is returned as is. */
+export function formatCode(code: string | null | undefined): string {
+  if (!code) {
+    return '';
+  }
+  return /^\d{6}$/.test(code) ? `${code.slice(0, 3)} ${code.slice(3)}` : code;
+}
+
+/** Bytes as a short binary size: `16.0 GiB`. */
+export function formatBytes(bytes: number | null | undefined): string {
+  if (typeof bytes !== 'number' || !Number.isFinite(bytes) || bytes < 0) {
+    return '?';
+  }
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
+  let value = bytes;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit++;
+  }
+  return unit === 0 ? `${value} B` : `${value.toFixed(1)} ${units[unit]}`;
+}
+
+/** Seconds left as `9:05`, `1:02:03`; `expired` at or below zero. */
+export function formatCountdown(secondsLeft: number): string {
+  if (!Number.isFinite(secondsLeft) || secondsLeft <= 0) {
+    return 'expired';
+  }
+  const total = Math.ceil(secondsLeft);
+  const h = Math.floor(total / 3600);
+  const m = Math.floor((total % 3600) / 60);
+  const s = total % 60;
+  const ss = String(s).padStart(2, '0');
+  return h > 0 ? `${h}:${String(m).padStart(2, '0')}:${ss}` : `${m}:${ss}`;
+}
+
+/** Seconds until `expiresAt` (unix seconds, server clock) given the server's `now`. */
+export function secondsLeft(expiresAt: number, serverNow: number): number {
+  return expiresAt - serverNow;
+}
+
+/** Human lines for what a request asks; an empty array when it asks for nothing specific. */
+export function describeAsks(asks: Partial<IAsksView> | null | undefined): string[] {
+  if (!asks) {
+    return [];
+  }
+  const lines: string[] = [];
+  if (typeof asks.nthreads === 'number') {
+    lines.push(`${asks.nthreads} CPU thread${asks.nthreads === 1 ? '' : 's'}`);
+  }
+  if (typeof asks.memory_limit_gb === 'number') {
+    lines.push(`${asks.memory_limit_gb} GB memory`);
+  }
+  if (typeof asks.gpus === 'number') {
+    lines.push(`${asks.gpus} GPU${asks.gpus === 1 ? '' : 's'}`);
+  }
+  if (typeof asks.duration_hours === 'number') {
+    lines.push(`for ${asks.duration_hours} h`);
+  }
+  return lines;
+}
+
+/** What the request means for this device, in words. */
+export function describeKind(request: Pick<IRequest, 'kind' | 'direction'>): string {
+  if (request.direction === 'incoming') {
+    return request.kind === 'invite'
+      ? 'asks this device to run training workers'
+      : 'offers to run training workers for this device';
+  }
+  return request.kind === 'invite'
+    ? 'invited to run training workers for this device'
+    : 'offered this device as a worker';
+}
+
+/** Resource lines for the This device section. */
+export function describeResources(profile: IProfile | null | undefined): {
+  cores: string;
+  memory: string;
+  gpus: string[];
+} {
+  if (!profile) {
+    return { cores: '?', memory: '?', gpus: [] };
+  }
+  const cores =
+    profile.cpu_threads && profile.cpu_threads !== profile.cpu_cores
+      ? `${profile.cpu_cores} cores, ${profile.cpu_threads} threads`
+      : `${profile.cpu_cores} cores`;
+  const memory = `${formatBytes(profile.memory_bytes)} (${formatBytes(
+    profile.memory_available_bytes
+  )} available)`;
+  const acc = profile.accelerators;
+  let gpus: string[];
+  if (!acc) {
+    gpus = ['not probed yet'];
+  } else if (acc.error) {
+    gpus = [`probe failed: ${acc.error}`];
+  } else {
+    gpus = (acc.cuda ?? []).map(
+      g => `cuda:${g.index} ${g.name} (${formatBytes(g.memory_bytes)})`
+    );
+    if (acc.mps) {
+      gpus.push('Apple MPS');
+    }
+    if (gpus.length === 0) {
+      gpus = [acc.torch ? 'none (CPU only)' : 'none (torch not installed)'];
+    }
+  }
+  return { cores, memory, gpus };
+}
+
+/** Role of a paired device, from this device's point of view. */
+export function describeRole(role: DeviceRole): string {
+  return role === 'worker' ? 'worker for this device' : 'main device (this device works for it)';
+}
+
+export function describePairedState(state: PairedState): string {
+  switch (state) {
+    case 'paired':
+      return 'paired';
+    case 'revoked':
+      return 'revoked';
+    case 'revoked_by_peer':
+      return 'revoked by the other device';
+  }
+}
+
+/**
+ * Defensive parsing of the (future) kernels endpoint: keeps entries with a string `name` and
+ * drops everything else, so a shape change on the server cannot break the panel.
+ */
+export function parseKernelChoices(data: unknown): IKernelChoice[] {
+  const items = Array.isArray(data)
+    ? data
+    : isObject(data) && Array.isArray(data['kernels'])
+      ? (data['kernels'] as unknown[])
+      : [];
+  const out: IKernelChoice[] = [];
+  for (const item of items) {
+    if (!isObject(item) || typeof item['name'] !== 'string') {
+      continue;
+    }
+    const display = item['display_name'];
+    const selectable = item['selectable'];
+    const reason = item['reason'];
+    out.push({
+      name: item['name'],
+      display_name: typeof display === 'string' && display ? display : item['name'],
+      selectable: selectable !== false,
+      ...(typeof reason === 'string' ? { reason } : {})
+    });
+  }
+  return out;
+}
+
+/** The toast text for a new incoming request: the code first (toasts cut at 140 characters). */
+export function toastMessage(request: IRequest): string {
+  const what =
+    request.kind === 'invite' ? 'asks to run workers here' : 'offers to work for this device';
+  return `Parallalx code ${formatCode(request.code)}: “${request.peer.name}” ${what}. Compare codes before accepting.`;
+}
+
+/* ------------------------------------------------------------------ polling */
+
+/**
+ * The polling fallback's next delay: `base` after a change (or an event, or a user action),
+ * growing by `factor` after every poll that found nothing new, capped at `max`.
+ */
+export function nextPollDelay(
+  current: number,
+  changed: boolean,
+  base: number,
+  max: number,
+  factor = 2
+): number {
+  if (base <= 0) {
+    return 0;
+  }
+  const cap = Math.max(base, max);
+  if (changed || current <= 0) {
+    return base;
+  }
+  return Math.min(cap, Math.round(current * factor));
+}
+
+/** The cap of the idle back-off for a configured interval: 12x, at most a minute (but >= base). */
+export function maxPollDelay(base: number): number {
+  return base <= 0 ? 0 : Math.max(base, Math.min(base * 12, 60_000));
+}
+
+/* ------------------------------------------------------------------ utils */
+
+export function isObject(value: unknown): value is { [key: string]: unknown } {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}

@@ -1,0 +1,390 @@
+/**
+ * The sidebar's state: this device, open requests and paired devices, kept fresh from the event
+ * stream with a polling fallback that slows down while nothing changes. No DOM in here: the
+ * widgets, the toasts and the status bar item all render from this one model (unit-tested in
+ * node with a fake API).
+ */
+import { IDisposable } from '@lumino/disposable';
+import { ISignal, Signal } from '@lumino/signaling';
+
+import type { ParallalxAPI } from './api';
+import {
+  IDevice,
+  IInvitationBody,
+  IKernelChoice,
+  IPairedDevice,
+  IRequest,
+  IParallalxEvent,
+  maxPollDelay,
+  nextPollDelay,
+  parseEvent,
+  pendingIncoming,
+  pendingOutgoing,
+  sortDevices
+} from './models';
+
+/** The part of ParallalxAPI the model uses (a fake in the unit tests). */
+export type IModelAPI = Pick<
+  ParallalxAPI,
+  | 'getDevice'
+  | 'listRequests'
+  | 'listDevices'
+  | 'accept'
+  | 'reject'
+  | 'revoke'
+  | 'invite'
+  | 'listKernelChoices'
+  | 'serverNow'
+>;
+
+/** Re-read the device (its memory figures change) at most this often, unless forced. */
+const DEVICE_MAX_AGE_MS = 60_000;
+/** Re-ask the (future) kernels API at most this often. */
+const KERNELS_MAX_AGE_MS = 60_000;
+
+export class ParallalxModel implements IDisposable {
+  constructor(api: IModelAPI, options: { pollInterval?: number } = {}) {
+    this.api = api;
+    this._pollInterval = Math.max(0, options.pollInterval ?? 5000);
+  }
+
+  readonly api: IModelAPI;
+
+  /** Any state change (device, requests, devices, error). */
+  get changed(): ISignal<this, void> {
+    return this._changed;
+  }
+
+  /** Pending incoming requests that arrived after the first load (each is emitted once). */
+  get newIncoming(): ISignal<this, IRequest[]> {
+    return this._newIncoming;
+  }
+
+  /** IDs of incoming requests that stopped being pending (decided here or elsewhere, expired). */
+  get incomingClosed(): ISignal<this, string[]> {
+    return this._incomingClosed;
+  }
+
+  /** Each of our events from the server's event stream. */
+  get eventReceived(): ISignal<this, IParallalxEvent> {
+    return this._eventReceived;
+  }
+
+  get device(): IDevice | null {
+    return this._device;
+  }
+  get requests(): readonly IRequest[] {
+    return this._requests;
+  }
+  get devices(): readonly IPairedDevice[] {
+    return this._devices;
+  }
+  get kernelChoices(): readonly IKernelChoice[] {
+    return this._kernelChoices;
+  }
+  /** The last refresh's error message, null when it worked. */
+  get error(): string | null {
+    return this._error;
+  }
+  /** True once the first refresh completed (successfully or not). */
+  get loaded(): boolean {
+    return this._loaded;
+  }
+
+  get pendingIncoming(): IRequest[] {
+    return pendingIncoming(this._requests);
+  }
+  get pendingOutgoing(): IRequest[] {
+    return pendingOutgoing(this._requests);
+  }
+  /** Pending incoming requests: the status bar count. */
+  get pendingCount(): number {
+    return this.pendingIncoming.length;
+  }
+  get sortedDevices(): IPairedDevice[] {
+    return sortDevices(this._devices);
+  }
+
+  /** Base polling interval in ms (0 disables the polling fallback). */
+  get pollInterval(): number {
+    return this._pollInterval;
+  }
+  set pollInterval(value: number) {
+    const next = Math.max(0, Number.isFinite(value) ? value : 0);
+    if (next === this._pollInterval) {
+      return;
+    }
+    this._pollInterval = next;
+    this._delay = next;
+    if (this._started) {
+      this._schedule();
+    }
+  }
+
+  /** The delay before the next poll (grows while idle). */
+  get currentPollDelay(): number {
+    return this._delay;
+  }
+
+  get isDisposed(): boolean {
+    return this._isDisposed;
+  }
+
+  /** First load, then keep polling. */
+  start(): Promise<void> {
+    this._started = true;
+    return this.refresh({ device: true });
+  }
+
+  /**
+   * Fetch requests and devices (and the device when stale or `device: true`). Calls made while
+   * one runs are coalesced into one more run after it.
+   */
+  refresh(options: { device?: boolean } = {}): Promise<void> {
+    if (options.device) {
+      this._deviceStale = true;
+    }
+    if (this._inflight) {
+      this._again = true;
+      return this._inflight;
+    }
+    const run = async () => {
+      do {
+        this._again = false;
+        await this._fetch();
+      } while (this._again && !this._isDisposed);
+    };
+    this._inflight = run().finally(() => {
+      this._inflight = null;
+    });
+    return this._inflight;
+  }
+
+  /**
+   * Feed one emission of `serviceManager.events.stream`. Returns true when it was one of ours
+   * (then the model refreshes at once and polling goes back to its base interval).
+   */
+  handleEmission(emission: unknown): boolean {
+    const event = parseEvent(emission);
+    if (!event || this._isDisposed) {
+      return false;
+    }
+    this._eventReceived.emit(event);
+    this._activity = true;
+    void this.refresh();
+    return true;
+  }
+
+  /** Accept an incoming request; `kernel` is the chosen kernelspec name or null (default). */
+  async accept(id: string, kernel: string | null = null): Promise<IRequest> {
+    this._activity = true;
+    try {
+      return await this.api.accept(id, kernel ? { kernel } : {});
+    } finally {
+      void this.refresh();
+    }
+  }
+
+  async reject(id: string): Promise<IRequest> {
+    this._activity = true;
+    try {
+      return await this.api.reject(id, {});
+    } finally {
+      void this.refresh();
+    }
+  }
+
+  async revoke(deviceId: string): Promise<IPairedDevice> {
+    this._activity = true;
+    try {
+      return await this.api.revoke(deviceId);
+    } finally {
+      void this.refresh();
+    }
+  }
+
+  /** Send a request to a peer; resolves to the outgoing request with its code. */
+  async invite(body: IInvitationBody): Promise<IRequest> {
+    this._activity = true;
+    try {
+      return await this.api.invite(body);
+    } finally {
+      void this.refresh();
+    }
+  }
+
+  /** Re-run the accelerator probe on the server and show the result. */
+  async probe(): Promise<void> {
+    const device = await this.api.getDevice(true);
+    this._device = device;
+    this._deviceFetchedAt = Date.now();
+    this._changed.emit();
+  }
+
+  /** The server's clock in unix seconds (for countdowns). */
+  serverNow(): number {
+    return this.api.serverNow();
+  }
+
+  dispose(): void {
+    if (this._isDisposed) {
+      return;
+    }
+    this._isDisposed = true;
+    this._clearTimer();
+    Signal.clearData(this);
+  }
+
+  private async _fetch(): Promise<void> {
+    const wantDevice =
+      this._deviceStale ||
+      this._device === null ||
+      this._device.profile?.accelerators === null ||
+      Date.now() - this._deviceFetchedAt > DEVICE_MAX_AGE_MS;
+    let changed = false;
+    try {
+      const [device, requests, devices] = await Promise.all([
+        wantDevice ? this.api.getDevice() : Promise.resolve(null),
+        this.api.listRequests(),
+        this.api.listDevices()
+      ]);
+      if (this._isDisposed) {
+        return;
+      }
+      if (device) {
+        this._deviceStale = false;
+        this._deviceFetchedAt = Date.now();
+        if (JSON.stringify(device) !== JSON.stringify(this._device)) {
+          this._device = device;
+          this._uiChanged = true;
+        }
+      }
+      // Only requests and devices count as activity for the idle back-off: the device's
+      // memory figures change all the time.
+      if (JSON.stringify(requests) !== JSON.stringify(this._requests)) {
+        this._requests = requests;
+        changed = true;
+      }
+      if (JSON.stringify(devices) !== JSON.stringify(this._devices)) {
+        this._devices = devices;
+        changed = true;
+      }
+      if (this._error !== null) {
+        this._error = null;
+        changed = true;
+      }
+      await this._maybeLoadKernels();
+    } catch (error) {
+      if (this._isDisposed) {
+        return;
+      }
+      const message = error instanceof Error ? error.message : String(error);
+      if (message !== this._error) {
+        this._error = message;
+        this._uiChanged = true;
+      }
+    }
+    // Keep polling at the base rate until the server's accelerator probe has finished.
+    const probing = this._device !== null && this._device.profile?.accelerators === null;
+    const firstLoad = !this._loaded;
+    this._loaded = true;
+    this._diffIncoming(firstLoad);
+    if (changed || this._uiChanged || firstLoad) {
+      this._uiChanged = false;
+      this._changed.emit();
+    }
+    this._delay = nextPollDelay(
+      this._delay,
+      changed || this._activity || probing,
+      this._pollInterval,
+      maxPollDelay(this._pollInterval)
+    );
+    this._activity = false;
+    if (this._started) {
+      this._schedule();
+    }
+  }
+
+  private async _maybeLoadKernels(): Promise<void> {
+    if (this.pendingIncoming.length === 0) {
+      return;
+    }
+    if (Date.now() - this._kernelsFetchedAt < KERNELS_MAX_AGE_MS) {
+      return;
+    }
+    this._kernelsFetchedAt = Date.now();
+    try {
+      const choices = await this.api.listKernelChoices();
+      if (JSON.stringify(choices) !== JSON.stringify(this._kernelChoices)) {
+        this._kernelChoices = choices;
+        this._uiChanged = true;
+      }
+    } catch {
+      // The selector then offers the default environment only.
+    }
+  }
+
+  /** Emit newIncoming / incomingClosed from the difference with the previous refresh. */
+  private _diffIncoming(firstLoad: boolean): void {
+    const pending = this.pendingIncoming;
+    const pendingIds = new Set(pending.map(r => r.id));
+    const fresh = pending.filter(r => !this._seenIncoming.has(r.id));
+    const closed = [...this._pendingIds].filter(id => !pendingIds.has(id));
+    for (const r of pending) {
+      this._seenIncoming.add(r.id);
+    }
+    this._pendingIds = pendingIds;
+    if (!firstLoad && fresh.length > 0) {
+      this._newIncoming.emit(fresh);
+    }
+    if (closed.length > 0) {
+      this._incomingClosed.emit(closed);
+    }
+  }
+
+  private _schedule(): void {
+    this._clearTimer();
+    if (this._isDisposed || this._pollInterval <= 0) {
+      return;
+    }
+    if (this._delay <= 0) {
+      this._delay = this._pollInterval;
+    }
+    this._timer = setTimeout(() => {
+      this._timer = null;
+      void this.refresh();
+    }, this._delay);
+  }
+
+  private _clearTimer(): void {
+    if (this._timer !== null) {
+      clearTimeout(this._timer);
+      this._timer = null;
+    }
+  }
+
+  private _device: IDevice | null = null;
+  private _deviceFetchedAt = 0;
+  private _deviceStale = true;
+  private _requests: IRequest[] = [];
+  private _devices: IPairedDevice[] = [];
+  private _kernelChoices: IKernelChoice[] = [];
+  private _kernelsFetchedAt = 0;
+  private _error: string | null = null;
+  private _loaded = false;
+  private _uiChanged = false;
+  private _activity = false;
+  private _seenIncoming = new Set<string>();
+  private _pendingIds = new Set<string>();
+  private _inflight: Promise<void> | null = null;
+  private _again = false;
+  private _started = false;
+  private _pollInterval: number;
+  private _delay = 0;
+  private _timer: ReturnType<typeof setTimeout> | null = null;
+  private _isDisposed = false;
+  private _changed = new Signal<this, void>(this);
+  private _newIncoming = new Signal<this, IRequest[]>(this);
+  private _incomingClosed = new Signal<this, string[]>(this);
+  private _eventReceived = new Signal<this, IParallalxEvent>(this);
+}

@@ -1,0 +1,187 @@
+import { describe, expect, it } from 'vitest';
+
+import {
+  SCHEMA_PREFIX,
+  describeAsks,
+  describeKind,
+  describeResources,
+  formatBytes,
+  formatCode,
+  formatCountdown,
+  maxPollDelay,
+  newRequests,
+  nextPollDelay,
+  parseEvent,
+  parseKernelChoices,
+  pendingIncoming,
+  pendingOutgoing,
+  sortDevices
+} from '../src/models';
+import { makeDevice, makePaired, makeRequest } from './fixtures';
+
+describe('parseEvent', () => {
+  it('keeps our events and strips the envelope', () => {
+    const event = parseEvent({
+      schema_id: `${SCHEMA_PREFIX}request-received/v1`,
+      version: '1',
+      request_id: 'r1',
+      peer_name: '<img src=x>'
+    });
+    expect(event).toEqual({
+      name: 'request-received',
+      version: '1',
+      payload: { request_id: 'r1', peer_name: '<img src=x>' }
+    });
+  });
+
+  it('ignores other schemas, unknown names and junk', () => {
+    expect(parseEvent({ schema_id: 'https://events.jupyter.org/jupyter_server/kernel_actions/v1' })).toBeNull();
+    expect(parseEvent({ schema_id: `${SCHEMA_PREFIX}cluster-exploded/v1` })).toBeNull();
+    expect(parseEvent({ schema_id: `${SCHEMA_PREFIX}request-received` })).toBeNull();
+    expect(parseEvent({ schema_id: `${SCHEMA_PREFIX}../request-received/v1` })).toBeNull();
+    expect(parseEvent(null)).toBeNull();
+    expect(parseEvent('request-received')).toBeNull();
+    expect(parseEvent([])).toBeNull();
+  });
+
+  it('knows all four event names', () => {
+    for (const name of ['request-received', 'request-decided', 'device-added', 'device-revoked']) {
+      expect(parseEvent({ schema_id: `${SCHEMA_PREFIX}${name}/v1` })?.name).toBe(name);
+    }
+  });
+});
+
+describe('request views', () => {
+  const requests = [
+    makeRequest({ id: 'a', expires_at: 900 }),
+    makeRequest({ id: 'b', expires_at: 500 }),
+    makeRequest({ id: 'c', state: 'accepted' }),
+    makeRequest({ id: 'd', direction: 'outgoing', created_at: 1 }),
+    makeRequest({ id: 'e', direction: 'outgoing', created_at: 2 }),
+    makeRequest({ id: 'f', direction: 'outgoing', state: 'expired' })
+  ];
+
+  it('pending incoming, soonest expiry first', () => {
+    expect(pendingIncoming(requests).map(r => r.id)).toEqual(['b', 'a']);
+  });
+
+  it('pending outgoing, newest first', () => {
+    expect(pendingOutgoing(requests).map(r => r.id)).toEqual(['e', 'd']);
+  });
+
+  it('new requests are those not seen before', () => {
+    expect(newRequests(new Set(['a', 'c']), requests).map(r => r.id)).toEqual(['b', 'd', 'e', 'f']);
+  });
+
+  it('sorts paired devices first, then by name', () => {
+    const sorted = sortDevices([
+      makePaired({ id: '1', name: 'zed', state: 'revoked' }),
+      makePaired({ id: '2', name: 'bob' }),
+      makePaired({ id: '3', name: 'amy' })
+    ]);
+    expect(sorted.map(d => d.id)).toEqual(['3', '2', '1']);
+  });
+});
+
+describe('formatting', () => {
+  it('formats codes in two groups', () => {
+    expect(formatCode('012345')).toBe('012 345');
+    expect(formatCode(null)).toBe('');
+    expect(formatCode('12')).toBe('12');
+  });
+
+  it('formats bytes', () => {
+    expect(formatBytes(512)).toBe('512 B');
+    expect(formatBytes(1536)).toBe('1.5 KiB');
+    expect(formatBytes(16 * 1024 ** 3)).toBe('16.0 GiB');
+    expect(formatBytes(-1)).toBe('?');
+    expect(formatBytes(undefined)).toBe('?');
+  });
+
+  it('formats countdowns', () => {
+    expect(formatCountdown(600)).toBe('10:00');
+    expect(formatCountdown(59.2)).toBe('1:00');
+    expect(formatCountdown(5)).toBe('0:05');
+    expect(formatCountdown(3723)).toBe('1:02:03');
+    expect(formatCountdown(0)).toBe('expired');
+    expect(formatCountdown(-3)).toBe('expired');
+    expect(formatCountdown(NaN)).toBe('expired');
+  });
+
+  it('describes asks and kinds', () => {
+    expect(describeAsks({ nthreads: 1, memory_limit_gb: 2.5, gpus: 0, duration_hours: 3 })).toEqual([
+      '1 CPU thread',
+      '2.5 GB memory',
+      '0 GPUs',
+      'for 3 h'
+    ]);
+    expect(describeAsks(null)).toEqual([]);
+    expect(describeKind({ kind: 'invite', direction: 'incoming' })).toMatch(/run training workers/);
+    expect(describeKind({ kind: 'offer', direction: 'incoming' })).toMatch(/offers/);
+  });
+
+  it('describes resources from the profile', () => {
+    const device = makeDevice();
+    expect(describeResources(device.profile)).toEqual({
+      cores: '8 cores, 16 threads',
+      memory: '32.0 GiB (20.0 GiB available)',
+      gpus: ['none (CPU only)']
+    });
+    const gpu = makeDevice({
+      profile: {
+        ...device.profile,
+        accelerators: {
+          torch: '2.13.0',
+          cuda: [{ index: 0, name: 'H100', memory_bytes: 80 * 1024 ** 3 }],
+          mps: false
+        }
+      }
+    });
+    expect(describeResources(gpu.profile).gpus).toEqual(['cuda:0 H100 (80.0 GiB)']);
+    const unprobed = makeDevice({ profile: { ...device.profile, accelerators: null } });
+    expect(describeResources(unprobed.profile).gpus).toEqual(['not probed yet']);
+  });
+});
+
+describe('kernel choices hook', () => {
+  it('keeps well-formed entries only', () => {
+    expect(
+      parseKernelChoices([
+        { name: 'python3', display_name: 'Python 3', selectable: true, reason: null },
+        { name: 'ir', display_name: 'R', selectable: false, reason: 'not Python' },
+        { display_name: 'no name' },
+        'junk'
+      ])
+    ).toEqual([
+      { name: 'python3', display_name: 'Python 3', selectable: true },
+      { name: 'ir', display_name: 'R', selectable: false, reason: 'not Python' }
+    ]);
+    expect(parseKernelChoices({ kernels: [{ name: 'k' }] })).toEqual([
+      { name: 'k', display_name: 'k', selectable: true }
+    ]);
+    expect(parseKernelChoices(null)).toEqual([]);
+  });
+});
+
+describe('poll back-off', () => {
+  it('doubles while idle up to the cap and resets on change', () => {
+    const base = 5000;
+    const max = maxPollDelay(base);
+    expect(max).toBe(60_000);
+    let delay = base;
+    const seen: number[] = [];
+    for (let i = 0; i < 6; i++) {
+      delay = nextPollDelay(delay, false, base, max);
+      seen.push(delay);
+    }
+    expect(seen).toEqual([10_000, 20_000, 40_000, 60_000, 60_000, 60_000]);
+    expect(nextPollDelay(delay, true, base, max)).toBe(base);
+  });
+
+  it('is off when the interval is 0 and never below the base', () => {
+    expect(nextPollDelay(1000, false, 0, 0)).toBe(0);
+    expect(maxPollDelay(0)).toBe(0);
+    expect(maxPollDelay(120_000)).toBe(120_000);
+    expect(nextPollDelay(0, false, 1000, maxPollDelay(1000))).toBe(1000);
+  });
+});

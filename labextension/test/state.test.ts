@@ -1,0 +1,221 @@
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+
+import { IDevice, IPairedDevice, IRequest, SCHEMA_PREFIX } from '../src/models';
+import { IModelAPI, ParallalxModel } from '../src/state';
+import { makeDevice, makePaired, makeRequest } from './fixtures';
+
+/** An in-memory server behind the model. */
+class FakeAPI implements IModelAPI {
+  device: IDevice = makeDevice();
+  requests: IRequest[] = [];
+  devices: IPairedDevice[] = [];
+  fail: Error | null = null;
+  calls: string[] = [];
+
+  private _check(call: string): void {
+    this.calls.push(call);
+    if (this.fail) {
+      throw this.fail;
+    }
+  }
+
+  getDevice = async (refresh = false) => {
+    this._check(refresh ? 'device?refresh' : 'device');
+    return structuredClone(this.device);
+  };
+  listRequests = async () => {
+    this._check('requests');
+    return structuredClone(this.requests);
+  };
+  listDevices = async () => {
+    this._check('devices');
+    return structuredClone(this.devices);
+  };
+  accept = async (id: string, body = {}) => {
+    this._check(`accept ${id} ${JSON.stringify(body)}`);
+    const r = this.requests.find(x => x.id === id)!;
+    r.state = 'accepted';
+    this.devices.push(makePaired({ id: r.peer.id, name: r.peer.name }));
+    return structuredClone(r);
+  };
+  reject = async (id: string) => {
+    this._check(`reject ${id}`);
+    const r = this.requests.find(x => x.id === id)!;
+    r.state = 'rejected';
+    return structuredClone(r);
+  };
+  revoke = async (id: string) => {
+    this._check(`revoke ${id}`);
+    const d = this.devices.find(x => x.id === id)!;
+    d.state = 'revoked';
+    return structuredClone(d);
+  };
+  invite = async () => {
+    this._check('invite');
+    const r = makeRequest({ id: 'out-1', direction: 'outgoing' });
+    this.requests.push(r);
+    return structuredClone(r);
+  };
+  listKernelChoices = async () => {
+    this.calls.push('kernels');
+    return [];
+  };
+  serverNow = () => 1234;
+}
+
+function countCalls(api: FakeAPI, name: string): number {
+  return api.calls.filter(c => c === name).length;
+}
+
+describe('ParallalxModel', () => {
+  let api: FakeAPI;
+  let model: ParallalxModel;
+
+  beforeEach(() => {
+    vi.useFakeTimers();
+    api = new FakeAPI();
+    model = new ParallalxModel(api, { pollInterval: 1000 });
+  });
+
+  afterEach(() => {
+    model.dispose();
+    vi.useRealTimers();
+  });
+
+  it('loads device, requests and devices and emits changed', async () => {
+    api.requests = [makeRequest()];
+    let changes = 0;
+    model.changed.connect(() => changes++);
+    await model.start();
+    expect(model.loaded).toBe(true);
+    expect(model.device?.name).toBe('main-desktop');
+    expect(model.pendingCount).toBe(1);
+    expect(changes).toBe(1);
+    expect(model.error).toBeNull();
+  });
+
+  it('does not toast requests that were already there, only new arrivals', async () => {
+    api.requests = [makeRequest({ id: 'old' })];
+    const fresh: string[][] = [];
+    model.newIncoming.connect((_, rs) => fresh.push(rs.map(r => r.id)));
+    await model.start();
+    expect(fresh).toEqual([]);
+    api.requests.push(makeRequest({ id: 'new1' }), makeRequest({ id: 'out', direction: 'outgoing' }));
+    await model.refresh();
+    await model.refresh();
+    expect(fresh).toEqual([['new1']]);
+  });
+
+  it('reports incoming requests that stopped being pending', async () => {
+    api.requests = [makeRequest({ id: 'a' }), makeRequest({ id: 'b' })];
+    const closed: string[][] = [];
+    model.incomingClosed.connect((_, ids) => closed.push(ids));
+    await model.start();
+    api.requests[0].state = 'expired';
+    await model.refresh();
+    expect(closed).toEqual([['a']]);
+  });
+
+  it('refreshes at once on one of our events and ignores others', async () => {
+    await model.start();
+    const before = countCalls(api, 'requests');
+    expect(model.handleEmission({ schema_id: 'https://events.jupyter.org/jupyter_server/contents_service/v1' })).toBe(false);
+    expect(countCalls(api, 'requests')).toBe(before);
+    api.requests = [makeRequest({ id: 'evt' })];
+    const fresh: string[] = [];
+    model.newIncoming.connect((_, rs) => fresh.push(...rs.map(r => r.id)));
+    expect(
+      model.handleEmission({ schema_id: `${SCHEMA_PREFIX}request-received/v1`, request_id: 'evt' })
+    ).toBe(true);
+    await vi.waitFor(() => expect(fresh).toEqual(['evt']));
+  });
+
+  it('coalesces refreshes that arrive while one runs', async () => {
+    await model.start();
+    const before = countCalls(api, 'requests');
+    const runs = [model.refresh(), model.refresh(), model.refresh(), model.refresh()];
+    await Promise.all(runs);
+    // the first run plus one more for everything that came in meanwhile
+    expect(countCalls(api, 'requests') - before).toBe(2);
+  });
+
+  it('polls, slowing down while nothing changes, and speeds up on a change', async () => {
+    await model.start();
+    expect(model.currentPollDelay).toBe(1000);
+    const delays: number[] = [];
+    for (let i = 0; i < 5; i++) {
+      await vi.advanceTimersByTimeAsync(model.currentPollDelay);
+      delays.push(model.currentPollDelay);
+    }
+    expect(delays).toEqual([2000, 4000, 8000, 12000, 12000]);
+    api.requests = [makeRequest({ id: 'x' })];
+    await vi.advanceTimersByTimeAsync(model.currentPollDelay);
+    expect(model.pendingCount).toBe(1);
+    expect(model.currentPollDelay).toBe(1000);
+  });
+
+  it('keeps the base rate while the accelerator probe is running', async () => {
+    api.device = makeDevice({ profile: { ...makeDevice().profile, accelerators: null } });
+    await model.start();
+    await vi.advanceTimersByTimeAsync(1000);
+    await vi.advanceTimersByTimeAsync(1000);
+    expect(model.currentPollDelay).toBe(1000);
+    expect(countCalls(api, 'device')).toBe(3);
+  });
+
+  it('stops polling with interval 0 and resumes when set again', async () => {
+    await model.start();
+    model.pollInterval = 0;
+    const before = api.calls.length;
+    await vi.advanceTimersByTimeAsync(120_000);
+    expect(api.calls.length).toBe(before);
+    model.pollInterval = 500;
+    await vi.advanceTimersByTimeAsync(500);
+    expect(api.calls.length).toBeGreaterThan(before);
+  });
+
+  it('keeps the last state and shows the error when the server is unreachable', async () => {
+    api.requests = [makeRequest()];
+    await model.start();
+    api.fail = new Error('Failed to fetch');
+    await model.refresh();
+    expect(model.error).toBe('Failed to fetch');
+    expect(model.pendingCount).toBe(1);
+    api.fail = null;
+    await model.refresh();
+    expect(model.error).toBeNull();
+  });
+
+  it('accept / reject / revoke / invite call the API and refresh', async () => {
+    api.requests = [makeRequest({ id: 'a' }), makeRequest({ id: 'b', peer: { ...makeRequest().peer, id: 'P2' } })];
+    await model.start();
+    await model.accept('a', 'python3');
+    await model.reject('b');
+    await vi.waitFor(() => expect(model.pendingCount).toBe(0));
+    expect(api.calls).toContain('accept a {"kernel":"python3"}');
+    expect(api.calls).toContain('reject b');
+    await vi.waitFor(() => expect(model.devices.length).toBe(1));
+    await model.revoke('PEERID');
+    await vi.waitFor(() => expect(model.devices[0].state).toBe('revoked'));
+    const sent = await model.invite({ url: 'https://x' });
+    expect(sent.code).toBe('123456');
+    await vi.waitFor(() => expect(model.pendingOutgoing.map(r => r.id)).toEqual(['out-1']));
+  });
+
+  it('accept without a kernel sends an empty body (default environment)', async () => {
+    api.requests = [makeRequest({ id: 'a' })];
+    await model.start();
+    await model.accept('a');
+    expect(api.calls).toContain('accept a {}');
+  });
+
+  it('asks the kernels hook only when a request waits', async () => {
+    await model.start();
+    expect(api.calls).not.toContain('kernels');
+    api.requests = [makeRequest()];
+    await model.refresh();
+    expect(countCalls(api, 'kernels')).toBe(1);
+    await model.refresh();
+    expect(countCalls(api, 'kernels')).toBe(1);
+  });
+});
