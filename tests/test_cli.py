@@ -37,7 +37,7 @@ def test_cli_pairs_two_devices_end_to_end(make_device):
 
     rc, out, err = run_cli(b, "accept", sent["id"])
     assert rc == 0 and "accepted" in out
-    wait_for(lambda: a.api("GET", "devices"), 5)
+    wait_for(lambda: a.api("GET", "devices"), 15)
     rc, out, err = run_cli(a, "devices")
     assert rc == 0 and "bravo" in out and "worker" in out and "paired" in out
 

@@ -1,0 +1,469 @@
+"""The kernel's side of parallalx: find this device's Jupyter server and talk to its REST API.
+
+Magics and widgets use nothing else, and this module uses `client.ApiClient`, the HTTP code path
+the CLI uses too: one REST API, one event stream, no behaviour that lives only in a notebook.
+
+Finding the server (`locate_server`), first match wins:
+
+1. explicit `url`/`token` arguments (`connect(url=..., token=...)`);
+2. the Jupyter server this kernel belongs to: the kernel's connection file names its kernel ID
+   and sits in the server's runtime dir; among the `jpserver-*.json` files there (those
+   `jupyter_server.serverapp.list_running_servers()` reads; read here directly because importing
+   `jupyter_server.serverapp` costs ~2.5 s in a kernel, and read-only, without deleting stale
+   files), the server whose pid is `JPY_PARENT_PID`/our parent is tried first and the one that
+   lists our kernel ID under `/api/kernels/<id>` is ours, if it runs parallalx;
+3. `PARALLALX_URL` / `PARALLALX_TOKEN` from the environment;
+4. `<home>/server.json` written by the extension (`client.find_server`; `PARALLALX_HOME`).
+
+Live updates (`EventStream`): one background thread per connection reads jupyter_server's
+`/api/events/subscribe` websocket (token in a header, never in the URL) and passes on the events
+whose schema ID starts with `SCHEMA_PREFIX`. If the websocket cannot connect or drops, it polls
+the REST API instead (0.5 s, slowing by x1.5 up to 10 s while nothing changes, fast again on a
+change) and retries the websocket with a growing delay (2 s .. 60 s). Subscribers get the event
+dict, or `{"source": "poll" | "connected"}` when they should re-read the REST API (a change seen
+by polling, or a (re)connect after which events may have been missed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..client import ApiClient, ClientError, ServerNotFound, _alive, find_server, match_device
+from ..server.events import SCHEMA_BASE
+
+log = logging.getLogger("parallalx_jupyter.notebook")
+
+SCHEMA_PREFIX = SCHEMA_BASE + "/"
+EVENTS_PATH = "api/events/subscribe"
+
+__all__ = [
+    "ClientError",
+    "Connection",
+    "EventStream",
+    "ServerNotFound",
+    "ServerRef",
+    "connect",
+    "disconnect",
+    "find_kernel_server",
+    "locate_server",
+]
+
+
+# ---------------------------------------------------------------------------- finding the server
+
+
+@dataclass(frozen=True)
+class ServerRef:
+    url: str
+    token: str
+    found_by: str  # "argument" | "kernel" | "PARALLALX_URL" | "server.json"
+
+    def __repr__(self) -> str:  # never show the token
+        return f"ServerRef(url={self.url!r}, found_by={self.found_by!r})"
+
+
+def kernel_connection_file() -> Path | None:
+    """The running ipykernel's connection file, or None outside a kernel."""
+    try:
+        from ipykernel.kernelapp import IPKernelApp
+    except ImportError:
+        return None
+    if not IPKernelApp.initialized():
+        return None
+    app = IPKernelApp.instance()
+    path = getattr(app, "abs_connection_file", None) or app.connection_file
+    return Path(path) if path else None
+
+
+def _runtime_dirs(connection_file: Path | None) -> list[Path]:
+    dirs = [connection_file.parent] if connection_file else []
+    try:
+        from jupyter_core.paths import jupyter_runtime_dir
+
+        dirs.append(Path(jupyter_runtime_dir()))
+    except Exception:  # a broken jupyter_core config must not break the fallbacks
+        pass
+    out: list[Path] = []
+    for d in dirs:
+        if d.resolve() not in [o.resolve() for o in out]:
+            out.append(d)
+    return out
+
+
+def running_servers(runtime_dirs: list[Path]) -> list[dict[str, Any]]:
+    """The `jpserver-*.json` infos of live Jupyter servers in these dirs (read-only)."""
+    found = []
+    for d in runtime_dirs:
+        try:
+            names = sorted(os.listdir(d))
+        except OSError:
+            continue
+        for name in names:
+            if not re.fullmatch(r"jpserver-.+\.json", name):
+                continue
+            try:
+                info = json.loads((d / name).read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(info, dict) and isinstance(info.get("pid"), int) and info.get("url") \
+                    and _alive(info["pid"]):
+                found.append(info)
+    return found
+
+
+def find_kernel_server(timeout: float = 2.0) -> tuple[str, str] | None:
+    """(url, token) of the Jupyter server that started this kernel, or None."""
+    connection_file = kernel_connection_file()
+    if connection_file is None:
+        return None
+    match = re.fullmatch(r"kernel-(.+)\.json", connection_file.name)
+    kernel_id = match.group(1) if match else None
+    try:
+        parent = int(os.environ.get("JPY_PARENT_PID") or os.getppid())
+    except ValueError:
+        parent = os.getppid()
+    servers = running_servers(_runtime_dirs(connection_file))
+    servers.sort(key=lambda info: info["pid"] != parent)
+    for info in servers:
+        url, token = str(info["url"]), str(info.get("token") or "")
+        if kernel_id is None:
+            if info["pid"] == parent:
+                return url, token
+            continue
+        try:
+            ApiClient(url, token, timeout).request(
+                "GET", f"api/kernels/{urllib.parse.quote(kernel_id, safe='')}"
+            )
+        except ClientError:
+            continue
+        return url, token
+    return None
+
+
+def locate_server(
+    url: str | None = None, token: str | None = None, home: str | Path | None = None
+) -> ServerRef:
+    """Where this kernel's device is (see the module docstring for the order)."""
+    if url:
+        return ServerRef(url, token or "", "argument")
+    notes = []
+    if home is None:
+        owner = find_kernel_server()
+        if owner is not None:
+            try:
+                ApiClient(*owner, timeout=5).call("GET", "device")
+                return ServerRef(owner[0], owner[1], "kernel")
+            except ClientError as err:
+                notes.append(f"this kernel's Jupyter server {owner[0]} has no parallalx ({err})")
+        env_url = os.environ.get("PARALLALX_URL")
+        if env_url:
+            return ServerRef(env_url, os.environ.get("PARALLALX_TOKEN", ""), "PARALLALX_URL")
+    try:
+        found = find_server(home=Path(home).expanduser() if home else None)
+    except ServerNotFound as err:
+        message = str(err).replace("pass --url and --token", "set PARALLALX_URL/PARALLALX_TOKEN")
+        raise ServerNotFound("; ".join([*notes, message])) from None
+    return ServerRef(found[0], found[1], "server.json")
+
+
+# ---------------------------------------------------------------------------- the connection
+
+
+class Connection:
+    """This device's REST API, as the kernel sees it. Methods return the API's JSON."""
+
+    def __init__(
+        self, url: str, token: str = "", found_by: str = "argument", *,
+        timeout: float = 30.0, websocket: bool = True,
+    ) -> None:
+        self.client = ApiClient(url, token, timeout)
+        self.found_by = found_by
+        self.websocket = websocket
+        self._lock = threading.Lock()
+        self._events: EventStream | None = None
+        self._live: Any = None
+
+    def __repr__(self) -> str:
+        return f"<parallalx Connection {self.url} (found by {self.found_by})>"
+
+    @property
+    def url(self) -> str:
+        return self.client.url
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        return self.client.call(method, path, body)
+
+    # -- this device, requests, devices (one method per REST route)
+
+    def device(self, refresh: bool = False) -> dict[str, Any]:
+        return self.call("GET", "device" + ("?refresh=true" if refresh else ""))
+
+    def requests(self, state: str = "open", direction: str | None = None) -> list[dict[str, Any]]:
+        query = {"state": state, **({"direction": direction} if direction else {})}
+        return self.call("GET", "requests?" + urllib.parse.urlencode(query))
+
+    def request(self, request_id: str) -> dict[str, Any]:
+        return self.call("GET", f"requests/{_q(request_id)}")
+
+    def accept(self, request_id: str, kernel: str | None = None) -> dict[str, Any]:
+        return self.call("POST", f"requests/{_q(request_id)}/accept",
+                         {"kernel": kernel} if kernel else {})
+
+    def reject(self, request_id: str, reason: str | None = None) -> dict[str, Any]:
+        return self.call("POST", f"requests/{_q(request_id)}/reject",
+                         {"reason": reason} if reason else {})
+
+    def devices(self) -> list[dict[str, Any]]:
+        return self.call("GET", "devices")
+
+    def revoke(self, device: str) -> dict[str, Any]:
+        """Revoke a paired device given its ID, a unique ID prefix or its name."""
+        try:
+            target = match_device(self.devices(), device)
+        except ValueError as err:
+            raise ClientError(str(err)) from None
+        return self.call("POST", f"devices/{_q(target['id'])}/revoke")
+
+    def invite(self, url: str, *, offer: bool = False, **asks: Any) -> dict[str, Any]:
+        """Send a connection request to the peer listener at `url` (`offer=True`: offer this
+        device as a worker instead). `asks`: purpose, nthreads, memory_limit_gb, gpus,
+        duration_hours. Returns our outgoing request with the verification code."""
+        asks = {k: v for k, v in asks.items() if v is not None}
+        return self.call("POST", "invitations",
+                         {"url": url, "kind": "offer" if offer else "invite", "asks": asks})
+
+    def wait_request(self, request_id: str, timeout: float = 60.0) -> dict[str, Any]:
+        """Block until a request is decided (or `timeout`); returns its latest state."""
+        deadline = time.monotonic() + timeout
+        while True:
+            request = self.request(request_id)
+            if request["state"] != "pending" or time.monotonic() >= deadline:
+                return request
+            time.sleep(0.25)
+
+    # -- live updates
+
+    @property
+    def events(self) -> EventStream:
+        with self._lock:
+            if self._events is None:
+                self._events = EventStream(self.client, websocket=self.websocket)
+            return self._events
+
+    @property
+    def live(self) -> Any:
+        """The shared `LiveState` (cached requests and devices) that live widgets render."""
+        with self._lock:
+            if self._live is None:
+                from .live import LiveState
+
+                self._live = LiveState(self)
+            return self._live
+
+    def close(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+        if self._events is not None:
+            self._events.stop()
+
+
+def _q(value: str) -> str:
+    return urllib.parse.quote(value, safe="")
+
+
+_default: Connection | None = None
+_default_lock = threading.Lock()
+
+
+def connect(
+    url: str | None = None, token: str | None = None, home: str | Path | None = None,
+    *, websocket: bool = True,
+) -> Connection:
+    """The connection the magics and widgets use. Without arguments: the cached one, or find the
+    server (see `locate_server`). With arguments: find that server and make it the default."""
+    global _default
+    with _default_lock:
+        if _default is not None and url is None and home is None:
+            return _default
+        ref = locate_server(url, token, home)
+        if _default is not None:
+            _default.close()
+        _default = Connection(ref.url, ref.token, ref.found_by, websocket=websocket)
+        return _default
+
+
+def disconnect() -> None:
+    """Forget the default connection and stop its background threads."""
+    global _default
+    with _default_lock:
+        if _default is not None:
+            _default.close()
+        _default = None
+
+
+# ---------------------------------------------------------------------------- events
+
+
+Subscriber = Callable[[dict[str, Any]], None]
+
+
+class EventStream:
+    """parallalx events for one server, from a background thread (see the module docstring)."""
+
+    POLL_MIN, POLL_MAX, POLL_FACTOR = 0.5, 10.0, 1.5
+    RETRY_MIN, RETRY_MAX = 2.0, 60.0
+
+    def __init__(self, client: ApiClient, *, websocket: bool = True) -> None:
+        self.client = client
+        self.use_websocket = websocket
+        self.mode = "stopped"  # "connecting" | "websocket" | "polling" | "stopped"
+        self.last_error: str | None = None
+        self._subscribers: dict[int, Subscriber] = {}
+        self._next = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._ws: Any = None
+        self._snapshot: str | None = None
+
+    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
+        """Call `callback(event)` from the stream's thread; returns the unsubscribe function.
+        The thread runs while there is at least one subscriber."""
+        with self._lock:
+            key = self._next
+            self._next += 1
+            self._subscribers[key] = callback
+            if self._thread is None or not self._thread.is_alive() or self._stop.is_set():
+                self._stop = threading.Event()  # a stopping thread finishes on its own event
+                self._thread = threading.Thread(
+                    target=self._run, args=(self._stop,), name="parallalx-events", daemon=True
+                )
+                self._thread.start()
+
+        def unsubscribe() -> None:
+            with self._lock:
+                self._subscribers.pop(key, None)
+                empty = not self._subscribers
+            if empty:
+                self.stop(wait=False)
+
+        return unsubscribe
+
+    def stop(self, wait: bool = True) -> None:
+        with self._lock:
+            self._stop.set()
+            thread, ws = self._thread, self._ws
+            self.mode = "stopped"
+        if ws is not None:
+            with contextlib.suppress(Exception):
+                ws.abort()
+        if wait and thread is not None and thread is not threading.current_thread():
+            thread.join(5)
+
+    def _dispatch(self, event: dict[str, Any]) -> None:
+        with self._lock:
+            subscribers = list(self._subscribers.values())
+        for callback in subscribers:
+            try:
+                callback(event)
+            except Exception:  # one broken subscriber must not stop the stream
+                log.exception("parallalx event subscriber failed")
+
+    def _set_mode(self, stop: threading.Event, mode: str) -> None:
+        # only the current thread reports, and a stopping one only that it stopped
+        if stop is self._stop and (mode == "stopped" or not stop.is_set()):
+            self.mode = mode
+
+    def _run(self, stop: threading.Event) -> None:
+        retry = self.RETRY_MIN
+        while not stop.is_set():
+            if self.use_websocket:
+                started = time.monotonic()
+                try:
+                    self._run_websocket(stop)
+                except Exception as err:
+                    self.last_error = f"events websocket: {err or type(err).__name__}"
+                    log.debug("parallalx events websocket failed: %s", err)
+                if stop.is_set():
+                    break
+                if time.monotonic() - started > 10:  # it had been up: reconnect at once
+                    retry = self.RETRY_MIN
+                    continue
+            self._set_mode(stop, "polling")
+            self._poll(stop, retry if self.use_websocket else float("inf"))
+            retry = min(retry * 2, self.RETRY_MAX)
+        self._set_mode(stop, "stopped")
+
+    def _run_websocket(self, stop: threading.Event) -> None:
+        import websocket  # websocket-client, a jupyter_server dependency
+
+        self._set_mode(stop, "connecting")
+        ws = websocket.create_connection(
+            self.client.ws_url(EVENTS_PATH),
+            header=[f"Authorization: token {self.client.token}"],
+            timeout=5,
+        )
+        with self._lock:
+            if stop.is_set():
+                ws.close()
+                return
+            self._ws = ws
+        try:
+            ws.settimeout(1.0)
+            self._set_mode(stop, "websocket")
+            self.last_error = None
+            self._dispatch({"source": "connected"})
+            while not stop.is_set():
+                try:
+                    message = ws.recv()
+                except websocket.WebSocketTimeoutException:
+                    continue
+                if not message:
+                    raise ConnectionError("the server closed the events websocket")
+                try:
+                    event = json.loads(message)
+                except ValueError:
+                    continue
+                if isinstance(event, dict) and str(event.get("schema_id", "")).startswith(
+                    SCHEMA_PREFIX
+                ):
+                    self._dispatch(event)
+        finally:
+            with self._lock:
+                if self._ws is ws:
+                    self._ws = None
+            with contextlib.suppress(Exception):
+                ws.close()
+
+    def _poll(self, stop: threading.Event, duration: float) -> None:
+        deadline = time.monotonic() + duration
+        interval = self.POLL_MIN
+        first = True
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                snapshot = json.dumps(
+                    [self.client.call("GET", "requests?state=all"),
+                     self.client.call("GET", "devices")], sort_keys=True,
+                )
+            except ClientError as err:
+                self.last_error = str(err)
+                snapshot = None
+            if snapshot is not None and (first or snapshot != self._snapshot):
+                self._snapshot = snapshot
+                interval = self.POLL_MIN
+                self._dispatch({"source": "poll"})
+            else:
+                interval = min(interval * self.POLL_FACTOR, self.POLL_MAX)
+            first = False
+            stop.wait(min(interval, max(0.0, deadline - time.monotonic())))

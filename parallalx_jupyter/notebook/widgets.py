@@ -1,0 +1,696 @@
+"""ipywidgets 8 views of this device: request cards, the inbox, the device table, the overview.
+
+Buttons decide for real through the REST API (`Connection`), exactly as the CLI and the lab
+panel do; the card then shows the outcome or the server's error.
+
+Text from other devices (names, purposes) is data. Every string that reaches a widget goes
+through `plain()` (control and format characters such as bidi overrides removed, whitespace
+collapsed, length capped) and, where the widget renders HTML, `html.escape` (`esc()`). Labels and
+button descriptions are plain text in ipywidgets 8.
+
+Threads. Views are created in the foreground (the cell that displays them); only the card of a
+request that arrives later is created by the live thread. Afterwards two threads change them:
+the kernel's shell thread, which runs button callbacks, and the connection's one
+"parallalx-live" thread (see live.py), which renders what the event stream reports. Choice:
+rather than queueing updates for the kernel's main loop (which would freeze the inbox while a
+long cell runs, e.g. training, and does not exist outside a kernel), both threads mutate widgets
+directly but only while holding the module-wide re-entrant `UI_LOCK`, and network calls happen
+outside it. ipywidgets documents trait updates from threads, and ipykernel sends comm messages
+from any thread through its IOPub thread's per-thread pipes; the lock keeps two threads from
+interleaving one view's renders (`hold_sync` batches are not thread-safe) and keeps a view's
+dicts consistent. Children lists are always replaced whole, never mutated in place. A refresh
+that started before a click can land after it: cards never go back from a decision to
+"pending", device rows never to an older `updated_at`.
+
+Without a widget frontend (terminal IPython, nbconvert to text) every view shows a plain-text
+`text/plain`: `__repr__`, `_repr_pretty_` and `_repr_mimebundle_` all give the same text.
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+import time
+import unicodedata
+from collections.abc import Iterable
+from typing import Any
+
+import ipywidgets as widgets
+
+from .api import Connection, connect
+
+UI_LOCK = threading.RLock()
+
+NAME_LIMIT = 64
+TEXT_LIMIT = 300
+ID_LIMIT = 80
+
+__all__ = [
+    "DeviceTable",
+    "Inbox",
+    "Overview",
+    "RequestCard",
+    "StatusView",
+    "devices_text",
+    "esc",
+    "plain",
+    "request_text",
+    "status_text",
+]
+
+
+# ---------------------------------------------------------------------------- safe text
+
+
+def plain(value: Any, limit: int = TEXT_LIMIT) -> str:
+    """`value` as one line of harmless plain text: no control/format characters (bidi overrides,
+    zero-width joiners), whitespace collapsed, at most `limit` characters."""
+    if value is None:
+        return ""
+    kept = []
+    for ch in str(value)[: limit * 4 + 16]:
+        if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"):
+            kept.append(" " if ch in "\t\n\r\u2028\u2029" else "")
+        else:
+            kept.append(ch)
+    text = " ".join("".join(kept).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def esc(value: Any, limit: int = TEXT_LIMIT) -> str:
+    """`plain(value)` escaped for an HTML widget."""
+    return html.escape(plain(value, limit), quote=True)
+
+
+def _countdown(expires_at: float | None, now: float | None = None) -> str:
+    if not expires_at:
+        return ""
+    left = int(expires_at - (now or time.time()))
+    if left <= 0:
+        return "expired"
+    return f"expires in {left // 60}m {left % 60:02d}s"
+
+
+def _pretty_code(code: str | None) -> str:
+    code = plain(code, 12)
+    return f"{code[:3]} {code[3:]}" if code else ""
+
+
+_ASK_LABELS = {
+    "nthreads": ("threads", ""),
+    "memory_limit_gb": ("memory", " GB"),
+    "gpus": ("GPUs", ""),
+    "duration_hours": ("for", " h"),
+}
+
+
+def _asks_parts(asks: dict[str, Any] | None) -> tuple[str, list[str]]:
+    asks = asks or {}
+    parts = []
+    for key, value in list(asks.items())[:20]:
+        if key == "purpose" or value is None or value == [] or value == {} or value == "":
+            continue
+        if isinstance(value, list | tuple):
+            value = ", ".join(plain(v, 64) for v in value[:20]) + (" …" if len(value) > 20 else "")
+        label, unit = _ASK_LABELS.get(key, (plain(key, 32), ""))
+        parts.append(f"{label} {plain(value, 200)}{unit}")
+    return plain(asks.get("purpose") or "run training workers"), parts
+
+
+def _peer_name(request: dict[str, Any]) -> str:
+    return plain((request.get("peer") or {}).get("name") or "(unnamed device)", NAME_LIMIT)
+
+
+def _title(request: dict[str, Any]) -> tuple[str, str]:
+    """(before, after) the peer's name in a card's title."""
+    incoming = request.get("direction") == "incoming"
+    if request.get("kind") == "offer":
+        return ("", " offers to run training workers for this device") if incoming else (
+            "Offer to ", " to run training workers for it")
+    return ("", " invites this device to run training workers for it") if incoming else (
+        "Invitation to ", " to run training workers for this device")
+
+
+_OUTCOME = {
+    "accepted": "✔ accepted",
+    "rejected": "✖ rejected",
+    "expired": "expired (no decision in time)",
+    "superseded": "superseded by a newer request from the same device",
+}
+
+
+def request_text(request: dict[str, Any], error: str | None = None) -> str:
+    before, after = _title(request)
+    purpose, parts = _asks_parts(request.get("asks"))
+    peer = request.get("peer") or {}
+    lines = [
+        f"{before}{_peer_name(request)}{after}: {plain(request.get('state'), 20)}",
+        f"  request:  {plain(request.get('id'), ID_LIMIT)}",
+        f"  device:   {plain(peer.get('id_display'), ID_LIMIT)}",
+        "  asks:     " + ", ".join([purpose, *parts]),
+    ]
+    if request.get("code"):
+        lines.append(f"  code:     {_pretty_code(request['code'])}   "
+                     "(must match the code on the other device)")
+    if request.get("state") == "pending":
+        lines.append(f"  expires:  {_countdown(request.get('expires_at')) or '-'}")
+    if error:
+        lines.append(f"  error:    {plain(error)}")
+    return "\n".join(lines)
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    )
+
+
+def _short_id(device: dict[str, Any]) -> str:
+    full = plain(device.get("id_display") or device.get("id"), ID_LIMIT)
+    return full[:15] + "…" if len(full) > 16 else full
+
+
+def devices_text(devices: Iterable[dict[str, Any]]) -> str:
+    rows = [[plain(d.get("name"), NAME_LIMIT), _short_id(d), plain(d.get("role"), 20),
+             plain(d.get("state"), 20)] for d in devices]
+    if not rows:
+        return "No paired devices."
+    return _table(rows, ["NAME", "DEVICE ID", "ROLE", "STATE"])
+
+
+def _resources(profile: dict[str, Any] | None) -> str:
+    p = profile or {}
+    acc = p.get("accelerators") or {}
+    gpus = ", ".join(plain(d.get("name"), 40) for d in acc.get("cuda") or []) or (
+        "MPS" if acc.get("mps") else "none")
+    memory = p.get("memory_bytes")
+    mem = f"{memory / 2**30:.1f} GiB" if isinstance(memory, int | float) else "?"
+    return f"{plain(p.get('cpu_cores'), 8) or '?'} cores, {mem}, GPUs: {gpus}"
+
+
+def status_text(status: dict[str, Any]) -> str:
+    info, server = status.get("device") or {}, status.get("server") or {}
+    counts = status.get("counts") or {}
+    return "\n".join([
+        f"this device: {plain(info.get('name'), NAME_LIMIT)}  [{plain(info.get('id_display'))}]",
+        f"peer URLs:   {', '.join(plain(u, 200) for u in info.get('peer_urls') or []) or '-'}",
+        f"resources:   {_resources(info.get('profile'))}",
+        f"server:      {plain(server.get('url'), 200)} (found by: "
+        f"{plain(server.get('found_by'), 40)})",
+        f"paired:      {counts.get('paired', 0)} device(s); open requests: "
+        f"{counts.get('incoming', 0)} incoming, {counts.get('outgoing', 0)} outgoing",
+    ])
+
+
+# ---------------------------------------------------------------------------- base classes
+
+
+class _TextRepr:
+    """text/plain for frontends without widgets."""
+
+    def text(self) -> str:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        try:
+            return self.text()
+        except Exception:  # half-built (an error inside __init__): don't hide that error
+            return object.__repr__(self)
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        p.text(self.text())
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+        data = super()._repr_mimebundle_(**kwargs)  # type: ignore[misc]
+        data["text/plain"] = self.text()
+        return data
+
+
+class _LiveView(_TextRepr):
+    """A view rendered from `connection.live` (LiveState); see the module docstring."""
+
+    connection: Connection
+    _live: Any = None
+    _attached = False
+
+    def _start(self, live: bool) -> None:
+        self._live = self.connection.live
+        self._live.refresh()  # fresh data, in the foreground: errors reach the caller
+        with UI_LOCK:
+            self._render()
+        if live:
+            self._attached = True
+            self._live.attach(self)
+
+    @property
+    def is_live(self) -> bool:
+        return self._attached
+
+    def on_live(self, kind: str) -> None:
+        """Called by the live thread: "data", "tick" or "error"."""
+        with UI_LOCK:
+            if not self._attached:  # closed or detached while this round was under way
+                return
+            if kind == "tick":
+                self._tick()
+            else:
+                self._render()
+
+    def refresh(self) -> None:
+        """Re-read the REST API now and render (foreground)."""
+        self._live.refresh()
+        with UI_LOCK:
+            self._render()
+
+    def detach(self) -> None:
+        """Stop following live updates (the view keeps its last state)."""
+        if self._attached:
+            self._attached = False
+            self._live.detach(self)
+            with UI_LOCK:
+                self._render()
+
+    def close(self) -> None:
+        if self._attached:
+            self._attached = False
+            self._live.detach(self)
+        super().close()  # type: ignore[misc]
+
+    def _render(self) -> None:
+        raise NotImplementedError
+
+    def _tick(self) -> None:
+        pass
+
+    def _notice(self) -> str:
+        if self._live is not None and self._live.error:
+            return f'<span style="color:#b00">⚠ updates failed: {esc(self._live.error)}</span>'
+        if self._live is not None and not self._attached:
+            return '<span style="color:#777">(not live any more: run the cell again)</span>'
+        return ""
+
+
+def _set(widget: widgets.Widget, name: str, value: Any) -> None:
+    if getattr(widget, name) != value:
+        setattr(widget, name, value)
+
+
+def _show(widget: widgets.Widget, visible: bool) -> None:
+    _set(widget.layout, "display", None if visible else "none")
+
+
+# ---------------------------------------------------------------------------- request card
+
+
+class RequestCard(_TextRepr, widgets.VBox):
+    """One connection request: who asks, what, the code, the expiry; Accept / Reject for an
+    incoming pending request. `accept()`/`reject()` (or the buttons) decide it on the server."""
+
+    def __init__(self, request: dict[str, Any], connection: Connection | None = None) -> None:
+        self.connection = connection
+        self.request = dict(request)
+        self.error: str | None = None
+        self.busy = False
+        self.title = widgets.HTML()
+        self.peer = widgets.HTML()
+        self.asks = widgets.HTML()
+        self.code = widgets.HTML()
+        self.expiry = widgets.Label()
+        self.accept_button = widgets.Button(
+            description="Accept", button_style="success", icon="check",
+            tooltip="Accept: this device will run training workers for the other device",
+        )
+        self.reject_button = widgets.Button(description="Reject", button_style="danger",
+                                            icon="times")
+        self.accept_button.on_click(lambda _button: self.accept())
+        self.reject_button.on_click(lambda _button: self.reject())
+        self.buttons = widgets.HBox([self.accept_button, self.reject_button])
+        self.status = widgets.HTML()
+        super().__init__(
+            children=[self.title, self.peer, self.asks, self.code, self.expiry, self.buttons,
+                      self.status],
+            layout=widgets.Layout(border="1px solid #ccc", padding="4px 8px", margin="4px 0"),
+        )
+        self.add_class("parallalx-request-card")
+        with UI_LOCK:
+            self._render()
+
+    @property
+    def request_id(self) -> str:
+        return self.request["id"]
+
+    @property
+    def actionable(self) -> bool:
+        r = self.request
+        return (r.get("direction") == "incoming" and r.get("state") == "pending"
+                and _countdown(r.get("expires_at")) != "expired")
+
+    def text(self) -> str:
+        return request_text(self.request, self.error)
+
+    def update(self, request: dict[str, Any]) -> None:
+        """Show newer data. A decision is final, so data still saying "pending" after the card
+        saw a decision is stale (a refresh that started before a click) and is ignored."""
+        with UI_LOCK:
+            if self.request.get("state") != "pending" and request.get("state") == "pending":
+                return
+            if request != self.request:
+                self.request = dict(request)
+                if request.get("state") != "pending":
+                    self.error = None
+                self._render()
+
+    def accept(self) -> dict[str, Any] | None:
+        return self._decide(True)
+
+    def reject(self) -> dict[str, Any] | None:
+        return self._decide(False)
+
+    def _decide(self, accept: bool) -> dict[str, Any] | None:
+        with UI_LOCK:
+            if self.busy or not self.actionable:
+                return None
+            self.busy, self.error = True, None
+            self._render()
+        result, error = None, None
+        try:
+            conn = self.connection or connect()
+            rid = self.request_id
+            result = conn.accept(rid) if accept else conn.reject(rid)
+        except Exception as err:  # ClientError and anything else: shown on the card
+            error = str(err) or type(err).__name__
+        with UI_LOCK:
+            self.busy = False
+            if result is not None:
+                self.request = dict(result)
+            self.error = error
+            self._render()
+        return result
+
+    def tick(self) -> None:
+        with UI_LOCK:
+            self._render()
+
+    def _render(self) -> None:
+        r = self.request
+        incoming = r.get("direction") == "incoming"
+        state = r.get("state")
+        before, after = _title(r)
+        _set(self.title, "value",
+             f"{html.escape(before)}<b>{esc(_peer_name(r), NAME_LIMIT)}</b>{html.escape(after)}")
+        peer = r.get("peer") or {}
+        _set(self.peer, "value",
+             f"Device ID: <code>{esc(peer.get('id_display'), ID_LIMIT)}</code>")
+        purpose, parts = _asks_parts(r.get("asks"))
+        _set(self.asks, "value", "Asks: " + esc(purpose) + "".join(
+            f" · {html.escape(p)}" for p in parts))
+        code = _pretty_code(r.get("code"))
+        where = "on the other device" if incoming else "that the other device's user sees"
+        _set(self.code, "value",
+             f'Verification code: <b style="font-family:monospace;font-size:1.3em">'
+             f"{html.escape(code)}</b> (must match the code {where})" if code else "")
+        _show(self.code, bool(code))
+        countdown = _countdown(r.get("expires_at")) if state == "pending" else ""
+        _set(self.expiry, "value", countdown)
+        _show(self.expiry, bool(countdown))
+        _show(self.buttons, self.actionable or self.busy)
+        _set(self.accept_button, "disabled", self.busy)
+        _set(self.reject_button, "disabled", self.busy)
+        if self.error:
+            status = f'<span style="color:#b00">⚠ {esc(self.error)}</span>'
+        elif self.busy:
+            status = "<i>deciding…</i>"
+        elif state == "pending":
+            status = ("<i>compare the code with the other device, then accept or reject</i>"
+                      if incoming else "<i>waiting for the other device's user to decide</i>")
+            if countdown == "expired":
+                status = "<i>expired</i>"
+        else:
+            status = f"<b>{html.escape(_OUTCOME.get(str(state), plain(state, 20)))}</b>"
+        _set(self.status, "value", status)
+
+
+# ---------------------------------------------------------------------------- inbox
+
+
+class Inbox(_LiveView, widgets.VBox):
+    """The open connection requests as cards, live: a request that arrives after the inbox is
+    displayed appears within a second; decided ones keep their card, showing the outcome.
+
+    `direction`: "incoming", "outgoing" or None (both); `show_all`: decided ones too; `ids`:
+    only these requests, whatever their state (e.g. the one `invite` just sent). At most the
+    `LIMIT` newest are shown."""
+
+    LIMIT = 50
+
+    def __init__(
+        self, connection: Connection | None = None, *, direction: str | None = None,
+        show_all: bool = False, ids: Iterable[str] | None = None, live: bool = True,
+        title: str = "Connection requests",
+    ) -> None:
+        self.connection = connection or connect()
+        self.direction = direction
+        self.show_all = show_all
+        self.ids = set(ids) if ids is not None else None
+        self.cards: dict[str, RequestCard] = {}
+        self._order: list[str] = []
+        self.header = widgets.HTML(f"<b>{esc(title)}</b>")
+        self.empty = widgets.Label("No open connection requests.")
+        self.notice = widgets.HTML()
+        super().__init__(layout=widgets.Layout(margin="4px 0"))
+        self.add_class("parallalx-inbox")
+        self._start(live)
+
+    @property
+    def requests(self) -> list[dict[str, Any]]:
+        with UI_LOCK:
+            return [self.cards[rid].request for rid in self._order]
+
+    def card(self, request_id: str) -> RequestCard:
+        return self.cards[request_id]
+
+    def text(self) -> str:
+        shown = self.requests
+        if not shown:
+            return "No open connection requests."
+        return "\n\n".join(request_text(r, self.cards[r["id"]].error) for r in shown)
+
+    def _wanted(self, r: dict[str, Any]) -> bool:
+        if self.ids is not None:
+            return r["id"] in self.ids
+        return (self.direction is None or r.get("direction") == self.direction) and (
+            self.show_all or r.get("state") == "pending" or r["id"] in self.cards)
+
+    def _render(self) -> None:
+        chosen = [r for r in self._live.requests if self._wanted(r)]
+        chosen.sort(key=lambda r: r.get("created_at") or 0, reverse=True)
+        chosen = chosen[: self.LIMIT]
+        for r in chosen:
+            card = self.cards.get(r["id"])
+            if card is None:
+                self.cards[r["id"]] = RequestCard(r, self.connection)
+            else:
+                card.update(r)
+        self._order = [r["id"] for r in chosen]
+        _set(self.notice, "value", self._notice())
+        cards = [self.cards[rid] for rid in self._order]
+        children = (self.header, *(cards or [self.empty]), self.notice)
+        if tuple(self.children) != children:
+            self.children = children
+
+    def _tick(self) -> None:
+        for rid in self._order:
+            card = self.cards[rid]
+            if card.request.get("state") == "pending":
+                card.tick()
+
+
+# ---------------------------------------------------------------------------- device table
+
+
+class _DeviceRow:
+    def __init__(self, table: DeviceTable, device: dict[str, Any]) -> None:
+        self.device: dict[str, Any] = {}
+        self.name = widgets.HTML()
+        self.id = widgets.HTML()
+        self.role = widgets.Label()
+        self.state = widgets.Label()
+        self.revoke_button = widgets.Button(description="Revoke", icon="ban",
+                                            tooltip="Stop sharing with this device")
+        self.revoke_button.on_click(lambda _button: table.revoke(self.device["id"]))
+        self.update(device)
+
+    @property
+    def cells(self) -> list[widgets.Widget]:
+        return [self.name, self.id, self.role, self.state, self.revoke_button]
+
+    def update(self, device: dict[str, Any]) -> None:
+        if (device.get("updated_at") or 0) < (self.device.get("updated_at") or 0):
+            return  # stale: a refresh that started before this row's revoke
+        self.device = device
+        _set(self.name, "value", f"<b>{esc(device.get('name'), NAME_LIMIT)}</b>")
+        full = esc(device.get("id_display") or device.get("id"), ID_LIMIT)
+        _set(self.id, "value", f'<code title="{full}">{esc(_short_id(device))}</code>')
+        _set(self.role, "value", plain(device.get("role"), 20))
+        _set(self.state, "value", plain(device.get("state"), 20))
+        _set(self.revoke_button, "disabled",
+             device.get("state") not in ("paired", "revoked_by_peer"))
+
+
+class DeviceTable(_LiveView, widgets.VBox):
+    """Paired devices: name, ID, role, state and a Revoke button; live."""
+
+    HEADER = ("Name", "Device ID", "Role", "State", "")
+
+    def __init__(self, connection: Connection | None = None, *, live: bool = True) -> None:
+        self.connection = connection or connect()
+        self.rows: dict[str, _DeviceRow] = {}
+        self.grid = widgets.GridBox(layout=widgets.Layout(
+            grid_template_columns="minmax(6em, 2fr) minmax(9em, 2fr) 6em 10em 8em",
+            grid_gap="2px 12px", align_items="center",
+        ))
+        self._header = [widgets.HTML(f"<b>{h}</b>") for h in self.HEADER]
+        self.empty = widgets.Label("No paired devices.")
+        self.status = widgets.HTML()
+        self.message: str | None = None
+        self.error: str | None = None
+        super().__init__(layout=widgets.Layout(margin="4px 0"))
+        self.add_class("parallalx-devices")
+        self._start(live)
+
+    @property
+    def devices(self) -> list[dict[str, Any]]:
+        with UI_LOCK:
+            return [row.device for row in self.rows.values()]
+
+    def text(self) -> str:
+        return devices_text(self.devices)
+
+    def revoke(self, device_id: str) -> dict[str, Any] | None:
+        row = self.rows.get(device_id)
+        if row is not None:
+            with UI_LOCK:
+                _set(row.revoke_button, "disabled", True)
+        result, error = None, None
+        try:
+            result = self.connection.revoke(device_id)
+        except Exception as err:  # ClientError and anything else: shown in the table
+            error = str(err) or type(err).__name__
+        with UI_LOCK:
+            self.error = error
+            self.message = None if error else f"revoked {plain(result['name'], NAME_LIMIT)}"
+            if result is not None and device_id in self.rows:
+                self.rows[device_id].update({**self.rows[device_id].device, **result})
+            elif row is not None:
+                row.update(row.device)
+            self._render()
+        return result
+
+    def _render(self) -> None:
+        devices = self._live.devices
+        for device in devices:
+            row = self.rows.get(device["id"])
+            if row is None:
+                self.rows[device["id"]] = _DeviceRow(self, device)
+            else:
+                row.update(device)
+        order = [d["id"] for d in devices]
+        self.rows = {i: self.rows[i] for i in order}
+        cells = tuple(self._header + [c for i in order for c in self.rows[i].cells])
+        if tuple(self.grid.children) != cells:
+            self.grid.children = cells
+        if self.error:
+            status = f'<span style="color:#b00">⚠ {esc(self.error)}</span>'
+        elif self.message:
+            status = html.escape(self.message)
+        else:
+            status = self._notice()
+        _set(self.status, "value", status)
+        children = (self.grid if order else self.empty, self.status)
+        if tuple(self.children) != children:
+            self.children = children
+
+
+# ---------------------------------------------------------------------------- status, overview
+
+
+def status_data(connection: Connection) -> dict[str, Any]:
+    """What `%parallalx status` shows (no secrets: the token is not in it)."""
+    info = connection.device()
+    devices = connection.devices()
+    requests = connection.requests(state="open")
+    return {
+        "device": info,
+        "server": {"url": connection.url, "found_by": connection.found_by},
+        "counts": {
+            "paired": sum(d.get("state") == "paired" for d in devices),
+            "incoming": sum(r.get("direction") == "incoming" for r in requests),
+            "outgoing": sum(r.get("direction") == "outgoing" for r in requests),
+        },
+    }
+
+
+class StatusView(_TextRepr, widgets.VBox):
+    """This device: name, ID, peer URLs, resources, which server (a snapshot, not live)."""
+
+    def __init__(self, status: dict[str, Any]) -> None:
+        self.status = status
+        info, server = status.get("device") or {}, status.get("server") or {}
+        counts = status.get("counts") or {}
+        urls = ", ".join(f"<code>{esc(u, 200)}</code>" for u in info.get("peer_urls") or [])
+        rows = [
+            ("This device", f"<b>{esc(info.get('name'), NAME_LIMIT)}</b>"),
+            ("Device ID", f"<code>{esc(info.get('id_display'), ID_LIMIT)}</code>"),
+            ("Peer URLs", urls or "-"),
+            ("Resources", esc(_resources(info.get("profile")))),
+            ("Server", f"{esc(server.get('url'), 200)} (found by: "
+                       f"{esc(server.get('found_by'), 40)})"),
+            ("Paired", f"{int(counts.get('paired', 0))} device(s); open requests: "
+                       f"{int(counts.get('incoming', 0))} incoming, "
+                       f"{int(counts.get('outgoing', 0))} outgoing"),
+        ]
+        self.table = widgets.HTML(
+            "<table>" + "".join(
+                f'<tr><td style="padding-right:1em;color:#555">{k}</td><td>{v}</td></tr>'
+                for k, v in rows) + "</table>"
+        )
+        super().__init__(children=[self.table])
+        self.add_class("parallalx-status")
+
+    def text(self) -> str:
+        return status_text(self.status)
+
+
+class Overview(_LiveView, widgets.VBox):
+    """Bare `%parallalx`: this device, its peers and its open requests; live."""
+
+    def __init__(self, connection: Connection | None = None, *, live: bool = True) -> None:
+        self.connection = connection or connect()
+        self.status_view = StatusView(status_data(self.connection))
+        self.devices = DeviceTable(self.connection, live=live)
+        self.inbox = Inbox(self.connection, live=live)
+        self.footer = widgets.HTML()
+        super().__init__(children=[
+            widgets.HTML("<h4 style='margin:4px 0'>parallalx</h4>"), self.status_view,
+            widgets.HTML("<b>Paired devices</b>"), self.devices, self.inbox, self.footer,
+        ])
+        self.add_class("parallalx-overview")
+        self._start(live)
+
+    def text(self) -> str:
+        return "\n\n".join([self.status_view.text(), "Paired devices:\n" + self.devices.text(),
+                            "Connection requests:\n" + self.inbox.text()])
+
+    def _render(self) -> None:
+        mode = {"websocket": "live (event stream)", "polling": "live (polling)",
+                "connecting": "connecting…"}.get(self._live.mode, "not live")
+        _set(self.footer, "value", f'<small style="color:#777">updates: {mode}</small>')
+
+    _tick = _render
+
+    def close(self) -> None:
+        for child in (self.devices, self.inbox):
+            child.close()
+        super().close()
