@@ -1,0 +1,407 @@
+"""The notebook-side control loop of one training job: attempts, monitoring, restarts.
+
+One attempt = probe the usable workers (versions, responsiveness), scatter the job once, submit
+one pinned rank task per worker, then pump metrics and control messages until the ranks finish,
+the user cancels, or something fails. Failures are settled and classified by
+:mod:`.recovery`; infrastructure failures re-form the group from the survivors (plus any worker
+that joined meanwhile) and resume from the newest checkpoint, at most ``max_restarts`` times.
+
+Everything here runs in the job's background thread with the synchronous Dask client, so the
+notebook's event loop is never blocked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from distributed import Client, Future, Queue, Variable
+
+from .checkpoint import CheckpointStore
+from .errors import (
+    NotEnoughWorkersError,
+    RestartsExhaustedError,
+    TrainingCancelledError,
+)
+from .launcher import (
+    RankSpec,
+    choose_backend,
+    host_of,
+    order_workers,
+    rendezvous_name,
+    submit_ranks,
+)
+from .metrics import ProgressAggregator, ProgressHub
+from .preflight import PreflightReport, check_versions, probe_environment
+from .rank import run_rank
+from .recovery import AttemptOutcome, WorkerWatch, classify, settle
+from .spec import AttemptPayload, JobSpec
+
+logger = logging.getLogger(__name__)
+
+
+class Driver:
+    """Runs a job to completion; ``run()`` returns the final checkpoint bytes."""
+
+    def __init__(
+        self,
+        client: Client,
+        job: JobSpec,
+        *,
+        store: CheckpointStore,
+        hub: ProgressHub,
+        cancel: threading.Event,
+        min_workers: int = 1,
+        max_restarts: int = 3,
+        group_timeout: float = 60.0,
+        settle_timeout: float = 5.0,
+        heartbeat_timeout: float = 15.0,
+        probe_timeout: float = 60.0,
+        workers: Sequence[str] | None = None,
+    ) -> None:
+        self.client = client
+        self.job = job
+        self.store = store
+        self.hub = hub
+        self.cancel_event = cancel
+        self.min_workers = min_workers
+        self.max_restarts = max_restarts
+        self.group_timeout = group_timeout
+        self.settle_timeout = settle_timeout
+        self.probe_timeout = probe_timeout
+        self.only_workers = set(workers) if workers else None
+        self.watch = WorkerWatch(client, stale_after_s=heartbeat_timeout)
+        self.aggregator = ProgressAggregator(job.job_id, total_steps=0)
+        self.excluded: set[str] = set()
+        self.preflight: PreflightReport | None = None
+        self._events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._final: dict[str, Any] | None = None
+        self._ctl: Queue | None = None
+        self._last_ctl_poll = 0.0
+
+    # ------------------------------------------------------------------ plumbing
+    def _emit(self, kind: str, **fields: Any) -> None:
+        self.hub.emit({"kind": kind, "job_id": self.job.job_id, "time": time.time(), **fields})
+
+    def _on_event(self, event: tuple[float, dict[str, Any]]) -> None:
+        # Runs on the client's event loop: only hand over, never block.
+        self._events.put(event[1])
+
+    def _pump(self, force: bool = False) -> None:
+        """Process metric events and control messages received so far."""
+        while True:
+            try:
+                msg = self._events.get_nowait()
+            except queue.Empty:
+                break
+            if msg.get("total_steps"):
+                self.aggregator.total_steps = int(msg["total_steps"])
+            record = self.aggregator.ingest(msg)
+            if record is not None:
+                self.hub.emit(record)
+        now = time.monotonic()
+        if self._ctl is None or (not force and now - self._last_ctl_poll < 0.2):
+            return
+        self._last_ctl_poll = now
+        try:
+            msgs = self._ctl.get(batch=True)
+        except Exception:
+            logger.debug("control queue poll failed", exc_info=True)
+            return
+        for msg in msgs:
+            self._handle_control(msg)
+
+    def _handle_control(self, msg: dict[str, Any]) -> None:
+        kind = msg.get("kind")
+        if kind == "preflight":
+            self.preflight = PreflightReport.from_dict(msg["report"])
+            self._emit(
+                "preflight",
+                attempt=msg.get("attempt"),
+                report=msg["report"],
+                text=str(self.preflight),
+            )
+        elif kind in ("checkpoint", "final"):
+            path = self.store.put(msg["data"], int(msg["global_step"]))
+            if kind == "final":
+                self._final = msg
+            self._emit(
+                "checkpoint",
+                attempt=msg.get("attempt"),
+                global_step=int(msg["global_step"]),
+                final=kind == "final",
+                path=str(path) if path else None,
+            )
+
+    # ------------------------------------------------------------------ phases
+    def _candidates(self) -> list[str]:
+        alive = self.watch.alive()
+        if self.only_workers is not None:
+            alive &= self.only_workers
+        return sorted(alive - self.excluded)
+
+    def _require(self, usable: Sequence[str], stage: str) -> None:
+        if len(usable) < self.min_workers:
+            lost = f"; lost during this job: {sorted(self.excluded)}" if self.excluded else ""
+            raise NotEnoughWorkersError(
+                f"need at least {self.min_workers} worker(s) to train, {len(usable)} usable "
+                f"{stage}: {sorted(usable)}{lost}"
+            )
+
+    def _probe(self, candidates: Sequence[str], attempt: int) -> dict[str, dict[str, Any]]:
+        """Versions and responsiveness of each candidate (non-responders are excluded)."""
+        futs = {
+            w: self.client.submit(
+                probe_environment,
+                key=f"parallalx-probe-{self.job.job_id}-{attempt}-{i}",
+                workers=[w],
+                allow_other_workers=False,
+                pure=False,
+            )
+            for i, w in enumerate(candidates)
+        }
+        deadline = time.monotonic() + self.probe_timeout
+        while time.monotonic() < deadline:
+            pending = [w for w, f in futs.items() if f.status == "pending"]
+            # A fresh worker importing torch can miss heartbeats for seconds: only the long
+            # heartbeat timeout (or leaving the cluster) ends the wait early.
+            if not pending or set(pending) <= self.watch.unreachable(pending):
+                break
+            if self.cancel_event.is_set():
+                break
+            time.sleep(0.05)
+        envs = {}
+        for w, f in futs.items():
+            if f.status == "finished":
+                envs[w] = f.result()
+            else:
+                logger.warning("worker %s did not answer the probe (%s); excluded", w, f.status)
+                self.excluded.add(w)
+        with contextlib.suppress(Exception):
+            self.client.cancel(list(futs.values()), force=True)
+        return envs
+
+    def _device_for(self, env: dict[str, Any], backend: str, mixed: bool) -> str:
+        if not env.get("cuda_available"):
+            return "cpu"
+        if backend == "nccl":
+            return "cuda:0"
+        wants_fsdp = (self.job.strategy == "fsdp") or (
+            self.preflight is not None and self.preflight.strategy == "fsdp"
+        )
+        return "cpu" if (mixed and wants_fsdp) else "cuda:0"
+
+    # ------------------------------------------------------------------ main loop
+    def run(self) -> bytes:
+        self.client.subscribe_topic(self.job.metrics_topic, self._on_event)
+        self._ctl = Queue(self.job.control_queue, client=self.client)
+        try:
+            return self._loop()
+        finally:
+            with contextlib.suppress(Exception):
+                self.client.unsubscribe_topic(self.job.metrics_topic)
+            with contextlib.suppress(Exception):
+                self._ctl.close()
+
+    def _loop(self) -> bytes:
+        driver_env = probe_environment()
+        attempt = 0
+        fixed: tuple[str, int] | None = None
+        while True:
+            if self.cancel_event.is_set():
+                raise TrainingCancelledError("cancelled before training started")
+            candidates = self._candidates()
+            self._require(candidates, "on the cluster")
+            envs = self._probe(candidates, attempt)
+            self._require(list(envs), "after probing the workers")
+            check_versions(envs, driver_env)
+            workers = order_workers(list(envs), prefer_host=host_of(self.client.scheduler.address))
+            if len(workers) > self.job.global_batch:  # every rank needs >= 1 sample per step
+                logger.warning(
+                    "batch size %d < %d workers: training on the first %d",
+                    self.job.global_batch,
+                    len(workers),
+                    self.job.global_batch,
+                )
+                workers = workers[: self.job.global_batch]
+                self._require(workers, f"with a global batch of {self.job.global_batch}")
+            backend = choose_backend([bool(envs[w].get("cuda_available")) for w in workers])
+            mixed = len({bool(envs[w].get("cuda_available")) for w in workers}) > 1
+            resume = self.store.latest()
+            self._final = None
+            self._emit(
+                "state",
+                state="running" if attempt == 0 else "restarting",
+                attempt=attempt,
+                workers=workers,
+                resume_step=self.store.global_step if resume else 0,
+            )
+            outcome = self._attempt(attempt, workers, envs, backend, mixed, resume, fixed)
+            if self.preflight is not None and fixed is None:
+                fixed = (self.preflight.strategy, self.preflight.local_sgd_every)
+            if outcome.status == "finished":
+                assert self._final is not None
+                return bytes(self._final["data"])
+            if outcome.status == "cancelled":
+                raise TrainingCancelledError(
+                    "training was cancelled"
+                    + (f" at step {self._final['global_step']}" if self._final else "")
+                )
+            if outcome.status == "user_error":
+                assert outcome.error is not None
+                raise outcome.error
+            self.excluded |= outcome.lost
+            attempt += 1
+            if attempt > self.max_restarts:
+                raise RestartsExhaustedError(
+                    f"giving up after {self.max_restarts} restart(s): {outcome.detail}"
+                ) from outcome.error
+            failed_at = self.aggregator.max_step
+            resume_step = max(self.store.global_step, 0)
+            self._emit(
+                "restart",
+                attempt=attempt,
+                reason=outcome.detail,
+                lost_workers=sorted(outcome.lost),
+                failed_at_step=failed_at,
+                resume_step=resume_step,
+                repeated_steps=max(failed_at - resume_step, 0),
+            )
+            logger.warning("training attempt %d failed (%s); re-forming", attempt, outcome.detail)
+
+    def _attempt(
+        self,
+        attempt: int,
+        workers: list[str],
+        envs: dict[str, dict[str, Any]],
+        backend: str,
+        mixed: bool,
+        resume: bytes | None,
+        fixed: tuple[str, int] | None,
+    ) -> AttemptOutcome:
+        payload = AttemptPayload(
+            job=self.job,
+            resume=resume,
+            strategy=fixed[0] if fixed else None,
+            local_sgd_every=(fixed[1] or None) if fixed else None,
+        )
+        master = host_of(workers[0])
+        world = len(workers)
+
+        def make_spec(rank: int, addr: str) -> RankSpec:
+            return RankSpec(
+                job_id=self.job.job_id,
+                attempt=attempt,
+                rank=rank,
+                world_size=world,
+                worker=addr,
+                master_host=master,
+                backend=backend,
+                timeout_s=self.group_timeout,
+                device=self._device_for(envs[addr], backend, mixed),
+            )
+
+        self.aggregator.new_attempt(attempt)
+        payload_future: Future | None = None
+        futures: list[Future] = []
+        try:
+            try:
+                [payload_future] = self.client.scatter(
+                    [payload], workers=workers, broadcast=True, hash=False
+                )
+            except Exception as exc:  # a worker vanished between probe and scatter
+                return AttemptOutcome(
+                    "infra",
+                    lost=self.watch.gone(workers),
+                    error=exc,
+                    detail=f"could not ship the job: {exc!r}",
+                )
+            futures = submit_ranks(self.client, run_rank, workers, make_spec, payload_future)
+            return self._monitor(futures, workers)
+        finally:
+            if futures:
+                with contextlib.suppress(Exception):
+                    self.client.cancel([f for f in futures if f.status == "pending"], force=True)
+            if payload_future is not None:
+                payload_future.release()
+            with contextlib.suppress(Exception):
+                Variable(rendezvous_name(self.job.job_id, attempt), client=self.client).delete()
+
+    def _monitor(self, futures: list[Future], workers: list[str]) -> AttemptOutcome:
+        hang_limit = self.group_timeout + self.settle_timeout
+        cancel_deadline: float | None = None
+        unreachable_since: float | None = None
+        while True:
+            self._pump()
+            if self.cancel_event.is_set() and cancel_deadline is None:
+                self.client.cancel(futures)
+                # ranks notice within control_every steps; allow a collective timeout on top
+                cancel_deadline = time.monotonic() + self.group_timeout + self.settle_timeout
+            if cancel_deadline is not None:
+                if self._final is not None or time.monotonic() > cancel_deadline:
+                    return AttemptOutcome("cancelled")
+                self._wait_ranks(futures, 0.1)
+                continue
+            statuses = [f.status for f in futures]
+            if all(s == "finished" for s in statuses):
+                return self._finish(futures, workers)
+            if statuses[0] == "finished" and self._final is not None:
+                # The final state is gathered collectively: every rank reached the end. A rank
+                # whose task cannot report (e.g. its worker froze just now) changes nothing.
+                return self._finish(futures, workers)
+            errored = any(s in ("error", "lost", "cancelled") for s in statuses)
+            pending = [w for f, w in zip(futures, workers, strict=True) if f.status == "pending"]
+            bad = self.watch.unreachable(pending)
+            if bad and unreachable_since is None:
+                unreachable_since = time.monotonic()
+            elif not bad:
+                unreachable_since = None
+            gone = self.watch.gone(pending)
+            hung = unreachable_since is not None and (
+                time.monotonic() - unreachable_since > hang_limit
+            )
+            if errored or gone or hung:
+                trigger = (
+                    f"rank states {statuses}" if errored else
+                    f"worker(s) left the cluster: {sorted(gone)}" if gone else
+                    f"no heartbeat from {sorted(bad)} for {hang_limit:.0f}s"
+                )  # fmt: skip
+                logger.info("attempt failing (%s); settling", trigger)
+                lost = settle(
+                    futures,
+                    workers,
+                    self.watch,
+                    stale_s=min(self.watch.stale_after_s, max(2.0, self.group_timeout / 2)),
+                    max_wait_s=self.group_timeout + self.settle_timeout,
+                    pump=self._pump,
+                )
+                self._pump(force=True)
+                outcome = classify(futures, workers, lost)
+                outcome.detail = f"{outcome.detail} [{trigger}]"
+                return outcome
+            self._wait_ranks(futures, 0.1)
+
+    def _wait_ranks(self, futures: list[Future], timeout: float) -> None:
+        # Plain sleep: a Dask wait() returns at once as soon as any rank has finished.
+        time.sleep(timeout)
+
+    def _finish(self, futures: list[Future], workers: list[str]) -> AttemptOutcome:
+        deadline = time.monotonic() + 30.0
+        while self._final is None and time.monotonic() < deadline:
+            self._pump(force=True)
+            if self._final is None:
+                time.sleep(0.05)
+        if self._final is None:
+            return AttemptOutcome(
+                "infra",
+                error=RuntimeError("rank 0 finished without shipping its final state"),
+                detail="final state never arrived",
+            )
+        if self._final.get("cancelled"):
+            return AttemptOutcome("cancelled")
+        return AttemptOutcome("finished")

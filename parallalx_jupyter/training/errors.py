@@ -1,0 +1,63 @@
+"""Exceptions raised by the training engine.
+
+They live in one small module because both sides use them: rank tasks raise them on a worker and
+Dask pickles them back to the notebook, so the class must be importable in both processes and
+carry everything the user needs (the remote traceback as text, never a live traceback object).
+"""
+
+from __future__ import annotations
+
+
+class TrainingError(RuntimeError):
+    """Base class for every error the training engine raises on purpose."""
+
+
+class UserCodeError(TrainingError):
+    """The user's model, dataset, loss or optimizer code raised on a worker.
+
+    ``remote_traceback`` is the formatted traceback from the worker process; it is also part of
+    ``str(error)`` so a notebook shows where the user's code failed, not where we re-raised it.
+    Restarting would only fail again, so the driver never retries this error.
+    """
+
+    def __init__(
+        self, message: str, remote_traceback: str = "", rank: int = -1, worker: str = ""
+    ) -> None:
+        super().__init__(message, remote_traceback, rank, worker)
+        self.message = message
+        self.remote_traceback = remote_traceback
+        self.rank = rank
+        self.worker = worker
+
+    def __str__(self) -> str:
+        where = f" on rank {self.rank} ({self.worker})" if self.rank >= 0 else ""
+        tb = f"\n\nRemote traceback:\n{self.remote_traceback}" if self.remote_traceback else ""
+        return f"user code failed{where}: {self.message}{tb}"
+
+
+class RankInfraError(TrainingError):
+    """A rank lost its peers (gloo connection reset, group timeout, rendezvous failure).
+
+    Raised inside rank tasks so the driver can tell "the cluster changed, re-form and resume"
+    apart from "the user's code is broken". The message keeps the original error text.
+    """
+
+
+class NotEnoughWorkersError(TrainingError):
+    """Fewer usable workers than ``min_workers``: stop instead of training on a shrunken group."""
+
+
+class VersionMismatchError(TrainingError):
+    """Ranks (or the notebook) run different torch / Python / CUDA versions.
+
+    Refused before any process group forms: mismatched torch builds can deadlock or corrupt
+    collectives in ways that are far harder to diagnose than this message.
+    """
+
+
+class RestartsExhaustedError(TrainingError):
+    """The job failed more often than ``max_restarts`` allows; ``__cause__`` is the last failure."""
+
+
+class TrainingCancelledError(TrainingError):
+    """``TrainingJob.cancel()`` stopped the job; the last checkpoint (if any) stays on disk."""

@@ -1,0 +1,268 @@
+"""Launch one torch.distributed rank per Dask worker and form the process group ourselves.
+
+Dask is only the control plane: it places one long-running task per rank on a chosen worker and
+carries small control messages. The data plane is a torch process group (gloo, or NCCL when
+every rank has CUDA) that we build explicitly, because ``torchrun``-style environment variables
+and fixed ports do not exist on a user's ad-hoc cluster.
+
+Each rank trains in its *own process*, started by the Dask task (see ``rank.py``). A failed or
+cancelled rank then simply exits, which closes its gloo sockets at once, so the other ranks fail
+in milliseconds. (Measured: a rank that fails inside the worker process keeps its sockets open,
+because gloo's in-flight work pins the ProcessGroup, and its peers sit out the group timeout.)
+
+Rendezvous, and why it is done this way:
+
+* Rank 0 opens a ``TCPStore`` *server* on port 0 (the OS picks a free port) and keeps it open
+  for the whole job, so there is no window in which another process could take the port (which
+  a "find a free port, close it, report it" first phase would have).
+* Rank 0 publishes the port through a ``distributed.Variable`` named for the job *and attempt*.
+  The Variable lives on the scheduler, every worker already has an authenticated TLS connection
+  to it, and ``Variable.get(timeout=...)`` waits for the value with a deadline, so a rank whose
+  rank 0 never came up fails cleanly instead of hanging. A fresh name per attempt means a stale
+  port from a crashed attempt can never be read.
+* The host is not published at all: it is the host part of rank 0's worker address *as the
+  scheduler sees it* (the driver passes it in), because that is the address we already know
+  reaches that machine, unlike whatever its hostname resolves to.
+* Each rank sets ``GLOO_SOCKET_IFNAME`` to the interface that routes toward rank 0's host (gloo
+  otherwise binds to the hostname's address: 127.0.0.1, docker0 or a VPN).
+* ``init_process_group`` gets an explicit, short timeout (gloo's default is 30 minutes) that also
+  bounds every collective, which is how a frozen peer is eventually detected.
+* The store lives in rank 0's process, so the rendezvous port is open only while the job runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import ipaddress
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from distributed import Client, Future
+from distributed.comm.addressing import get_address_host
+
+from .errors import RankInfraError
+
+# One process group per worker process: torch keeps the default group in process-global state.
+_WORKER_SLOT = threading.Lock()
+
+
+@dataclass(frozen=True)
+class RankSpec:
+    """Everything a rank task needs to join its group (plain data, cheap to pickle)."""
+
+    job_id: str
+    attempt: int
+    rank: int
+    world_size: int
+    worker: str
+    master_host: str
+    backend: str
+    timeout_s: float
+    device: str = "cpu"
+
+    @property
+    def rendezvous_name(self) -> str:
+        return rendezvous_name(self.job_id, self.attempt)
+
+
+def rendezvous_name(job_id: str, attempt: int) -> str:
+    """Scheduler-side Variable holding rank 0's store port for one attempt."""
+    return f"parallalx-rdzv-{job_id}-{attempt}"
+
+
+def host_of(address: str) -> str:
+    """Host part of a Dask address (``tls://10.0.0.5:4321`` -> ``10.0.0.5``)."""
+    return get_address_host(address)
+
+
+def interface_for(host: str) -> str | None:
+    """Name of the local network interface used to reach ``host`` (``lo`` for 127.0.0.1).
+
+    A connected UDP socket sends nothing but makes the kernel pick the route, and its local
+    address identifies the interface (matched through psutil). ``None`` if it cannot be found,
+    in which case gloo's own choice is left alone.
+    """
+    import psutil
+
+    try:
+        infos = socket.getaddrinfo(host, 9, type=socket.SOCK_DGRAM)
+    except OSError:
+        return None
+    for family, _type, _proto, _canon, sockaddr in infos:
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as s:
+                s.connect(sockaddr)
+                local = s.getsockname()[0]
+        except OSError:
+            continue
+        try:
+            local_ip = ipaddress.ip_address(local.split("%")[0])
+        except ValueError:
+            continue
+        for name, addrs in psutil.net_if_addrs().items():
+            for a in addrs:
+                try:
+                    if ipaddress.ip_address(a.address.split("%")[0]) == local_ip:
+                        return name
+                except ValueError:
+                    continue
+    return None
+
+
+def choose_backend(cuda_per_rank: Sequence[bool]) -> str:
+    """NCCL only when every rank has CUDA; gloo for CPU-only and mixed groups."""
+    return "nccl" if cuda_per_rank and all(cuda_per_rank) else "gloo"
+
+
+def order_workers(workers: Sequence[str], prefer_host: str | None = None) -> list[str]:
+    """Stable rank order: workers on ``prefer_host`` (the driver's) first, then by address.
+
+    Rank 0 ships checkpoints back to the driver, so putting it next to the driver keeps that
+    traffic local when possible.
+    """
+    return sorted(workers, key=lambda w: (host_of(w) != prefer_host, w))
+
+
+def submit_ranks(
+    client: Client,
+    fn: Callable[..., Any],
+    workers: Sequence[str],
+    make_spec: Callable[[int, str], RankSpec],
+    *args: Any,
+    key_prefix: str = "parallalx-rank",
+) -> list[Future]:
+    """Submit ``fn(spec, *args)`` once per worker, pinned to it (never moved, never retried).
+
+    ``allow_other_workers=False`` and ``retries=0``: a rank is meaningless elsewhere; if its
+    worker dies the task stays pending on the scheduler and the driver cancels it.
+    """
+    futures = []
+    for rank, addr in enumerate(workers):
+        spec = make_spec(rank, addr)
+        futures.append(
+            client.submit(
+                fn,
+                spec,
+                *args,
+                key=f"{key_prefix}-{spec.job_id}-{spec.attempt}-{rank}",
+                workers=[addr],
+                allow_other_workers=False,
+                pure=False,
+                retries=0,
+            )
+        )
+    return futures
+
+
+@contextlib.contextmanager
+def worker_slot(timeout_s: float) -> Iterator[None]:
+    """Hold this worker process's single process-group slot (another job may still be leaving)."""
+    if not _WORKER_SLOT.acquire(timeout=timeout_s):
+        raise RankInfraError("another training job still holds this worker's process group")
+    try:
+        yield
+    finally:
+        _WORKER_SLOT.release()
+
+
+def set_gloo_interface(master_host: str) -> str | None:
+    """Point gloo at the interface that routes to rank 0 (call in the rank process only)."""
+    iface = interface_for(master_host)
+    if iface:
+        os.environ["GLOO_SOCKET_IFNAME"] = iface
+    return iface
+
+
+@contextlib.contextmanager
+def process_group(
+    spec: RankSpec,
+    publish_port: Callable[[int], None],
+    wait_port: Callable[[float], int],
+) -> Iterator[Any]:
+    """Rendezvous through rank 0's TCPStore and yield the initialised default process group.
+
+    Runs in the rank's own process. ``publish_port`` (rank 0) and ``wait_port`` (others) carry
+    the store port through the Dask task to the scheduler-side Variable. Connection and timeout
+    failures become :class:`RankInfraError` so the driver re-forms the group.
+    """
+    import torch.distributed as dist
+
+    timeout = _dt.timedelta(seconds=spec.timeout_s)
+    store = None
+    try:
+        if spec.rank == 0:
+            store = dist.TCPStore(
+                spec.master_host,
+                0,
+                spec.world_size,
+                is_master=True,
+                timeout=timeout,
+                wait_for_workers=False,
+            )
+            publish_port(int(store.port))
+        else:
+            port = wait_port(spec.timeout_s)
+            store = dist.TCPStore(
+                spec.master_host, port, spec.world_size, is_master=False, timeout=timeout
+            )
+        dist.init_process_group(
+            spec.backend,
+            store=store,
+            rank=spec.rank,
+            world_size=spec.world_size,
+            timeout=timeout,
+        )
+    except Exception as exc:  # rendezvous failures are always infrastructure
+        raise RankInfraError(f"rendezvous failed on rank {spec.rank}: {exc!r}") from exc
+    try:
+        yield dist.group.WORLD
+    finally:
+        # Only on success does this run to completion; on failure the rank process exits
+        # right after reporting (os._exit), which closes every socket at once.
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
+        del store
+
+
+# --------------------------------------------------------------------------- rank processes
+_PRELOAD = ["torch", "torch.distributed", "parallalx_jupyter.training.rank_process"]
+
+
+def rank_process_context() -> Any:
+    """A multiprocessing context for rank processes: forkserver (torch preloaded) or spawn.
+
+    Forking the Dask worker itself is unsafe (it has an event loop and thread pools); a
+    forkserver is a clean single-threaded parent with torch already imported, so every later
+    rank process starts in milliseconds instead of re-importing torch.
+    """
+    import multiprocessing as mp
+
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(_PRELOAD)
+        return ctx
+    return mp.get_context("spawn")
+
+
+@contextlib.contextmanager
+def children_allowed() -> Iterator[None]:
+    """Let a daemonic Dask worker (started by a Nanny) start a rank process.
+
+    multiprocessing refuses children of daemonic processes because they could be orphaned; ours
+    exit on their own when the worker goes away (they watch their control pipe for EOF).
+    """
+    import multiprocessing as mp
+
+    config = mp.current_process()._config  # noqa: SLF001 - no public switch exists
+    was = config.get("daemon")
+    config["daemon"] = False
+    try:
+        yield
+    finally:
+        if was is not None:
+            config["daemon"] = was

@@ -1,0 +1,390 @@
+"""Preflight: prove the group works, measure it, and show the physical limit before training.
+
+Three things are measured because each one changes a decision:
+
+* versions (before the group forms): a torch/Python/CUDA mismatch is refused with a table of who
+  runs what, since mismatched builds fail later in far more confusing ways;
+* the link: a tiny all-reduce (latency) and a ~10 MB all-reduce (bus bandwidth ``B``, from the
+  ring formula), which bound what any data-parallel strategy can reach;
+* each device: a few forward/backward passes of the *real* model on a real sample batch (no
+  optimizer step, RNG and buffers restored afterwards), giving samples/s for the batch shares
+  and the forward share of compute used later to estimate communication share per step.
+
+The report then states compute time per step against the ring all-reduce time
+``2(N-1)/N * S / B`` and the predicted speed-up, and names the strategy chosen from it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import socket
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .errors import VersionMismatchError
+
+PROBE_BYTES = 10_000_000
+
+
+# --------------------------------------------------------------------------- environment
+def probe_environment() -> dict[str, Any]:
+    """Versions and capacity of this process (runs as a Dask task on each worker, and locally).
+
+    Returns plain data (msgpack/pickle friendly) so it can also go into events.
+    """
+    import psutil
+    import torch
+
+    cuda = bool(torch.cuda.is_available())
+    info: dict[str, Any] = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda_version": torch.version.cuda,
+        "cuda_available": cuda,
+        "device_count": torch.cuda.device_count() if cuda else 0,
+        "device_name": torch.cuda.get_device_name(0) if cuda else platform.processor() or "cpu",
+        "cpu_count": os.cpu_count() or 1,
+        "memory_available": int(psutil.virtual_memory().available),
+        "cuda_memory": int(torch.cuda.mem_get_info(0)[1]) if cuda else 0,
+    }
+    try:
+        from distributed import get_worker
+
+        info["worker"] = get_worker().address
+    except ValueError:
+        info["worker"] = "notebook"
+    return info
+
+
+def _release(version: str) -> str:
+    """``2.13.0+cpu`` -> ``2.13.0``: CPU and CUDA wheels of one release talk the same protocol."""
+    return version.split("+", 1)[0]
+
+
+def _minor(version: str) -> str:
+    return ".".join(version.split(".")[:2])
+
+
+def check_versions(workers: Mapping[str, Mapping[str, Any]], driver: Mapping[str, Any]) -> None:
+    """Refuse mismatched torch releases, Python minor versions, or CUDA versions among GPU ranks.
+
+    The notebook process is included: it pickles the model and loads the results, so it must
+    match too. Raises :class:`VersionMismatchError` with a per-process table.
+    """
+    rows = [("notebook", driver)] + sorted(workers.items())
+    problems = []
+    torch_versions = {_release(str(info["torch"])) for _, info in rows}
+    if len(torch_versions) > 1:
+        problems.append(f"torch releases differ: {sorted(torch_versions)}")
+    py_versions = {_minor(str(info["python"])) for _, info in rows}
+    if len(py_versions) > 1:
+        problems.append(f"Python versions differ: {sorted(py_versions)}")
+    cuda_versions = {
+        str(info["cuda_version"]) for _, info in workers.items() if info.get("cuda_available")
+    }
+    if len(cuda_versions) > 1:
+        problems.append(f"CUDA versions differ between GPU workers: {sorted(cuda_versions)}")
+    if problems:
+        table = "\n".join(
+            f"  {name:<32} python {info['python']:<8} torch {info['torch']:<16} "
+            f"cuda {info.get('cuda_version') or '-'}"
+            for name, info in rows
+        )
+        raise VersionMismatchError(
+            "refusing to train across mismatched environments: "
+            + "; ".join(problems)
+            + "\n"
+            + table
+            + "\nInstall the same versions on every device (the environment step does this)."
+        )
+
+
+# --------------------------------------------------------------------------- measurements
+def check_connectivity(device: Any) -> None:
+    """Every rank contributes 1; anything but world_size means a rank is not really connected."""
+    import torch
+    import torch.distributed as dist
+
+    t = torch.ones(1, device=device)
+    dist.all_reduce(t)
+    if int(t.item()) != dist.get_world_size():
+        raise RuntimeError(f"connectivity check summed to {t.item()}, not the world size")
+
+
+def measure_link(device: Any, size_bytes: int = PROBE_BYTES, iters: int = 3) -> tuple[float, float]:
+    """(latency s, ring bus bandwidth bytes/s) from a 4-byte and a ``size_bytes`` all-reduce.
+
+    Bus bandwidth ``B = 2(N-1)/N * S / t`` is the figure the ring formula needs, so a prediction
+    for any model size is ``latency + 2(N-1)/N * S_model / B``. Single rank: (0, inf).
+    """
+    import torch
+    import torch.distributed as dist
+
+    n = dist.get_world_size()
+    if n == 1:
+        return 0.0, math.inf
+
+    def timed(t: torch.Tensor) -> float:
+        dist.barrier()
+        start = time.perf_counter()
+        dist.all_reduce(t)
+        if t.is_cuda:
+            torch.cuda.synchronize(t.device)
+        return time.perf_counter() - start
+
+    small = torch.zeros(1, device=device)
+    timed(small)
+    latency = statistics.median(timed(small) for _ in range(5))
+    big = torch.zeros(max(1, size_bytes // 4), device=device)
+    timed(big)
+    t_big = statistics.median(timed(big) for _ in range(iters))
+    bus = 2 * (n - 1) / n * big.numel() * 4 / max(t_big - latency, 1e-9)
+    # Every rank must agree on the numbers (they feed a deterministic plan): use rank 0's.
+    vals = torch.tensor([latency, bus], dtype=torch.float64, device=device)
+    dist.broadcast(vals, src=0)
+    return float(vals[0]), float(vals[1])
+
+
+def measure_step_cost(
+    step: Callable[[int], tuple[float, float]], n1: int, n2: int, steps: int = 3
+) -> dict[str, float]:
+    """Fit ``time(n) = overhead + n * per_sample`` from timed steps at two batch sizes.
+
+    ``step(n)`` runs one training step on ``n`` samples and returns (forward_s, total_s). A
+    fixed per-step cost (Python, optimizer, kernel launches) dominates small models, so a single
+    samples/s figure would predict speed-ups that never materialise. One warm-up call per size
+    is discarded; medians of the rest are used. Returns ``overhead_s``, ``per_sample_s`` and
+    ``forward_fraction`` (forward share of the step at ``n1``, used for the comm estimate).
+    """
+
+    def timed(n: int) -> tuple[float, float]:
+        step(n)
+        runs = [step(n) for _ in range(max(1, steps))]
+        return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+
+    f1, t1 = timed(n1)
+    if n2 > n1:
+        _, t2 = timed(n2)
+        per_sample = max((t2 - t1) / (n2 - n1), 0.05 * t1 / n1)
+    else:
+        per_sample = t1 / n1
+    overhead = max(t1 - per_sample * n1, 0.0)
+    return {
+        "overhead_s": overhead,
+        "per_sample_s": per_sample,
+        "forward_fraction": min(max(f1 / max(t1, 1e-12), 0.05), 0.95),
+    }
+
+
+def balance(total: int, overhead: Sequence[float], per_sample: Sequence[float]) -> list[float]:
+    """Real-valued shares that make every rank's step take equally long.
+
+    With ``t_i(n) = a_i + b_i n`` and ``sum n_i = total``: ``T = (total + sum a_i/b_i) /
+    sum 1/b_i`` and ``n_i = (T - a_i) / b_i`` (floored at a tiny positive weight).
+    """
+    inv = [1.0 / max(b, 1e-12) for b in per_sample]
+    t = (total + sum(a * i for a, i in zip(overhead, inv, strict=True))) / sum(inv)
+    return [max((t - a) * i, 1e-6) for a, i in zip(overhead, inv, strict=True)]
+
+
+# --------------------------------------------------------------------------- report
+@dataclass
+class DeviceReport:
+    """One rank's place in the group and its measured speed."""
+
+    rank: int
+    worker: str
+    host: str
+    device: str
+    samples_per_s: float  # effective, at this rank's batch, fixed step cost included
+    forward_fraction: float
+    batch: int = 0
+    memory_bytes: int = 0
+    overhead_s: float = 0.0
+    per_sample_s: float = 0.0
+
+
+@dataclass
+class PreflightReport:
+    """What preflight measured and what it concluded (readable ``str``, ``to_dict`` for events)."""
+
+    world_size: int
+    backend: str
+    devices: list[DeviceReport]
+    latency_s: float
+    bandwidth_Bps: float
+    param_count: int
+    param_bytes: int
+    global_batch: int
+    compute_s_per_step: float
+    single_device_s_per_step: float
+    comm_s_per_step: dict[str, float]
+    strategy: str
+    reason: str
+    predicted_speedup: float
+    ideal_speedup: float
+    local_sgd_every: int = 0
+    versions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def per_rank_batch(self) -> list[int]:
+        return [d.batch for d in self.devices]
+
+    @property
+    def allreduce_s_per_step(self) -> float:
+        """Ring all-reduce time of one fp32 gradient, ``2(N-1)/N * S / B`` plus latency."""
+        return self.comm_s_per_step.get("ddp", 0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["bandwidth_Bps"] = None if math.isinf(self.bandwidth_Bps) else self.bandwidth_Bps
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PreflightReport:
+        d = dict(d)
+        d["devices"] = [DeviceReport(**x) for x in d["devices"]]
+        if d.get("bandwidth_Bps") is None:
+            d["bandwidth_Bps"] = math.inf
+        return cls(**d)
+
+    def __str__(self) -> str:
+        lines = [
+            f"Preflight: {self.world_size} rank(s) over {self.backend}, model "
+            f"{_si(self.param_count)} parameters ({_si(self.param_bytes, 'B')} of gradients)",
+            f"  {'rank':<5}{'worker':<28}{'device':<10}{'samples/s':>12}{'batch':>7}",
+        ]
+        for d in self.devices:
+            lines.append(
+                f"  {d.rank:<5}{d.worker[-27:]:<28}{d.device:<10}"
+                f"{d.samples_per_s:>12,.0f}{d.batch:>7}"
+            )
+        if self.world_size > 1:
+            lines.append(
+                f"  link: {_si(self.bandwidth_Bps * 8, 'bit/s')} all-reduce bus bandwidth, "
+                f"{self.latency_s * 1e6:,.0f} us latency ({_si(PROBE_BYTES, 'B')} probe)"
+            )
+        comm = self.allreduce_s_per_step
+        ratio = comm / self.compute_s_per_step if self.compute_s_per_step > 0 else math.inf
+        lines.append(
+            f"  per step (global batch {self.global_batch}): compute "
+            f"{_ms(self.compute_s_per_step)} vs ring all-reduce 2(N-1)/N*S/B "
+            f"{_ms(comm)} (comm/compute {ratio:.0%})"
+        )
+        chosen = self.comm_s_per_step.get(self.strategy, comm)
+        lines.append(
+            f"  predicted speed-up vs the fastest single device: {self.predicted_speedup:.2f}x "
+            f"(ideal {self.ideal_speedup:.2f}x; {self.strategy} moves {_ms(chosen)} per step)"
+        )
+        extra = f", average every {self.local_sgd_every} steps" if self.local_sgd_every else ""
+        lines.append(f"  strategy: {self.strategy}{extra} - {self.reason}")
+        return "\n".join(lines)
+
+
+def _si(x: float, unit: str = "") -> str:
+    if math.isinf(x):
+        return f"inf {unit}".strip()
+    for prefix, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g} {prefix}{unit}".strip()
+    return f"{x:.3g} {unit}".strip()
+
+
+def _ms(s: float) -> str:
+    return f"{s * 1e3:.3g} ms"
+
+
+def build_report(
+    *,
+    devices: list[dict[str, Any]],
+    backend: str,
+    latency_s: float,
+    bandwidth_Bps: float,
+    param_count: int,
+    param_bytes: int,
+    global_batch: int,
+    requested: str,
+    shares: Sequence[float] | None = None,
+    local_sgd_every: int | None = None,
+    homogeneous: bool = True,
+) -> PreflightReport:
+    """Turn the gathered measurements into batch shares, a strategy and a prediction.
+
+    Runs on rank 0 only; the result is broadcast so every rank follows the same plan. Shares
+    equalise per-rank step times (see :func:`balance`) unless ``shares`` overrides them; the
+    slowest rank's step sets the compute time; the single-device baseline is the fastest
+    device running the whole global batch.
+    """
+    from .sharding import proportional_split
+    from .strategies import STRATEGIES, choose_strategy, comm_seconds
+
+    over = [max(float(d["overhead_s"]), 0.0) for d in devices]
+    per = [max(float(d["per_sample_s"]), 1e-12) for d in devices]
+    weights = list(shares) if shares is not None else balance(global_batch, over, per)
+    if len(weights) != len(devices):
+        raise ValueError(f"shares has {len(weights)} entries for {len(devices)} ranks")
+    per_rank = proportional_split(global_batch, weights, min_each=1)
+    step_times = [a + b * n for a, b, n in zip(over, per, per_rank, strict=True)]
+    compute_s = max(step_times)
+    single_s = min(a + b * global_batch for a, b in zip(over, per, strict=True))
+    balanced = balance(global_batch, over, per)
+    ideal_s = max(a + b * n for a, b, n in zip(over, per, balanced, strict=True))
+    world = len(devices)
+    if requested == "auto":
+        name, reason, h = choose_strategy(
+            param_bytes=param_bytes,
+            world=world,
+            compute_s=compute_s,
+            single_s=single_s,
+            latency_s=latency_s,
+            bandwidth_Bps=bandwidth_Bps,
+            min_memory_bytes=min(int(d.get("memory_bytes", 0)) for d in devices),
+            homogeneous_devices=homogeneous,
+        )
+    else:
+        name, reason, h = requested, "requested by the caller", 0
+    if name == "local_sgd":
+        h = int(local_sgd_every or h or 8)
+    comm = {
+        s: comm_seconds(s, param_bytes, world, latency_s, bandwidth_Bps, h or 8) for s in STRATEGIES
+    }
+    reports = [
+        DeviceReport(
+            rank=i,
+            worker=str(d["worker"]),
+            host=str(d["host"]),
+            device=str(d["device"]),
+            samples_per_s=per_rank[i] / max(step_times[i], 1e-12),
+            forward_fraction=float(d["forward_fraction"]),
+            batch=per_rank[i],
+            memory_bytes=int(d.get("memory_bytes", 0)),
+            overhead_s=over[i],
+            per_sample_s=per[i],
+        )
+        for i, d in enumerate(devices)
+    ]
+    return PreflightReport(
+        world_size=world,
+        backend=backend,
+        devices=reports,
+        latency_s=latency_s,
+        bandwidth_Bps=bandwidth_Bps,
+        param_count=param_count,
+        param_bytes=param_bytes,
+        global_batch=global_batch,
+        compute_s_per_step=compute_s,
+        single_device_s_per_step=single_s,
+        comm_s_per_step=comm,
+        strategy=name,
+        reason=reason,
+        predicted_speedup=single_s / (compute_s + comm[name]),
+        ideal_speedup=single_s / max(ideal_s, 1e-12),
+        local_sgd_every=h if name == "local_sgd" else 0,
+    )

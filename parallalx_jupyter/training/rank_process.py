@@ -1,0 +1,535 @@
+"""One rank's training, in its own process (started and watched by the Dask task in rank.py).
+
+Why a separate process: when a rank fails or is cancelled it simply exits (``os._exit``), which
+closes its gloo sockets so every peer fails within milliseconds; in-process teardown cannot do
+that (gloo's in-flight work keeps the ProcessGroup alive until the group timeout). It also keeps
+the Dask worker's event loop free of the training loop's GIL pressure, so heartbeats stay
+punctual, and gives each job a clean CUDA context, thread settings and environment.
+
+Error policy (what the driver relies on): failures of the user's code (factories, forward,
+loss, optimizer) become :class:`UserCodeError` with the formatted traceback as text and are
+never retried; failures of communication (gloo "Connection reset/closed by peer", group
+timeouts, rendezvous) become :class:`RankInfraError` and make the driver re-form the group.
+
+Cancellation is cooperative and collective: the Dask task forwards "stop" when its own task is
+cancelled (or the notebook's client went away); every ``control_every`` steps the ranks
+all-reduce that flag (MAX), so all stop at the same step, ship a last checkpoint, and exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import queue
+import random
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from typing import Any
+
+from .checkpoint import (
+    capture_rng,
+    gather_state,
+    load_state,
+    make_checkpoint,
+    pack,
+    restore_rng,
+    unpack,
+)
+from .errors import RankInfraError, TrainingError, UserCodeError
+from .launcher import RankSpec, host_of, process_group, set_gloo_interface
+from .metrics import RankMetrics
+from .preflight import (
+    PreflightReport,
+    build_report,
+    check_connectivity,
+    measure_link,
+    measure_step_cost,
+)
+from .sharding import ShardPlan
+from .spec import (
+    AttemptPayload,
+    build_dataset,
+    build_loss,
+    build_model,
+    empty_like_batch,
+    fetch,
+    split_batch,
+    to_device,
+    unpack_user_objects,
+    zero_loss,
+)
+from .strategies import EXACT, make_strategy
+
+_COMM_MARKERS = (
+    "gloo",
+    "connection reset",
+    "connection closed",
+    "connection refused",
+    "broken pipe",
+    "timed out",
+    "timeout",
+    "nccl",
+    "socket",
+    "peer",
+)
+
+# Exit codes of a rank process (the Dask task reports anything else as a crash).
+EXIT_OK, EXIT_FAILED, EXIT_ORPHANED = 0, 1, 3
+
+
+def is_comm_error(exc: BaseException) -> bool:
+    """True for errors caused by the network / peers rather than by the user's code."""
+    import torch.distributed as dist
+
+    if isinstance(exc, (RankInfraError, dist.DistError)):
+        return True
+    if isinstance(exc, (RuntimeError, OSError, ConnectionError, TimeoutError)):
+        text = str(exc).lower()
+        return any(m in text for m in _COMM_MARKERS)
+    return False
+
+
+@contextlib.contextmanager
+def user_code(what: str, rank: int, worker: str) -> Iterator[None]:
+    """Classify exceptions raised by user code (communication errors stay infrastructure)."""
+    try:
+        yield
+    except (UserCodeError, RankInfraError):
+        raise
+    except Exception as exc:
+        if is_comm_error(exc):
+            raise RankInfraError(f"rank {rank}: {exc}") from None
+        raise UserCodeError(
+            f"{what} raised {type(exc).__name__}: {exc}",
+            traceback.format_exc(),
+            rank,
+            worker,
+        ) from None
+
+
+def portable_error(exc: BaseException, rank: int) -> TrainingError:
+    """An exception that pickles cleanly to the Dask task and is classified correctly."""
+    if isinstance(exc, (UserCodeError, RankInfraError)):
+        return exc
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    if is_comm_error(exc):
+        return RankInfraError(f"rank {rank}: {exc}")
+    return RankInfraError(f"rank {rank} failed unexpectedly:\n{text}")
+
+
+class ChildChannel:
+    """The rank process's side of its two pipes to the Dask task.
+
+    A sender thread drains an outbound queue so the training loop never blocks on the pipe; a
+    watcher thread reads control messages (store port, stop) and exits the process when the
+    pipe reaches EOF, i.e. when the Dask worker died: no orphaned rank keeps a group alive.
+    """
+
+    def __init__(self, control: Any, events: Any) -> None:
+        self._control = control
+        self._events = events
+        self._out: queue.Queue[Any] = queue.Queue()
+        self._stop = threading.Event()
+        self._ports: queue.Queue[Any] = queue.Queue()
+        self._sender = threading.Thread(target=self._send_loop, name="rank-send", daemon=True)
+        self._watcher = threading.Thread(target=self._watch, name="rank-watch", daemon=True)
+        self._sender.start()
+        self._watcher.start()
+
+    def _send_loop(self) -> None:
+        while True:
+            msg = self._out.get()
+            if msg is None:
+                return
+            try:
+                self._events.send(msg)
+            except (OSError, EOFError):
+                os._exit(EXIT_ORPHANED)
+
+    def _watch(self) -> None:
+        while True:
+            try:
+                msg = self._control.recv()
+            except (EOFError, OSError):
+                os._exit(EXIT_ORPHANED)
+            if msg[0] == "port":
+                self._ports.put(msg[1])
+            elif msg[0] == "stop":
+                self._stop.set()
+
+    # -- used by the trainer
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    def metrics(self, msg: dict[str, Any]) -> None:
+        self._out.put(("metrics", msg))
+
+    def ship(self, msg: dict[str, Any]) -> None:
+        self._out.put(("ship", msg))
+
+    def publish_port(self, port: int) -> None:
+        self._out.put(("port", port))
+
+    def wait_port(self, timeout: float) -> int:
+        try:
+            value = self._ports.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"no rendezvous port from rank 0 within {timeout:.0f}s") from None
+        if isinstance(value, str):
+            raise TimeoutError(value)
+        return int(value)
+
+    def finish(self, msg: tuple[str, Any], timeout: float = 120.0) -> None:
+        """Send the last message and wait until everything queued is in the pipe."""
+        self._out.put(msg)
+        self._out.put(None)
+        self._sender.join(timeout)
+
+
+def child_main(spec: RankSpec, payload: AttemptPayload, control: Any, events: Any) -> None:
+    """Entry point of a rank process: train, report, and leave without running destructors."""
+    channel = ChildChannel(control, events)
+    code = EXIT_OK
+    try:
+        import torch
+
+        if payload.job.torch_threads:
+            torch.set_num_threads(payload.job.torch_threads)
+        set_gloo_interface(spec.master_host)
+        with process_group(spec, channel.publish_port, channel.wait_port):
+            summary = RankTrainer(spec, payload, channel).run()
+        outcome: tuple[str, Any] = ("done", summary)
+    except BaseException as exc:  # noqa: BLE001 - everything is reported, nothing re-raised
+        outcome = ("error", portable_error(exc, spec.rank))
+        code = EXIT_FAILED
+    try:
+        channel.finish(outcome)
+    finally:
+        # os._exit: no atexit, no ProcessGroup destructor waiting on a dead peer; the kernel
+        # closes our sockets now, which is what makes the other ranks fail fast.
+        os._exit(code)
+
+
+class RankTrainer:
+    """The training loop of one rank (inside its rank process)."""
+
+    def __init__(self, spec: RankSpec, payload: AttemptPayload, channel: ChildChannel) -> None:
+        self.spec = spec
+        self.payload = payload
+        self.job = payload.job
+        self.channel = channel
+        self.rank = spec.rank
+        self.world = spec.world_size
+
+    # ------------------------------------------------------------------ helpers
+    def _user(self, what: str) -> contextlib.AbstractContextManager[None]:
+        return user_code(what, self.rank, self.spec.worker)
+
+    def _agree_to_stop(self, device: Any) -> bool:
+        import torch
+        import torch.distributed as dist
+
+        flag = torch.tensor([1.0 if self.channel.stop_requested() else 0.0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item() > 0)
+
+    # ------------------------------------------------------------------ phases
+    def _build(self, device: Any) -> tuple[Any, Any, Any]:
+        import torch
+
+        with self._user("unpickling the job's model/dataset/loss/optimizer on the worker"):
+            model_obj, dataset_obj, loss_obj, self._optimizer_factory = unpack_user_objects(
+                self.job.user_objects
+            )
+        torch.manual_seed(self.job.seed)
+        random.seed(self.job.seed)
+        with self._user("building the model"):
+            model = build_model(model_obj).to(device)
+        with self._user("building the dataset"):
+            dataset = build_dataset(dataset_obj)
+            if len(dataset) == 0:
+                raise ValueError("the dataset is empty")
+        with self._user("building the loss"):
+            loss_fn = build_loss(loss_obj)
+        return model, dataset, loss_fn
+
+    def _preflight(self, model: Any, dataset: Any, loss_fn: Any, device: Any) -> PreflightReport:
+        import psutil
+        import torch
+        import torch.distributed as dist
+
+        check_connectivity(device)
+        memory = (
+            torch.cuda.get_device_properties(device).total_memory
+            if device.type == "cuda"
+            else psutil.virtual_memory().available
+        )
+        n1 = max(1, min(self.job.global_batch // self.world, len(dataset)))
+        n2 = min(2 * n1, len(dataset))
+        param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        # Time whole steps (fetch, forward, backward, optimizer) on a throwaway copy when it is
+        # cheap; for big models only forward/backward on the real one (buffers restored after).
+        use_copy = 4 * param_bytes < 0.25 * memory
+        probe_model, probe_opt = model, None
+        if use_copy:
+            probe_model = copy.deepcopy(model)
+            with self._user("building the optimizer (preflight)"):
+                probe_opt = self._optimizer_factory(probe_model.parameters())
+        buffers = [b.detach().clone() for b in model.buffers()]
+
+        def sync() -> None:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+
+        def step(n: int) -> tuple[float, float]:
+            sync()
+            t0 = time.perf_counter()
+            inputs, target = split_batch(to_device(fetch(dataset, torch.arange(n)), device))
+            out = probe_model(*inputs)
+            sync()
+            t1 = time.perf_counter()
+            loss_fn(out, target).backward()
+            if probe_opt is not None:
+                probe_opt.step()
+                probe_opt.zero_grad(set_to_none=True)
+            else:
+                probe_model.zero_grad(set_to_none=True)
+            sync()
+            return t1 - t0, time.perf_counter() - t0
+
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            with self._user("the model's training step (preflight)"):
+                cost = measure_step_cost(step, n1, n2, self.job.preflight_steps)
+        with torch.no_grad():
+            for b, saved in zip(model.buffers(), buffers, strict=True):
+                b.copy_(saved)
+        latency, bandwidth = measure_link(device)
+        mine = {
+            "worker": self.spec.worker,
+            "host": host_of(self.spec.worker),
+            "device": str(device),
+            "memory_bytes": int(memory),
+            **cost,
+        }
+        devices: list[Any] = [None] * self.world
+        dist.all_gather_object(devices, mine)
+        box: list[Any] = [None]
+        if self.rank == 0:
+            params = list(model.parameters())
+            box[0] = build_report(
+                devices=devices,
+                backend=self.spec.backend,
+                latency_s=latency,
+                bandwidth_Bps=bandwidth,
+                param_count=sum(p.numel() for p in params),
+                param_bytes=sum(p.numel() * p.element_size() for p in params),
+                global_batch=self.job.global_batch,
+                requested=self.payload.strategy or self.job.strategy,
+                shares=self.job.shares,
+                local_sgd_every=self.payload.local_sgd_every or self.job.local_sgd_every,
+                homogeneous=len({d["device"].split(":")[0] for d in devices}) == 1,
+            ).to_dict()
+        dist.broadcast_object_list(box, src=0)
+        return PreflightReport.from_dict(box[0])
+
+    def _checkpoint(
+        self,
+        kind: str,
+        wrapped: Any,
+        optimizer: Any,
+        strategy: Any,
+        position: tuple[int, int],
+        global_step: int,
+        report: PreflightReport,
+        cancelled: bool = False,
+    ) -> None:
+        import torch.distributed as dist
+
+        strategy.synchronize(wrapped)
+        msd, osd = gather_state(wrapped, optimizer)
+        rngs: list[Any] | None = [None] * self.world if self.rank == 0 else None
+        dist.gather_object(capture_rng(), rngs, dst=0)
+        if self.rank != 0:
+            return
+        state = make_checkpoint(
+            model_state=msd,
+            optimizer_state=osd,
+            epoch=position[0],
+            step=position[1],
+            global_step=global_step,
+            rng=list(rngs or []),
+            meta={
+                "job_id": self.job.job_id,
+                "attempt": self.spec.attempt,
+                "world_size": self.world,
+                "strategy": report.strategy,
+                "local_sgd_every": report.local_sgd_every,
+                "per_rank_batch": report.per_rank_batch,
+                "global_batch": self.job.global_batch,
+                "dataset_len": self._dataset_len,
+                "seed": self.job.seed,
+            },
+        )
+        self.channel.ship(
+            {
+                "kind": kind,
+                "attempt": self.spec.attempt,
+                "global_step": global_step,
+                "cancelled": cancelled,
+                "data": pack(state),
+            }
+        )
+
+    # ------------------------------------------------------------------ main
+    def run(self) -> dict[str, Any]:
+        import torch
+        import torch.distributed as dist
+
+        job = self.job
+        device = torch.device(self.spec.device)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        model, dataset, loss_fn = self._build(device)
+        self._dataset_len = len(dataset)
+        resume = unpack(self.payload.resume) if self.payload.resume else None
+        if resume is None:
+            with torch.no_grad():  # identical start on every rank, whatever the factory did
+                for t in list(model.parameters()) + list(model.buffers()):
+                    dist.broadcast(t.data, src=0)
+        else:
+            meta = resume.get("meta", {})
+            for field_, actual in (
+                ("global_batch", job.global_batch),
+                ("dataset_len", self._dataset_len),
+            ):
+                if field_ in meta and int(meta[field_]) != actual:
+                    raise UserCodeError(
+                        f"the checkpoint was made with {field_}={meta[field_]}, this job has "
+                        f"{actual}; use another checkpoint_dir or resume=False",
+                        "",
+                        self.rank,
+                        self.spec.worker,
+                    )
+
+        report = self._preflight(model, dataset, loss_fn, device)
+        if self.rank == 0:
+            self.channel.ship(
+                {"kind": "preflight", "attempt": self.spec.attempt, "report": report.to_dict()}
+            )
+        return self._train(model, dataset, loss_fn, device, report, resume)
+
+    def _train(
+        self,
+        model: Any,
+        dataset: Any,
+        loss_fn: Any,
+        device: Any,
+        report: PreflightReport,
+        resume: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        import torch
+
+        job = self.job
+        plan = ShardPlan(
+            dataset_len=len(dataset),
+            global_batch=job.global_batch,
+            per_rank=report.per_rank_batch,
+            seed=job.seed,
+            shuffle=job.shuffle,
+        )
+        strategy = make_strategy(report.strategy, report.local_sgd_every or 8)
+        exact = EXACT[report.strategy]
+        with self._user("wrapping the model"):
+            wrapped = strategy.wrap(model, device)
+        with self._user("building the optimizer"):
+            optimizer = self._optimizer_factory(wrapped.parameters())
+
+        epoch, step, global_step = 0, 0, 0
+        if resume is not None:
+            load_state(wrapped, optimizer, resume)
+            epoch, step, global_step = resume["epoch"], resume["step"], resume["global_step"]
+            rngs = resume.get("rng") or []
+            if len(rngs) == self.world:
+                restore_rng(rngs[self.rank])
+            else:
+                torch.manual_seed(job.seed + 7919 * global_step + self.rank)
+        else:
+            torch.manual_seed(job.seed + self.rank)  # e.g. different dropout masks per rank
+
+        total = job.epochs * plan.steps_per_epoch
+        if job.max_steps is not None:
+            total = min(total, job.max_steps)
+        metrics = RankMetrics(
+            emit=self.channel.metrics,
+            rank=self.rank,
+            worker=self.spec.worker,
+            attempt=self.spec.attempt,
+            local_batch=report.per_rank_batch[self.rank],
+            forward_fraction=report.devices[self.rank].forward_fraction,
+            interval_s=job.metrics_interval,
+        )
+        position = (epoch, step)
+        cancelled = False
+        wrapped.train()
+        for ep, st in plan.positions(epoch, step, job.epochs):
+            if global_step >= total:
+                break
+            if global_step % max(1, job.control_every) == 0 and self._agree_to_stop(device):
+                cancelled = True
+                break
+            t0 = time.perf_counter()
+            idx = plan.rank_indices(ep, st, self.rank)
+            mine = int(idx.numel())
+            sizes = plan.step_sizes(st)
+            with self._user("fetching a batch from the dataset"):
+                batch = fetch(dataset, idx) if mine else empty_like_batch(dataset)
+            inputs, target = split_batch(to_device(batch, device))
+            with self._user("the training step (forward, loss, backward, optimizer)"):
+                out = wrapped(*inputs)
+                t1 = time.perf_counter()
+                loss = loss_fn(out, target) if mine else zero_loss(out)
+                scale = plan.loss_scale(st, self.rank) if exact else (1.0 if mine else 0.0)
+                (loss * scale).backward()
+                if exact or mine:
+                    optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            comm = strategy.after_step(wrapped, global_step, mine, sum(sizes))
+            global_step += 1
+            position = (ep, st + 1) if st + 1 < plan.steps_per_epoch else (ep + 1, 0)
+            metrics.record(
+                epoch=ep,
+                global_step=global_step,
+                total_steps=total,
+                samples=mine,
+                loss=loss,
+                step_s=time.perf_counter() - t0,
+                forward_s=t1 - t0,
+                comm_s=comm,
+            )
+            if job.checkpoint_every and global_step % job.checkpoint_every == 0:
+                if global_step < total:
+                    metrics.flush(epoch=ep, global_step=global_step, total_steps=total)
+                    self._checkpoint(
+                        "checkpoint",
+                        wrapped,
+                        optimizer,
+                        strategy,
+                        position,
+                        global_step,
+                        report,
+                    )
+        metrics.flush(epoch=position[0], global_step=global_step, total_steps=total)
+        self._checkpoint(
+            "final",
+            wrapped,
+            optimizer,
+            strategy,
+            position,
+            global_step,
+            report,
+            cancelled=cancelled,
+        )
+        return {"rank": self.rank, "global_step": global_step, "cancelled": cancelled}

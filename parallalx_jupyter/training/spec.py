@@ -1,0 +1,211 @@
+"""The job description shipped to every rank, and how user objects become per-rank objects.
+
+Users may pass objects or zero-argument factories (optimizer: a factory taking parameters, or an
+optimizer instance whose class and defaults are reused). Factories are preferred for anything
+big (they run on the worker instead of being pickled from the notebook), and objects are
+accepted for convenience in notebooks. Every rank seeds torch identically before calling a
+model factory, and rank 0's weights are broadcast anyway, so all replicas start equal.
+
+Batch convention: a dataset item (or a ``TensorDataset`` row) is a tuple whose last element is
+the target; ``loss_fn(model(*inputs), target)`` must return the *mean* loss over the batch.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class JobSpec:
+    """Immutable description of one training job (identical for every rank and attempt)."""
+
+    job_id: str
+    user_objects: bytes  # cloudpickle of (model, dataset, loss_fn, optimizer factory)
+    epochs: int
+    global_batch: int
+    strategy: str = "auto"
+    seed: int = 0
+    shuffle: bool = True
+    checkpoint_every: int = 50
+    max_steps: int | None = None
+    metrics_interval: float = 0.5
+    torch_threads: int | None = None
+    shares: Sequence[float] | None = None
+    local_sgd_every: int | None = None
+    preflight_steps: int = 5
+    control_every: int = 10
+
+    @property
+    def metrics_topic(self) -> str:
+        return f"parallalx-train-metrics-{self.job_id}"
+
+    @property
+    def control_queue(self) -> str:
+        return f"parallalx-train-control-{self.job_id}"
+
+
+@dataclass
+class AttemptPayload:
+    """What one attempt ships to its ranks (scattered once, shared by all rank tasks)."""
+
+    job: JobSpec
+    resume: bytes | None = None
+    strategy: str | None = None  # fixed after the first attempt so restarts keep the maths
+    local_sgd_every: int | None = None
+
+
+# --------------------------------------------------------------------------- user objects
+def pack_user_objects(model: Any, dataset: Any, loss_fn: Any, optimizer: Any) -> bytes:
+    """Serialize the user's objects with cloudpickle, once, in the notebook.
+
+    Dask would use plain pickle for our own payload and so pickle the user's classes *by
+    reference*, which fails on a worker that cannot import the user's module. With cloudpickle
+    classes from ``__main__`` (notebooks) travel by value, and so do those of any module the
+    user registers with ``cloudpickle.register_pickle_by_value``.
+    """
+    import cloudpickle
+
+    return cloudpickle.dumps((model, dataset, loss_fn, optimizer))
+
+
+def unpack_user_objects(blob: bytes) -> tuple[Any, Any, Any, Callable[[Any], Any]]:
+    """Inverse of :func:`pack_user_objects`, with a hint when a module is missing."""
+    import cloudpickle
+
+    try:
+        return cloudpickle.loads(blob)
+    except ModuleNotFoundError as exc:
+        raise ModuleNotFoundError(
+            f"{exc}. The worker cannot import code the job refers to: install it in the "
+            "worker's environment, or call cloudpickle.register_pickle_by_value(module) in the "
+            "notebook before train()"
+        ) from exc
+
+
+def _is_module(obj: Any) -> bool:
+    import torch
+
+    return isinstance(obj, torch.nn.Module)
+
+
+def build_model(model: Any) -> Any:
+    """A fresh module from a module object (as shipped) or a zero-argument factory."""
+    if _is_module(model):
+        return model
+    if callable(model):
+        out = model()
+        if not _is_module(out):
+            raise TypeError(f"model factory returned {type(out).__name__}, not a torch Module")
+        return out
+    raise TypeError("model must be a torch.nn.Module or a zero-argument factory returning one")
+
+
+def build_dataset(dataset: Any) -> Any:
+    """Dataset object, ``(X, y)`` tensor tuple, or zero-argument factory of either."""
+    import torch
+    from torch.utils.data import TensorDataset
+
+    if isinstance(dataset, tuple) and all(isinstance(t, torch.Tensor) for t in dataset):
+        return TensorDataset(*dataset)
+    if hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__"):
+        return dataset
+    if callable(dataset):
+        return build_dataset(dataset())
+    raise TypeError("dataset must be a map-style Dataset, a tuple of tensors, or a factory")
+
+
+def _zero_arg(fn: Any) -> bool:
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return False
+    return all(
+        p.default is not inspect.Parameter.empty
+        or p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        for p in sig.parameters.values()
+    )
+
+
+def build_loss(loss_fn: Any) -> Callable[[Any, Any], Any]:
+    """Loss callable from a loss module/function, a loss class, or a zero-argument factory."""
+    if _is_module(loss_fn):
+        return loss_fn
+    if inspect.isclass(loss_fn):
+        return loss_fn()
+    if callable(loss_fn) and _zero_arg(loss_fn):
+        return loss_fn()
+    if callable(loss_fn):
+        return loss_fn
+    raise TypeError("loss_fn must be callable as loss_fn(output, target)")
+
+
+def optimizer_factory(optimizer: Any) -> Callable[[Any], Any]:
+    """Normalize to ``factory(params) -> Optimizer`` (picklable).
+
+    An optimizer *instance* is bound to the notebook's parameters, so only its class and
+    ``defaults`` are reused (per-group settings collapse to one group).
+    """
+    import torch
+
+    if isinstance(optimizer, torch.optim.Optimizer):
+        return functools.partial(type(optimizer), **dict(optimizer.defaults))
+    if callable(optimizer):
+        return optimizer
+    raise TypeError("optimizer must be an Optimizer, or a factory taking the parameters")
+
+
+# --------------------------------------------------------------------------- batches
+def fetch(dataset: Any, indices: Any) -> tuple[Any, ...]:
+    """Collate the samples at ``indices`` (fast path for TensorDataset-like objects)."""
+    from torch.utils.data import default_collate
+
+    tensors = getattr(dataset, "tensors", None)
+    if tensors is not None:
+        return tuple(t[indices] for t in tensors)
+    items = [dataset[int(i)] for i in indices]
+    batch = default_collate(items)
+    return tuple(batch) if isinstance(batch, (list, tuple)) else (batch,)
+
+
+def empty_like_batch(dataset: Any) -> tuple[Any, ...]:
+    """A zero-sample batch with the right shapes (for a rank with nothing in the last step)."""
+    import torch
+
+    one = fetch(dataset, torch.zeros(1, dtype=torch.long))
+    return tuple(t[:0] if isinstance(t, torch.Tensor) else t for t in one)
+
+
+def to_device(obj: Any, device: Any) -> Any:
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(o, device) for o in obj)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    return obj
+
+
+def split_batch(batch: tuple[Any, ...]) -> tuple[tuple[Any, ...], Any]:
+    """(inputs, target): the last element is the target."""
+    if len(batch) < 2:
+        raise ValueError("each sample must be a tuple (inputs..., target)")
+    return tuple(batch[:-1]), batch[-1]
+
+
+def zero_loss(output: Any) -> Any:
+    """A loss of exactly 0 that still touches the whole graph (empty-batch ranks)."""
+    import torch
+
+    if isinstance(output, torch.Tensor):
+        return output.sum() * 0.0
+    if isinstance(output, (list, tuple)):
+        return sum(zero_loss(o) for o in output)
+    if isinstance(output, dict):
+        return sum(zero_loss(o) for o in output.values())
+    return torch.zeros(())
