@@ -218,11 +218,27 @@ class ClusterService:
             "memory_limit": (int(limits["memory_limit_gb"] * 2**30)
                              if limits.get("memory_limit_gb") else None),
             "gpus": int(limits.get("gpus") or 0),
+            "extra_pythonpath": [str(self._package_shim())],
         }
         write_private(wdir / "join.json", json.dumps({
             "main_id": main_id, "spec": spec_args, "ca_fingerprint": signed.get("ca_fingerprint"),
         }))
         await self._start_supervisor(main_id, spec_args)
+
+    def _package_shim(self) -> Path:
+        """A directory holding only a link to this package, put on the worker's PYTHONPATH.
+
+        Training tasks import parallalx_jupyter inside the worker, and the selected interpreter
+        may be another environment that lacks it; exposing just this (pure-Python) package,
+        not the server's whole site-packages, keeps that environment's own torch and dask."""
+        shim = self.workers_dir / ".pythonpath"
+        link = shim / "parallalx_jupyter"
+        target = Path(__file__).resolve().parents[1]
+        shim.mkdir(parents=True, exist_ok=True)
+        if not link.is_symlink() or link.resolve() != target:
+            link.unlink(missing_ok=True)
+            link.symlink_to(target, target_is_directory=True)
+        return shim
 
     async def _start_supervisor(self, main_id: str, spec_args: dict[str, Any]) -> None:
         old = self.workers.pop(main_id, None)
