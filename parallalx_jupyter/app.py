@@ -22,6 +22,7 @@ from traitlets import Bool, Float, Int, Unicode, default
 from ._version import __version__
 from .cluster.service import ClusterService
 from .environments.service import EnvironmentService
+from .files import write_private
 from .identity import DeviceIdentity
 from .manager import DeviceManager, PairingSettings
 from .server import events
@@ -227,10 +228,7 @@ class ParallalxApp(ExtensionApp):
             "pid": os.getpid(),
             "peer_port": self.listener.port if self.listener else None,
         }
-        path = home / SERVER_INFO_FILE
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(info, f)
+        write_private(home / SERVER_INFO_FILE, json.dumps(info))
 
     async def stop_extension(self) -> None:
         if self.manager is not None:

@@ -21,6 +21,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from .files import write_private
+
 _B32_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 KEY_FILE = "device-key.pem"
 CERT_FILE = "device-cert.pem"
@@ -88,19 +90,6 @@ def verify_signature(public_der: bytes, signature: bytes, message: bytes) -> boo
     return True
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Write a secret with mode 0600 from the first byte (no window with wider permissions)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
-
-
 @dataclass(frozen=True)
 class DeviceIdentity:
     """A device's long-lived key, the certificate its peer listener serves, and its ID."""
@@ -144,7 +133,7 @@ class DeviceIdentity:
             os.chmod(key_path, 0o600)
         else:
             key = ec.generate_private_key(ec.SECP256R1())
-            _write_private(
+            write_private(
                 key_path,
                 key.private_bytes(
                     serialization.Encoding.PEM,
@@ -189,4 +178,4 @@ class DeviceIdentity:
             )
             .sign(self.private_key, hashes.SHA256())
         )
-        _write_private(self.cert_path, cert.public_bytes(serialization.Encoding.PEM))
+        write_private(self.cert_path, cert.public_bytes(serialization.Encoding.PEM))

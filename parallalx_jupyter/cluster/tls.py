@@ -23,7 +23,6 @@ import json
 import os
 import re
 import ssl
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from ..files import write_private
 from ._guard import (
     ROLE_DEVICE,
     ROLE_MAIN_CLIENT,
@@ -86,39 +86,9 @@ def _now() -> _dt.datetime:
     return _dt.datetime.now(tz=_dt.timezone.utc)
 
 
-def write_private(path: str | os.PathLike, data: bytes | str) -> None:
-    """Atomically write ``data`` to ``path`` with mode 0600 (never world-readable, not even
-    for a moment: the temp file is created 0600 in the same directory)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(data, str):
-        data = data.encode()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o600) if hasattr(os, "fchmod") else None
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with _suppress():
-            os.unlink(tmp)
-        raise
-    os.chmod(path, 0o600)
-
-
 def _write_public(path: str | os.PathLike, data: bytes | str) -> None:
     write_private(path, data)
     os.chmod(path, 0o644)
-
-
-class _suppress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return True
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
