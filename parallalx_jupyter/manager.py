@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 from .identity import DeviceIdentity, device_id_from_public_der, display_device_id
 from .pairing import (
+    CLUSTER_SPEC,
     NAME_MAX,
     Opened,
     ProtocolError,
@@ -33,6 +34,8 @@ from .pairing import (
     new_nonce,
     open_envelope,
     seal,
+    shown_hash,
+    validate,
     verification_code,
 )
 from .peer_client import PeerClient, PeerError, normalise_peer_url
@@ -184,6 +187,8 @@ class DeviceManager:
             },
             "asks": row["asks"],
             "code": row["code"] if show_code else None,
+            "shown_hash": (shown_hash(row["id"], row["kind"], row["asks"], row["code"])
+                           if show_code else None),
             "created_at": row["created_at"],
             "expires_at": row["expires_at"],
             "decided_at": row["decided_at"],
@@ -246,12 +251,16 @@ class DeviceManager:
     # ------------------------------------------------------------------ local decisions
 
     async def decide(
-        self, request_id: str, accept: bool, selection: dict[str, Any] | None = None
+        self, request_id: str, accept: bool, selection: dict[str, Any] | None = None,
+        expected_hash: str | None = None,
     ) -> dict[str, Any]:
         await self.sweep()
         row = await self.store.get_request(request_id)
         if row is None or row["state"] == "handshake":
             raise ApiError(404, f"no request with ID {request_id!r}")
+        if expected_hash is not None and expected_hash != shown_hash(
+                row["id"], row["kind"], row["asks"], row["code"]):
+            raise ApiError(409, "the request is not the one that was shown; look at it again")
         if row["direction"] != "incoming":
             raise ApiError(409, "only the receiving device decides a request")
         if row["state"] != "pending":
@@ -318,17 +327,29 @@ class DeviceManager:
             raise ApiError(err.status, err.message) from None
         except ProtocolError as err:
             raise ApiError(400, err.message) from None
+        cluster_info = None
+        if kind == "invite" and self.cluster is not None:
+            from .cluster.service import ClusterError
+
+            try:
+                cluster_info = await self.cluster.offer_info()
+            except ClusterError as err:
+                raise ApiError(err.status, err.message) from None
         try:
             hello = await self.peers.call(base, "/hello")
             peer_key, peer_id, peer_name = self._check_hello(hello)
             if peer_id == self.identity.device_id:
                 raise ApiError(400, "that address is this device's own peer listener")
-            opened = await self._exchange(base, peer_id, "request.open", {
+            open_body: dict[str, Any] = {
                 "kind": kind,
                 "name": self.settings.device_name,
                 "asks": clean,
                 "reply_port": self.settings.peer_port or None,
-            })
+            }
+            if cluster_info is not None:
+                open_body["cluster"] = cluster_info
+                clean = {**clean, "cluster": cluster_info}
+            opened = await self._exchange(base, peer_id, "request.open", open_body)
             request_id = opened.body.get("request_id")
             their_commit = opened.body.get("commitment")
             if not isinstance(request_id, str) or not isinstance(their_commit, str):
@@ -465,6 +486,10 @@ class DeviceManager:
     async def handle_open(self, opened: Opened, source_ip: str) -> dict[str, Any]:
         body = opened.body
         asks = clean_asks(body["asks"])
+        if body.get("cluster") is not None:
+            if body["kind"] != "invite":
+                raise ProtocolError(400, "only an invite carries the main device's cluster")
+            asks["cluster"] = validate(body["cluster"], CLUSTER_SPEC, "cluster")
         if await self.store.count_open() >= self.settings.max_pending:
             raise ProtocolError(429, "this device has too many open requests; try later")
         if await self.store.count_open(source_ip) >= self.settings.max_pending_per_ip:
@@ -572,6 +597,10 @@ class DeviceManager:
             device = await self.store.get_device(opened.sender_id)
         if device is None or device["state"] != "paired" or device["role"] != "worker":
             raise ProtocolError(403, "not a paired worker device of this main device")
+        request = await self.store.get_request(device["request_id"] or "")
+        if request is None or opened.body["shown_hash"] != shown_hash(
+                request["id"], request["kind"], request["asks"], request["code"]):
+            raise ProtocolError(403, "the certificate request is not bound to the accepted request")
         if self.cluster is None:
             raise ProtocolError(503, "this device cannot run a cluster")
         try:
@@ -597,8 +626,13 @@ class DeviceManager:
         if device is None or device["state"] != "paired" or not grants:
             return
         grant = grants[-1]
+        request = await self.store.get_request(device["request_id"])
+        if request is None:
+            return
+        accepted = shown_hash(request["id"], request["kind"], request["asks"], request["code"])
 
         async def exchange(body: dict[str, Any]) -> dict[str, Any]:
+            body = {**body, "shown_hash": accepted}
             try:
                 opened = await self._exchange(device["peer_url"], main_id, "cluster.join", body,
                                               path="/cluster/join")
@@ -611,7 +645,8 @@ class DeviceManager:
         except Exception as err:
             self.cluster._set_join(main_id, {"state": "failed", "message": str(err)})
             return
-        await self.cluster.join(main_id, device["peer_url"], exchange, python, grant["asks"])
+        await self.cluster.join(main_id, device["peer_url"], exchange, python, grant["asks"],
+                                expected=grant["asks"].get("cluster"))
 
     async def _unshare(self, device: dict[str, Any]) -> None:
         """Stop sharing at once: our worker for that main, or that device's worker here."""

@@ -143,11 +143,17 @@ ASKS_SPEC: dict[str, tuple[Check, bool, str]] = {
     ),
 }
 
+CLUSTER_SPEC: dict[str, tuple[Check, bool, str]] = {
+    "scheduler_port": (_int_range(1, 65535), True, "a port number"),
+    "ca_fingerprint": (_is_hex(64), True, "a SHA-256 fingerprint"),
+}
+
 OPEN_SPEC: dict[str, tuple[Check, bool, str]] = {
     "kind": (lambda v: v in REQUEST_KINDS, True, "'invite' or 'offer'"),
     "name": (_str_max(16384), True, "a string"),
     "asks": (lambda v: isinstance(v, dict), True, "an object"),
     "reply_port": (_optional(_int_range(1, 65535)), False, "a port number or null"),
+    "cluster": (lambda v: isinstance(v, dict), False, "an object"),
 }
 
 REVEAL_SPEC: dict[str, tuple[Check, bool, str]] = {
@@ -168,6 +174,7 @@ EMPTY_SPEC: dict[str, tuple[Check, bool, str]] = {}
 
 JOIN_SPEC: dict[str, tuple[Check, bool, str]] = {
     "csr": (_str_max(8192), True, "a PEM certificate signing request"),
+    "shown_hash": (_is_hex(64), True, "the hash of the accepted request"),
 }
 
 PAYLOAD_SPEC: dict[str, tuple[Check, bool, str]] = {
@@ -298,6 +305,17 @@ def open_envelope(
         body=payload["body"],
         in_reply_to=payload.get("in_reply_to"),
     )
+
+
+def shown_hash(request_id: str, kind: str, asks: dict[str, Any], code: str | None) -> str:
+    """What the accepting user saw, as one hash: the request, what it asks (limits, job
+    requirements, and for an invite the main device's scheduler port and cluster CA
+    fingerprint) and the verification code, which itself binds both device keys. The accept
+    and the certificate request both carry it, so nothing can change between showing and
+    joining."""
+    return hashlib.sha256(canonical_json({
+        "request_id": request_id, "kind": kind, "asks": asks, "code": code,
+    })).hexdigest()
 
 
 # --- verification code ------------------------------------------------------------------------

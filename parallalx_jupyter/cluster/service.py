@@ -122,6 +122,14 @@ class ClusterService:
                 self.emit("cluster-state", {"state": "stopped"})
         return self.state()
 
+    async def offer_info(self) -> dict[str, Any]:
+        """What an invite shows the other device: where it will connect and which CA it will
+        trust. Starting the scheduler here fixes both before the user decides."""
+        await self.ensure_started()
+        assert self.scheduler is not None
+        return {"scheduler_port": int(self.scheduler.config.port),
+                "ca_fingerprint": self.scheduler.ca_fingerprint}
+
     async def ensure_started(self) -> None:
         if self.scheduler is None:
             await self.start()
@@ -175,12 +183,19 @@ class ClusterService:
         exchange: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]],
         python: str,
         limits: dict[str, Any],
+        expected: dict[str, Any] | None = None,
     ) -> None:
-        """Join `main_id`'s cluster: CSR over the pairing channel, environment, worker."""
+        """Join `main_id`'s cluster: CSR over the pairing channel, environment, worker.
+        `expected` is the scheduler port and CA fingerprint the user saw when accepting."""
         self._set_join(main_id, {"state": "requesting-certificate", "message": None})
         try:
             key_pem, csr_pem = make_csr(self.device_id)
             signed = await exchange({"csr": csr_pem.decode()})
+            if expected and (signed.get("ca_fingerprint") != expected["ca_fingerprint"]
+                             or signed.get("scheduler_port") != expected["scheduler_port"]):
+                raise ClusterError(
+                    409, "the main device's cluster CA or scheduler changed since you accepted; "
+                         "ask for a new invitation")
             self._set_join(main_id, {"state": "preparing-environment"})
             if self.prepare_env is not None:
                 await self.prepare_env(python, dict(signed.get("requirements") or {}),

@@ -117,6 +117,7 @@ def _is_optional_str(v: Any) -> bool:
 
 
 ACCEPT_SPEC = {
+    "shown_hash": (_is_optional_str, False, "the request's shown_hash, to accept only that"),
     "kernel": (_is_optional_str, False, "a kernelspec name or null"),
     "ide": (_is_optional_str, False, "an IDE ID or null"),
     "note": (_is_optional_str, False, "a string or null"),
@@ -136,7 +137,8 @@ class AcceptHandler(ParallalxHandler):
             except EnvironmentStepError as err:
                 raise ApiError(400, str(err)) from None
             selection["python"] = python
-        self.write_json(await self.manager.decide(request_id, True, selection))
+        self.write_json(await self.manager.decide(request_id, True, selection,
+                                                  expected_hash=body.get("shown_hash")))
 
 
 class RejectHandler(ParallalxHandler):

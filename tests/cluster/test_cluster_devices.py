@@ -10,13 +10,19 @@ import pytest
 from distributed import Client
 
 from parallalx_jupyter.cluster import SchedulerProcess, WorkerSpec, WorkerSupervisor
-from parallalx_jupyter.local_device import wait_for
+from parallalx_jupyter.local_device import DeviceError, wait_for
 
 
 def _pair(main, dev):
     sent = main.api("POST", "invitations", {"url": dev.peer_url, "asks": {"nthreads": 1}})
+    shown = dev.api("GET", f"requests/{sent['id']}")
+    # the invite shows where the worker will connect and which CA it will trust
+    cluster = main.api("GET", "cluster")
+    assert shown["asks"]["cluster"]["ca_fingerprint"] == cluster["ca_fingerprint"]
+    assert cluster["scheduler_address"].endswith(f":{shown['asks']['cluster']['scheduler_port']}")
+    assert shown["shown_hash"] == sent["shown_hash"]
     t0 = time.perf_counter()
-    dev.api("POST", f"requests/{sent['id']}/accept", {})
+    dev.api("POST", f"requests/{sent['id']}/accept", {"shown_hash": shown["shown_hash"]})
     return t0
 
 
@@ -82,6 +88,15 @@ async def test_accepted_devices_join_run_tasks_and_revoke_is_immediate(make_devi
     wait_for(lambda: b_id in _workers_by_device(a), 60, 0.2)
     assert a.api("GET", "cluster")["scheduler_address"] == state["scheduler_address"]
     assert c_id not in _workers_by_device(a)
+
+
+def test_accept_is_bound_to_what_was_shown(make_device):
+    a, b = make_device("alpha"), make_device("bravo")
+    sent = a.api("POST", "invitations", {"url": b.peer_url})
+    with pytest.raises(DeviceError) as err:
+        b.api("POST", f"requests/{sent['id']}/accept", {"shown_hash": "0" * 64})
+    assert err.value.status == 409 and "not the one that was shown" in str(err.value)
+    assert b.api("GET", f"requests/{sent['id']}")["state"] == "pending"
 
 
 def test_worker_side_revoke_stops_the_worker(make_device):

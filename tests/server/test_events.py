@@ -34,6 +34,9 @@ async def test_request_lifecycle_events_are_prompt_and_secret_free(make_device):
     a, b = make_device("alpha"), make_device("bravo")
     ws_b, ws_a = await _subscribe(b), await _subscribe(a)
     loop = asyncio.get_running_loop()
+    # an invite starts the main device's scheduler first (its address and CA are shown);
+    # measure the pairing itself
+    await loop.run_in_executor(None, a.api, "POST", "cluster/start")
     t0 = time.perf_counter()
     sent = await loop.run_in_executor(None, a.api, "POST", "invitations", {"url": b.peer_url})
     received = await _collect(ws_b, lambda s: any("request-received" in e["schema_id"]
