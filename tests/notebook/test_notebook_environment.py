@@ -1,0 +1,62 @@
+"""`%parallalx kernels | ides | install | cluster` through a real IPython shell and server."""
+
+from __future__ import annotations
+
+import json
+
+from test_notebook_magics import assert_one_line_error, run
+
+from parallalx_jupyter.notebook.environment import InstallProgress
+
+
+def test_kernels_ides_and_install_check(ip, capsys, alpha):
+    ip.use(alpha)
+    result, out, err = run(ip, capsys, "%parallalx kernels")
+    assert result.success, err
+    assert "python3" in out and "SELECTABLE" in out
+    result, out, err = run(ip, capsys, "%parallalx ides --json")
+    assert result.success and any(i["id"] == "jupyterlab" for i in json.loads(out))
+    result, out, err = run(ip, capsys, "%parallalx install --check --kernel python3 six -o d")
+    assert result.success, err
+    names = {e["name"] for e in ip.user_ns["d"]["diff"]}
+    assert {"torch", "distributed", "six"} <= names
+
+
+def test_install_shows_a_bar_per_package(ip, capsys, alpha):
+    ip.use(alpha)
+    result, out, err = run(ip, capsys, "%parallalx install --kernel python3 six")
+    assert result.success, err
+    assert "six" in out and "ok" in out
+
+
+def test_cluster_subcommand(ip, capsys, alpha):
+    ip.use(alpha)
+    result, out, err = run(ip, capsys, "%parallalx cluster")
+    assert result.success and "(not running)" in out
+    result, out, err = run(ip, capsys, "%parallalx cluster start -o c")
+    assert result.success and ip.user_ns["c"]["scheduler_address"].startswith("tls://")
+    result, out, err = run(ip, capsys, "%parallalx cluster stop")
+    assert result.success and "(not running)" in out
+
+
+def test_bad_input_is_one_line(ip, capsys, alpha):
+    ip.use(alpha)
+    result, out, err = run(ip, capsys, "%parallalx install --kernel nope")
+    assert_one_line_error(result, err, "no kernel named 'nope'")
+    result, out, err = run(ip, capsys, "%parallalx cluster explode")
+    assert_one_line_error(result, err, "action must be")
+    result, out, err = run(ip, capsys, "%parallalx install --check --kernel python3 '!!bad'")
+    assert_one_line_error(result, err)
+
+
+def test_install_progress_widget_escapes_and_tracks_phases():
+    view = InstallProgress()
+    base = "https://events.parallalx.dev/parallalx_jupyter/install-progress/v1"
+    view.on_event({"schema_id": base, "package": "<b>x</b>", "phase": "collecting",
+                   "message": "<img src=x onerror=alert(1)>"})
+    view.on_event({"schema_id": base, "package": "<b>x</b>", "phase": "done", "message": ""})
+    bar, label = view._bars["<b>x</b>"]
+    assert bar.value == 4 and bar.bar_style == "success"
+    view.on_event({"schema_id": base, "package": "y", "phase": "failed",
+                   "message": "<img src=x onerror=alert(1)>"})
+    assert "<img" not in view._bars["y"][1].value and "&lt;img" in view._bars["y"][1].value
