@@ -326,7 +326,13 @@ class RequestCard(_TextRepr, widgets.VBox):
                                             icon="times")
         self.accept_button.on_click(lambda _button: self.accept())
         self.reject_button.on_click(lambda _button: self.reject())
-        self.buttons = widgets.HBox([self.accept_button, self.reject_button])
+        self.kernel_picker = widgets.Dropdown(
+            options=[("this server's Python", "")], value="", description="Run in",
+            tooltip="the kernel (Python environment) the worker runs in",
+        )
+        self._load_kernels()
+        self.buttons = widgets.HBox([self.kernel_picker, self.accept_button,
+                                     self.reject_button])
         self.status = widgets.HTML()
         super().__init__(
             children=[self.title, self.peer, self.asks, self.code, self.expiry, self.buttons,
@@ -336,6 +342,22 @@ class RequestCard(_TextRepr, widgets.VBox):
         self.add_class("parallalx-request-card")
         with UI_LOCK:
             self._render()
+
+    def _load_kernels(self) -> None:
+        """Selectable kernels from the server; non-Python ones are left out (the CLI and panel
+        show them with the reason). A failure leaves the default only."""
+        if self.connection is None or self.request.get("direction") != "incoming":
+            return
+        try:
+            kernels = self.connection.call("GET", "kernels")
+        except Exception:  # the card still works with the default environment
+            return
+        options = [("this server's Python", "")]
+        for k in kernels:
+            if k.get("selectable"):
+                label = f"{k.get('display_name') or k['name']} (Python {k.get('python_version')})"
+                options.append((label[:80], k["name"]))
+        self.kernel_picker.options = options
 
     @property
     def request_id(self) -> str:
@@ -378,7 +400,8 @@ class RequestCard(_TextRepr, widgets.VBox):
         try:
             conn = self.connection or connect()
             rid = self.request_id
-            result = conn.accept(rid) if accept else conn.reject(rid)
+            kernel = self.kernel_picker.value or None
+            result = conn.accept(rid, kernel=kernel) if accept else conn.reject(rid)
         except Exception as err:  # ClientError and anything else: shown on the card
             error = str(err) or type(err).__name__
         with UI_LOCK:

@@ -60,3 +60,17 @@ def test_install_progress_widget_escapes_and_tracks_phases():
     view.on_event({"schema_id": base, "package": "y", "phase": "failed",
                    "message": "<img src=x onerror=alert(1)>"})
     assert "<img" not in view._bars["y"][1].value and "&lt;img" in view._bars["y"][1].value
+
+
+def test_request_card_accepts_into_the_picked_kernel(alpha, bravo, conn_to):
+    from parallalx_jupyter.notebook.widgets import RequestCard
+
+    sent = alpha.api("POST", "invitations", {"url": bravo.peer_url})
+    conn = conn_to(bravo, websocket=False)
+    card = RequestCard(conn.request(sent["id"]), conn)
+    assert "python3" in [value for _label, value in card.kernel_picker.options]
+    card.kernel_picker.value = "python3"
+    card.accept_button.click()
+    assert card.request["state"] == "accepted"
+    grant = {d["name"]: d for d in bravo.api("GET", "devices")}["alpha"]["grant"]
+    assert grant["selection"]["kernel"] == "python3"
