@@ -6,7 +6,16 @@ from typing import Any
 
 from ._version import __version__
 
-__all__ = ["__version__", "load_ipython_extension", "unload_ipython_extension"]
+__all__ = ["__version__", "load_ipython_extension", "train", "unload_ipython_extension"]
+
+
+def __getattr__(name: str) -> Any:
+    """Lazy exports: ``parallalx_jupyter.train`` imports torch and dask only when first used."""
+    if name == "train":
+        from .training import train
+
+        return train
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _jupyter_server_extension_points() -> list[dict[str, Any]]:

@@ -4,13 +4,15 @@ The job runs in a background thread (the Dask client is used synchronously there
 notebook stays responsive: ``job.progress`` / ``job.history`` update live, ``job.cancel()``
 stops it, ``job.result()`` (or ``await job``) gives back the trained model as a CPU module in
 this process. Works with any ``distributed`` cluster: pass a ``Client``, a scheduler address
-(plus ``security=`` for TLS), or nothing to use the default client.
+(plus ``security=`` for TLS), or nothing to use the default client or, without one, this
+device's own parallalx cluster as the main device.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import copy
 import math
 import threading
@@ -114,15 +116,25 @@ class TrainingJob:
 
 
 def _resolve_client(client: Any, security: Any) -> tuple[Any, bool]:
+    """``(client, owned)``: the given one, a new one for an address, or this device's cluster.
+
+    Without ``client``: the process's default Dask client if one exists, otherwise this
+    device's own parallalx cluster as the main device (``cluster.connect.main_client``), which
+    the job closes when it ends.
+    """
     from distributed import Client, default_client
 
     if client is None:
-        try:
+        with contextlib.suppress(ValueError):
             return default_client(), False
-        except ValueError:
+        from ..cluster.connect import NoClusterError, main_client
+
+        try:
+            return main_client(), True
+        except NoClusterError as exc:
             raise TrainingError(
-                "no Dask client: pass client= (a Client or a scheduler address) or start the "
-                "parallalx cluster first"
+                f"no Dask client given and no parallalx cluster on this device: {exc}. Pass "
+                "client= (a Client or a scheduler address), or pair a device first"
             ) from None
     if isinstance(client, str):
         return Client(client, security=security, set_as_default=False), True

@@ -1,7 +1,8 @@
 """The notebook-side control loop of one training job: attempts, monitoring, restarts.
 
 One attempt = probe the usable workers (versions, responsiveness), scatter the job once, submit
-one pinned rank task per worker, then pump metrics and control messages until the ranks finish,
+one pinned rank task per worker (after a rendezvous task that opens rank 0's TCPStore), then
+pump metrics and rank 0's shipped checkpoints (Dask events) until the ranks finish,
 the user cancels, or something fails. Failures are settled and classified by
 :mod:`.recovery`; infrastructure failures re-form the group from the survivors (plus any worker
 that joined meanwhile) and resume from the newest checkpoint, at most ``max_restarts`` times.
@@ -20,7 +21,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from distributed import Client, Future, Queue, Variable
+from distributed import Client, Future, wait
 
 from .checkpoint import CheckpointStore
 from .errors import (
@@ -31,9 +32,10 @@ from .errors import (
 from .launcher import (
     RankSpec,
     choose_backend,
+    close_rendezvous,
     host_of,
+    open_rendezvous,
     order_workers,
-    rendezvous_name,
     submit_ranks,
 )
 from .metrics import ProgressAggregator, ProgressHub
@@ -80,9 +82,10 @@ class Driver:
         self.excluded: set[str] = set()
         self.preflight: PreflightReport | None = None
         self._events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._shipped: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._chunks: dict[tuple[Any, Any], dict[int, bytes]] = {}
         self._final: dict[str, Any] | None = None
-        self._ctl: Queue | None = None
-        self._last_ctl_poll = 0.0
+        self._cleanup: list[Future] = []
 
     # ------------------------------------------------------------------ plumbing
     def _emit(self, kind: str, **fields: Any) -> None:
@@ -92,8 +95,15 @@ class Driver:
         # Runs on the client's event loop: only hand over, never block.
         self._events.put(event[1])
 
+    def _on_ship(self, event: tuple[float, dict[str, Any]]) -> None:
+        self._shipped.put(event[1])
+
     def _pump(self, force: bool = False) -> None:
-        """Process metric events and control messages received so far."""
+        """Process metric events and rank 0's shipped messages received so far.
+
+        ``force`` is kept for callers that want everything delivered so far: events are pushed
+        by the scheduler, so there is nothing to poll and it changes nothing.
+        """
         while True:
             try:
                 msg = self._events.get_nowait()
@@ -104,17 +114,29 @@ class Driver:
             record = self.aggregator.ingest(msg)
             if record is not None:
                 self.hub.emit(record)
-        now = time.monotonic()
-        if self._ctl is None or (not force and now - self._last_ctl_poll < 0.2):
-            return
-        self._last_ctl_poll = now
-        try:
-            msgs = self._ctl.get(batch=True)
-        except Exception:
-            logger.debug("control queue poll failed", exc_info=True)
-            return
-        for msg in msgs:
+        while True:
+            try:
+                msg = self._shipped.get_nowait()
+            except queue.Empty:
+                break
+            self._handle_ship(msg)
+
+    def _handle_ship(self, msg: dict[str, Any]) -> None:
+        """Reassemble chunked checkpoints (``rank.ship_messages``) and handle complete ones."""
+        if msg.get("kind") != "chunk":
             self._handle_control(msg)
+            return
+        key = (msg.get("attempt"), msg.get("seq"))
+        parts = self._chunks.setdefault(key, {})
+        parts[int(msg["index"])] = bytes(msg["data"])
+        if len(parts) < int(msg["count"]):
+            return
+        del self._chunks[key]
+        whole = {k: v for k, v in msg.items() if k not in ("seq", "index", "count", "of")}
+        whole["kind"] = msg["of"]
+        whole["data"] = b"".join(parts[i] for i in range(int(msg["count"])))
+        self._handle_control(whole)
+        self._drop_topics(delete=False)
 
     def _handle_control(self, msg: dict[str, Any]) -> None:
         kind = msg.get("kind")
@@ -199,14 +221,38 @@ class Driver:
     # ------------------------------------------------------------------ main loop
     def run(self) -> bytes:
         self.client.subscribe_topic(self.job.metrics_topic, self._on_event)
-        self._ctl = Queue(self.job.control_queue, client=self.client)
+        self.client.subscribe_topic(self.job.ship_topic, self._on_ship)
         try:
             return self._loop()
         finally:
-            with contextlib.suppress(Exception):
-                self.client.unsubscribe_topic(self.job.metrics_topic)
-            with contextlib.suppress(Exception):
-                self._ctl.close()
+            for topic in (self.job.metrics_topic, self.job.ship_topic):
+                with contextlib.suppress(Exception):
+                    self.client.unsubscribe_topic(topic)
+            self._drop_topics(delete=True)
+            self._finish_cleanup()
+
+    def _drop_topics(self, delete: bool) -> None:
+        """Free the scheduler's stored copies of this job's events (delivery is unaffected).
+
+        After each complete checkpoint the ship topic is truncated; at the end both topics are
+        removed. Needs ``run_on_scheduler``; where a cluster forbids it, the scheduler's own
+        bounded event log applies.
+        """
+        topics = [self.job.ship_topic] + ([self.job.metrics_topic] if delete else [])
+        try:
+            self.client.run_on_scheduler(_drop_topics, topics=topics, delete=delete)
+        except Exception:
+            logger.debug("could not drop event topics on the scheduler", exc_info=True)
+
+    def _finish_cleanup(self, timeout: float = 5.0) -> None:
+        """Wait briefly for the rendezvous cleanup tasks, then forget them."""
+        if not self._cleanup:
+            return
+        with contextlib.suppress(Exception):
+            wait(self._cleanup, timeout=timeout)
+        with contextlib.suppress(Exception):
+            self.client.cancel([f for f in self._cleanup if f.status == "pending"], force=True)
+        self._cleanup.clear()
 
     def _loop(self) -> bytes:
         driver_env = probe_environment()
@@ -292,6 +338,7 @@ class Driver:
         )
         master = host_of(workers[0])
         world = len(workers)
+        port = 0  # set by the rendezvous task before any spec is made
 
         def make_spec(rank: int, addr: str) -> RankSpec:
             return RankSpec(
@@ -304,6 +351,7 @@ class Driver:
                 backend=backend,
                 timeout_s=self.group_timeout,
                 device=self._device_for(envs[addr], backend, mixed),
+                master_port=port,
             )
 
         self.aggregator.new_attempt(attempt)
@@ -321,6 +369,9 @@ class Driver:
                     error=exc,
                     detail=f"could not ship the job: {exc!r}",
                 )
+            port, failure = self._open_rendezvous(attempt, workers)
+            if failure is not None:
+                return failure
             futures = submit_ranks(self.client, run_rank, workers, make_spec, payload_future)
             return self._monitor(futures, workers)
         finally:
@@ -329,8 +380,70 @@ class Driver:
                     self.client.cancel([f for f in futures if f.status == "pending"], force=True)
             if payload_future is not None:
                 payload_future.release()
-            with contextlib.suppress(Exception):
-                Variable(rendezvous_name(self.job.job_id, attempt), client=self.client).delete()
+            self._close_rendezvous(attempt, workers[0])
+
+    def _open_rendezvous(
+        self, attempt: int, workers: list[str]
+    ) -> tuple[int, AttemptOutcome | None]:
+        """Open rank 0's TCPStore with a pinned task on its worker; (port, failure)."""
+        fut = self.client.submit(
+            open_rendezvous,
+            self.job.job_id,
+            attempt,
+            host_of(workers[0]),
+            self.group_timeout,
+            # unclaimed stores close themselves: rank 0's task should start long before this
+            self.probe_timeout + 2 * self.group_timeout,
+            key=f"parallalx-rdzv-{self.job.job_id}-{attempt}",
+            workers=[workers[0]],
+            allow_other_workers=False,
+            pure=False,
+            retries=0,
+        )
+        deadline = time.monotonic() + self.probe_timeout + self.group_timeout
+        while fut.status == "pending":
+            gone = self.watch.gone(workers[:1])
+            if gone or time.monotonic() > deadline or self.cancel_event.is_set():
+                with contextlib.suppress(Exception):
+                    self.client.cancel([fut], force=True)
+                if self.cancel_event.is_set():
+                    return 0, AttemptOutcome("cancelled")
+                return 0, AttemptOutcome(
+                    "infra",
+                    lost=gone or self.watch.unreachable(workers[:1]) or set(workers[:1]),
+                    detail=f"rank 0's worker {workers[0]} did not open the rendezvous store",
+                )
+            self._pump()
+            time.sleep(0.02)
+        try:
+            return int(fut.result()), None
+        except Exception as exc:
+            return 0, AttemptOutcome(
+                "infra",
+                lost=self.watch.gone(workers),
+                error=exc,
+                detail=f"could not open the rendezvous store on {workers[0]}: {exc!r}",
+            )
+        finally:
+            fut.release()
+
+    def _close_rendezvous(self, attempt: int, worker: str) -> None:
+        """Close the attempt's store if rank 0 never claimed it (its worker died: nothing to do)."""
+        if worker in self.watch.gone([worker]):
+            return
+        with contextlib.suppress(Exception):
+            self._cleanup.append(
+                self.client.submit(
+                    close_rendezvous,
+                    self.job.job_id,
+                    attempt,
+                    key=f"parallalx-rdzv-close-{self.job.job_id}-{attempt}",
+                    workers=[worker],
+                    allow_other_workers=False,
+                    pure=False,
+                    retries=0,
+                )
+            )
 
     def _monitor(self, futures: list[Future], workers: list[str]) -> AttemptOutcome:
         hang_limit = self.group_timeout + self.settle_timeout
@@ -405,3 +518,15 @@ class Driver:
         if self._final.get("cancelled"):
             return AttemptOutcome("cancelled")
         return AttemptOutcome("finished")
+
+
+def _drop_topics(dask_scheduler: Any, topics: list[str], delete: bool) -> None:
+    """On the scheduler: forget stored events of ``topics`` (subscribers are not affected)."""
+    broker = getattr(dask_scheduler, "_broker", None)
+    if broker is None:
+        return
+    for topic in topics:
+        broker.truncate(topic)
+        known = broker._topics  # noqa: SLF001 - no public way to drop a topic
+        if delete and topic in known and not known[topic].subscribers:
+            del known[topic]

@@ -10,24 +10,29 @@ cancelled rank then simply exits, which closes its gloo sockets at once, so the 
 in milliseconds. (Measured: a rank that fails inside the worker process keeps its sockets open,
 because gloo's in-flight work pins the ProcessGroup, and its peers sit out the group timeout.)
 
-Rendezvous, and why it is done this way:
+Rendezvous, and why it is done this way (no Dask client is ever opened inside a task, because
+parallalx's hardened cluster refuses one to a worker device's certificate):
 
-* Rank 0 opens a ``TCPStore`` *server* on port 0 (the OS picks a free port) and keeps it open
-  for the whole job, so there is no window in which another process could take the port (which
-  a "find a free port, close it, report it" first phase would have).
-* Rank 0 publishes the port through a ``distributed.Variable`` named for the job *and attempt*.
-  The Variable lives on the scheduler, every worker already has an authenticated TLS connection
-  to it, and ``Variable.get(timeout=...)`` waits for the value with a deadline, so a rank whose
-  rank 0 never came up fails cleanly instead of hanging. A fresh name per attempt means a stale
-  port from a crashed attempt can never be read.
-* The host is not published at all: it is the host part of rank 0's worker address *as the
-  scheduler sees it* (the driver passes it in), because that is the address we already know
-  reaches that machine, unlike whatever its hostname resolves to.
+* Before the ranks, the driver runs one short task pinned to rank 0's worker,
+  :func:`open_rendezvous`: it opens a ``TCPStore`` *server* on port 0 (the OS picks a free port)
+  in that worker process, keeps it in a per-process registry keyed by job *and attempt*, and
+  returns the port as its result. There is no window in which another process could take the
+  port (which a "find a free port, close it, report it" first phase would have), and a fresh
+  key per attempt means a stale port from a crashed attempt can never be used.
+* The rank tasks get host and port as plain arguments (:class:`RankSpec`). The host is the host
+  part of rank 0's worker address *as the scheduler sees it*, because that is the address we
+  already know reaches that machine, unlike whatever its hostname resolves to.
+* Rank 0's task claims the registered store (:func:`claim_rendezvous`) and keeps it open while
+  the job runs; every rank process, rank 0's included, connects to it as a store client. The
+  store is closed in rank 0's ``finally``; if rank 0's task never ran or never claimed it, the
+  driver's cleanup task (:func:`close_rendezvous`) closes it, and an unclaimed store also
+  expires on its own after a deadline, so the port is open only while the job runs.
 * Each rank sets ``GLOO_SOCKET_IFNAME`` to the interface that routes toward rank 0's host (gloo
   otherwise binds to the hostname's address: 127.0.0.1, docker0 or a VPN).
 * ``init_process_group`` gets an explicit, short timeout (gloo's default is 30 minutes) that also
   bounds every collective, which is how a frozen peer is eventually detected.
-* The store lives in rank 0's process, so the rendezvous port is open only while the job runs.
+* Like gloo's own traffic, the store's TCP connections are unauthenticated and unencrypted;
+  they carry only rendezvous keys, never the job's data or credentials.
 """
 
 from __future__ import annotations
@@ -64,15 +69,77 @@ class RankSpec:
     backend: str
     timeout_s: float
     device: str = "cpu"
-
-    @property
-    def rendezvous_name(self) -> str:
-        return rendezvous_name(self.job_id, self.attempt)
+    master_port: int = 0
 
 
-def rendezvous_name(job_id: str, attempt: int) -> str:
-    """Scheduler-side Variable holding rank 0's store port for one attempt."""
-    return f"parallalx-rdzv-{job_id}-{attempt}"
+# --------------------------------------------------------------------------- rendezvous store
+# (job_id, attempt) -> [TCPStore server, expiry timer]; one registry per worker process.
+_STORES: dict[tuple[str, int], list[Any]] = {}
+_STORES_LOCK = threading.Lock()
+
+
+def open_rendezvous(job_id: str, attempt: int, host: str, timeout_s: float, ttl_s: float) -> int:
+    """Dask task on rank 0's worker: open the attempt's TCPStore server, return its port.
+
+    The server lives in this worker process (not in a rank process) so its port can be
+    returned before the ranks start. If no rank 0 claims it within ``ttl_s`` it is closed.
+    """
+    import torch.distributed as dist
+
+    key = (job_id, int(attempt))
+    with _STORES_LOCK:
+        entry = _STORES.get(key)
+        if entry is not None:  # a resubmitted task: same store, same port
+            return int(entry[0].port)
+    store = dist.TCPStore(
+        host,
+        0,
+        None,
+        is_master=True,
+        timeout=_dt.timedelta(seconds=timeout_s),
+        wait_for_workers=False,
+    )
+    timer = threading.Timer(ttl_s, _expire, args=(key, store))
+    timer.daemon = True
+    with _STORES_LOCK:
+        _STORES[key] = [store, timer]
+    timer.start()
+    return int(store.port)
+
+
+def _expire(key: tuple[str, int], store: Any) -> None:
+    with _STORES_LOCK:
+        entry = _STORES.get(key)
+        if entry is not None and entry[0] is store:
+            del _STORES[key]
+
+
+def claim_rendezvous(job_id: str, attempt: int) -> Any:
+    """Rank 0's task takes ownership of the store (None if it expired or never existed).
+
+    The caller keeps the returned object alive for the job; dropping it closes the server.
+    """
+    with _STORES_LOCK:
+        entry = _STORES.pop((job_id, int(attempt)), None)
+    if entry is None:
+        return None
+    entry[1].cancel()
+    return entry[0]
+
+
+def close_rendezvous(job_id: str, attempt: int) -> bool:
+    """Dask cleanup task: close an attempt's store that no rank 0 claimed (True if one was)."""
+    store = claim_rendezvous(job_id, attempt)
+    if store is None:
+        return False
+    del store  # the last reference: the server thread stops and the port closes
+    return True
+
+
+def open_rendezvous_stores() -> list[tuple[str, int]]:
+    """Keys of the unclaimed stores in this process (for tests and diagnostics)."""
+    with _STORES_LOCK:
+        return sorted(_STORES)
 
 
 def host_of(address: str) -> str:
@@ -179,37 +246,23 @@ def set_gloo_interface(master_host: str) -> str | None:
 
 
 @contextlib.contextmanager
-def process_group(
-    spec: RankSpec,
-    publish_port: Callable[[int], None],
-    wait_port: Callable[[float], int],
-) -> Iterator[Any]:
+def process_group(spec: RankSpec) -> Iterator[Any]:
     """Rendezvous through rank 0's TCPStore and yield the initialised default process group.
 
-    Runs in the rank's own process. ``publish_port`` (rank 0) and ``wait_port`` (others) carry
-    the store port through the Dask task to the scheduler-side Variable. Connection and timeout
-    failures become :class:`RankInfraError` so the driver re-forms the group.
+    Runs in the rank's own process; every rank is a client of the store that
+    :func:`open_rendezvous` opened in rank 0's worker. Connection and timeout failures become
+    :class:`RankInfraError` so the driver re-forms the group.
     """
     import torch.distributed as dist
 
     timeout = _dt.timedelta(seconds=spec.timeout_s)
     store = None
     try:
-        if spec.rank == 0:
-            store = dist.TCPStore(
-                spec.master_host,
-                0,
-                spec.world_size,
-                is_master=True,
-                timeout=timeout,
-                wait_for_workers=False,
-            )
-            publish_port(int(store.port))
-        else:
-            port = wait_port(spec.timeout_s)
-            store = dist.TCPStore(
-                spec.master_host, port, spec.world_size, is_master=False, timeout=timeout
-            )
+        if not spec.master_port:
+            raise ValueError("no rendezvous port in the rank spec")
+        store = dist.TCPStore(
+            spec.master_host, spec.master_port, None, is_master=False, timeout=timeout
+        )
         dist.init_process_group(
             spec.backend,
             store=store,

@@ -136,6 +136,8 @@ class ProgressAggregator:
         self.attempt = -1
         self.started = time.time()
         self.max_step = 0
+        #: samples processed per worker address over the whole job (every attempt)
+        self.samples_by_worker: dict[str, int] = {}
 
     def new_attempt(self, attempt: int) -> None:
         """Forget ranks of an earlier attempt (the group was re-formed)."""
@@ -144,6 +146,10 @@ class ProgressAggregator:
 
     def ingest(self, msg: Record) -> Record | None:
         """Take one rank message; return the updated progress record (None if stale)."""
+        worker = str(msg.get("worker", ""))
+        self.samples_by_worker[worker] = self.samples_by_worker.get(worker, 0) + int(
+            msg.get("samples", 0)
+        )
         if msg.get("attempt", self.attempt) != self.attempt:
             return None
         self.ranks[int(msg["rank"])] = msg
@@ -183,6 +189,7 @@ class ProgressAggregator:
             "elapsed_s": time.time() - self.started,
             "world_size": len(ranks),
             "stragglers": stragglers,
+            "samples_by_worker": dict(self.samples_by_worker),
             "ranks": [
                 {
                     k: r[k]

@@ -1,77 +1,100 @@
 """The Dask task of one rank: start the rank process, relay its messages, watch for cancel.
 
 The task stays on its worker for the whole job (pinned by the driver) and is the only thing
-that talks to Dask on the rank's behalf: it publishes / fetches the rendezvous port through a
-scheduler Variable, forwards metrics with ``Worker.log_event`` (queued on the worker's batched
-stream, never blocking), forwards checkpoints to the job's control Queue from a background
-thread, and turns "my Dask task was cancelled" (``TrainingJob.cancel()`` or the notebook's
-client going away) into a "stop" for the rank process. The rank process itself trains (see
-``rank_process.py``); if it dies, this task reports it as an infrastructure failure.
+that talks to Dask on the rank's behalf. It never opens a Dask client: parallalx's hardened
+cluster refuses clients to worker devices (a device must never be able to submit work to other
+devices), and the engine must run unchanged there and on any other Dask cluster. So every
+channel is one a plain worker already has:
+
+* **Rendezvous**: host and port arrive as task arguments (see ``launcher.py``); rank 0's task
+  claims and holds the TCPStore server that the driver's rendezvous task opened on this worker.
+* **Metrics**: ``Worker.log_event`` on the job's metrics topic (queued on the worker's batched
+  stream to the scheduler, never blocking), forwarded by the scheduler to the subscribed driver.
+* **Preflight report and checkpoints** (rank 0 only): ``Worker.log_event`` on the job's ship
+  topic, checkpoints split into :data:`CHUNK_BYTES` pieces (:func:`ship_messages`). Chosen over
+  the alternatives because it needs nothing a worker does not already have, works through NAT
+  (the driver never has to reach a worker directly) and is TLS-encrypted end to end like all
+  Dask traffic, unlike a driver connection to rank 0's TCPStore. What it costs: each checkpoint
+  crosses the scheduler once (worker -> scheduler -> driver), is held in the worker's send
+  buffer until sent, and the scheduler keeps published events in memory (a bounded deque per
+  topic); the driver truncates the ship topic after every complete checkpoint and drops it at
+  the end (``Driver._drop_topics``), so the scheduler holds about one checkpoint at a time where
+  the driver may run functions on the scheduler, and up to its event-log length of chunks
+  otherwise. Checkpoints are only sent every ``checkpoint_every`` steps and at the end; for
+  models of many GB, raise ``checkpoint_every``.
+* **Cancel**: the driver cancels this Dask task (``TrainingJob.cancel()``, or the notebook's
+  client going away); the task sees its own state change in ``worker.state`` and forwards a
+  "stop" to the rank process, whose ranks agree to stop, ship a last checkpoint and exit.
+
+The rank process itself trains (see ``rank_process.py``); if it dies, this task reports it as
+an infrastructure failure.
 """
 
 from __future__ import annotations
 
 import contextlib
-import queue
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from .errors import RankInfraError
-from .launcher import RankSpec, children_allowed, rank_process_context, worker_slot
+from .launcher import (
+    RankSpec,
+    children_allowed,
+    claim_rendezvous,
+    rank_process_context,
+    worker_slot,
+)
 from .rank_process import EXIT_ORPHANED, child_main, is_comm_error
 from .spec import AttemptPayload
 
 STOP_GRACE_S = 30.0  # after "stop": time to reach a control step, checkpoint and exit
+CHUNK_BYTES = 512 * 1024  # per event: keeps every scheduler message small
 
 
-class _Shipper:
-    """Background sender to the notebook's control queue (keeps the relay loop responsive)."""
+def ship_messages(msg: dict[str, Any], seq: int) -> Iterator[dict[str, Any]]:
+    """Split one shipped message into events: ``data`` (bytes) goes out in chunks.
 
-    def __init__(self, name: str, client: Any) -> None:
-        from distributed import Queue
-
-        self._queue = Queue(name, client=client)
-        self._pending: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="parallalx-ship", daemon=True)
-        self._thread.start()
-
-    def send(self, msg: dict[str, Any]) -> None:
-        self._pending.put(msg)
-
-    def _run(self) -> None:
-        while True:
-            msg = self._pending.get()
-            if msg is None:
-                return
-            with contextlib.suppress(Exception):
-                self._queue.put(msg, timeout=120)
-
-    def close(self, timeout: float = 120.0) -> None:
-        self._pending.put(None)
-        self._thread.join(timeout)
-        with contextlib.suppress(Exception):
-            self._queue.close()
-
-
-def _fetch_port(var: Any, timeout: float, control: Any, lock: threading.Lock) -> None:
-    """Non-zero ranks: wait for rank 0's port on the scheduler and hand it to the process."""
-    try:
-        msg: tuple[str, Any] = ("port", int(var.get(timeout=timeout)["port"]))
-    except Exception as exc:
-        msg = ("port", f"rendezvous port not published within {timeout:.0f}s: {exc!r}")
-    with lock, contextlib.suppress(OSError, ValueError):
-        control.send(msg)
+    Each chunk carries the message's other fields plus ``seq`` (unique per rank task),
+    ``index`` and ``count``; the driver reassembles them (``Driver._handle_ship``).
+    """
+    data = msg.get("data")
+    if not isinstance(data, (bytes, bytearray)):
+        yield msg
+        return
+    head = {k: v for k, v in msg.items() if k != "data"}
+    count = max(1, -(-len(data) // CHUNK_BYTES))
+    view = memoryview(data)
+    for i in range(count):
+        yield {
+            **head,
+            "kind": "chunk",
+            "of": msg["kind"],
+            "seq": seq,
+            "index": i,
+            "count": count,
+            "data": bytes(view[i * CHUNK_BYTES : (i + 1) * CHUNK_BYTES]),
+        }
 
 
 def run_rank(spec: RankSpec, payload: AttemptPayload) -> dict[str, Any]:
     """Dask task entry point for one rank; returns the rank's small summary dict."""
-    from distributed import Variable, get_client, get_worker
+    from distributed import get_worker
 
     worker = get_worker()
     key = worker.get_current_task()
-    client = get_client()
     job = payload.job
+    # Rank 0 holds the attempt's store server open for as long as this task runs.
+    store = claim_rendezvous(spec.job_id, spec.attempt) if spec.rank == 0 else None
+    try:
+        return _relay(spec, payload, worker, key, job)
+    finally:
+        del store  # closes the rendezvous port
+
+
+def _relay(spec: RankSpec, payload: AttemptPayload, worker: Any, key: Any, job: Any) -> Any:
+    seq = 0
     with worker_slot(spec.timeout_s):
         ctx = rank_process_context()
         control_r, control_w = ctx.Pipe(duplex=False)
@@ -86,15 +109,6 @@ def run_rank(spec: RankSpec, payload: AttemptPayload) -> dict[str, Any]:
         control_r.close()
         events_w.close()
         send_lock = threading.Lock()
-        shipper = _Shipper(job.control_queue, client) if spec.rank == 0 else None
-        var = Variable(spec.rendezvous_name, client=client)
-        if spec.rank != 0:
-            threading.Thread(
-                target=_fetch_port,
-                args=(var, spec.timeout_s, control_w, send_lock),
-                name="parallalx-rdzv",
-                daemon=True,
-            ).start()
         outcome: tuple[str, Any] | None = None
         stop_sent_at: float | None = None
         try:
@@ -107,10 +121,10 @@ def run_rank(spec: RankSpec, payload: AttemptPayload) -> dict[str, Any]:
                     kind = msg[0]
                     if kind == "metrics":
                         worker.log_event(job.metrics_topic, msg[1])
-                    elif kind == "ship" and shipper is not None:
-                        shipper.send(msg[1])
-                    elif kind == "port":
-                        var.set({"port": msg[1]})
+                    elif kind == "ship" and spec.rank == 0:
+                        seq += 1
+                        for event in ship_messages(msg[1], seq):
+                            worker.log_event(job.ship_topic, event)
                     elif kind in ("done", "error"):
                         outcome = msg
                 elif not proc.is_alive():
@@ -124,8 +138,6 @@ def run_rank(spec: RankSpec, payload: AttemptPayload) -> dict[str, Any]:
                 if stop_sent_at is not None and time.monotonic() - stop_sent_at > STOP_GRACE_S:
                     break
         finally:
-            if shipper is not None:
-                shipper.close()  # the final checkpoint must be queued before we return
             with send_lock:
                 control_w.close()  # EOF makes a still-running rank process exit
             proc.join(5)

@@ -124,7 +124,7 @@ class ChildChannel:
     """The rank process's side of its two pipes to the Dask task.
 
     A sender thread drains an outbound queue so the training loop never blocks on the pipe; a
-    watcher thread reads control messages (store port, stop) and exits the process when the
+    watcher thread reads control messages ("stop") and exits the process when the
     pipe reaches EOF, i.e. when the Dask worker died: no orphaned rank keeps a group alive.
     """
 
@@ -133,7 +133,6 @@ class ChildChannel:
         self._events = events
         self._out: queue.Queue[Any] = queue.Queue()
         self._stop = threading.Event()
-        self._ports: queue.Queue[Any] = queue.Queue()
         self._sender = threading.Thread(target=self._send_loop, name="rank-send", daemon=True)
         self._watcher = threading.Thread(target=self._watch, name="rank-watch", daemon=True)
         self._sender.start()
@@ -155,9 +154,7 @@ class ChildChannel:
                 msg = self._control.recv()
             except (EOFError, OSError):
                 os._exit(EXIT_ORPHANED)
-            if msg[0] == "port":
-                self._ports.put(msg[1])
-            elif msg[0] == "stop":
+            if msg[0] == "stop":
                 self._stop.set()
 
     # -- used by the trainer
@@ -169,18 +166,6 @@ class ChildChannel:
 
     def ship(self, msg: dict[str, Any]) -> None:
         self._out.put(("ship", msg))
-
-    def publish_port(self, port: int) -> None:
-        self._out.put(("port", port))
-
-    def wait_port(self, timeout: float) -> int:
-        try:
-            value = self._ports.get(timeout=timeout)
-        except queue.Empty:
-            raise TimeoutError(f"no rendezvous port from rank 0 within {timeout:.0f}s") from None
-        if isinstance(value, str):
-            raise TimeoutError(value)
-        return int(value)
 
     def finish(self, msg: tuple[str, Any], timeout: float = 120.0) -> None:
         """Send the last message and wait until everything queued is in the pipe."""
@@ -199,7 +184,7 @@ def child_main(spec: RankSpec, payload: AttemptPayload, control: Any, events: An
         if payload.job.torch_threads:
             torch.set_num_threads(payload.job.torch_threads)
         set_gloo_interface(spec.master_host)
-        with process_group(spec, channel.publish_port, channel.wait_port):
+        with process_group(spec):
             summary = RankTrainer(spec, payload, channel).run()
         outcome: tuple[str, Any] = ("done", summary)
     except BaseException as exc:  # noqa: BLE001 - everything is reported, nothing re-raised

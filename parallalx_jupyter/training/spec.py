@@ -44,8 +44,9 @@ class JobSpec:
         return f"parallalx-train-metrics-{self.job_id}"
 
     @property
-    def control_queue(self) -> str:
-        return f"parallalx-train-control-{self.job_id}"
+    def ship_topic(self) -> str:
+        """Event topic carrying rank 0's preflight report and checkpoints (see ``rank.py``)."""
+        return f"parallalx-train-ship-{self.job_id}"
 
 
 @dataclass

@@ -273,3 +273,95 @@ def test_balance_equalises_step_times_with_fixed_overheads() -> None:
     )  # fmt: skip
     assert rep.ideal_speedup < 2.0  # a fixed step cost caps the gain
     assert sum(rep.per_rank_batch) == 64
+
+
+def test_rendezvous_store_is_registered_claimed_and_closed() -> None:
+    import socket
+    import time
+
+    from parallalx_jupyter.training.launcher import (
+        claim_rendezvous,
+        close_rendezvous,
+        open_rendezvous,
+        open_rendezvous_stores,
+    )
+
+    port = open_rendezvous("jobx", 0, "127.0.0.1", 10.0, 60.0)
+    assert open_rendezvous("jobx", 0, "127.0.0.1", 10.0, 60.0) == port  # idempotent
+    assert ("jobx", 0) in open_rendezvous_stores()
+    socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    store = claim_rendezvous("jobx", 0)
+    assert store is not None and ("jobx", 0) not in open_rendezvous_stores()
+    assert close_rendezvous("jobx", 0) is False  # already claimed
+    del store
+    port2 = open_rendezvous("jobx", 1, "127.0.0.1", 10.0, 60.0)
+    assert close_rendezvous("jobx", 1) is True
+
+    def refused() -> bool:  # the store's server thread shuts its listener down asynchronously
+        try:
+            socket.create_connection(("127.0.0.1", port2), timeout=1).close()
+        except OSError:
+            return True
+        return False
+
+    deadline = time.monotonic() + 10
+    while not refused():
+        assert time.monotonic() < deadline, "the rendezvous port stayed open"
+        time.sleep(0.05)
+
+
+def test_unclaimed_rendezvous_store_expires() -> None:
+    import time
+
+    from parallalx_jupyter.training.launcher import open_rendezvous, open_rendezvous_stores
+
+    open_rendezvous("joby", 0, "127.0.0.1", 10.0, 0.2)
+    time.sleep(0.5)
+    assert ("joby", 0) not in open_rendezvous_stores()
+
+
+def test_checkpoints_ship_in_chunks_and_reassemble() -> None:
+    import threading
+
+    from parallalx_jupyter.training import rank
+    from parallalx_jupyter.training.checkpoint import CheckpointStore
+    from parallalx_jupyter.training.driver import Driver
+    from parallalx_jupyter.training.metrics import ProgressHub
+    from parallalx_jupyter.training.spec import JobSpec
+
+    data = bytes(range(256)) * (3 * rank.CHUNK_BYTES // 256 + 7)
+    msg = {"kind": "checkpoint", "attempt": 0, "global_step": 5, "cancelled": False, "data": data}
+    events = list(rank.ship_messages(msg, seq=1))
+    assert len(events) == 4 and all(len(e["data"]) <= rank.CHUNK_BYTES for e in events)
+    assert list(rank.ship_messages({"kind": "preflight", "report": {}}, 2)) == [
+        {"kind": "preflight", "report": {}}
+    ]
+
+    class FakeClient:
+        def run_on_scheduler(self, *a, **k):
+            raise RuntimeError("not here")
+
+    driver = Driver.__new__(Driver)
+    driver.client = FakeClient()
+    driver.job = JobSpec(job_id="j", user_objects=b"", epochs=1, global_batch=8)
+    driver.store = CheckpointStore(None)
+    driver.hub = ProgressHub()
+    driver.cancel_event = threading.Event()
+    driver._chunks = {}
+    driver._final = None
+    for e in reversed(events):  # order does not matter
+        driver._handle_ship(e)
+    assert driver.store.global_step == 5 and driver.store.latest() == data
+    assert driver._chunks == {}
+
+
+def test_train_without_client_or_cluster_is_a_clear_error(tmp_path, monkeypatch) -> None:
+    import parallalx_jupyter
+    from parallalx_jupyter.training.errors import TrainingError
+
+    monkeypatch.setenv("PARALLALX_HOME", str(tmp_path))
+    x = torch.randn(8, 2)
+    with pytest.raises(TrainingError, match="no parallalx cluster on this device"):
+        parallalx_jupyter.train(
+            torch.nn.Linear(2, 2), (x, x), torch.nn.MSELoss(), torch.optim.SGD
+        )

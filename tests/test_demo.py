@@ -1,0 +1,23 @@
+"""The project's main job, end to end: pair three local devices and train across them."""
+
+from __future__ import annotations
+
+import pytest
+
+from parallalx_jupyter.demo import run_demo
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def test_demo_pairs_devices_and_trains_digits_on_every_worker_device() -> None:
+    report = run_demo(devices=3, as_json=True)
+    training = report["training"]
+    print(f"\ndemo: {training['contribution']} accuracy {training['accuracy']} "
+          f"training {training['training_seconds']} s, total {report['seconds']} s")
+    assert training["accuracy"] >= 0.95
+    workers = {p["worker"] for p in report["pairings"]}
+    assert workers == {"lab-desktop", "gaming-pc"}
+    contributed = {c["device"] for c in training["contribution"] if c["samples"] > 0}
+    assert contributed == workers
+    assert abs(sum(c["share"] for c in training["contribution"]) - 1.0) < 1e-3
+    assert training["preflight"]["world_size"] == 2
