@@ -9,6 +9,8 @@ import { ServerConnection } from '@jupyterlab/services';
 
 import {
   IAcceptBody,
+  IAddSelfBody,
+  IClusterState,
   IDevice,
   IInvitationBody,
   IKernelChoice,
@@ -198,6 +200,26 @@ export class ParallalxAPI {
   /** Send a connection request to a peer listener; resolves to the outgoing request (with code). */
   invite(body: IInvitationBody): Promise<IRequest> {
     return this._post<IRequest>('invitations', body);
+  }
+
+  /** This device's scheduler and workers, and the main devices it serves. */
+  getCluster(): Promise<IClusterState> {
+    return this._call<IClusterState>('cluster', { method: 'GET' });
+  }
+
+  /** Start this device's scheduler (idempotent). */
+  startCluster(): Promise<IClusterState> {
+    return this._post<IClusterState>('cluster/start');
+  }
+
+  /** Stop this device's scheduler and its own worker (idempotent). */
+  stopCluster(): Promise<IClusterState> {
+    return this._post<IClusterState>('cluster/stop');
+  }
+
+  /** Start the scheduler if needed and contribute a worker of this device. */
+  addSelfToCluster(body: IAddSelfBody = {}): Promise<IClusterState> {
+    return this._post<IClusterState>('cluster/add-self', body);
   }
 
   /**

@@ -162,6 +162,43 @@ export interface IKernelChoice {
   reason?: string;
 }
 
+/** A worker connected to this device's scheduler (as the scheduler reports it). */
+export interface IClusterWorker {
+  device_id: string;
+  address?: string;
+  name?: string;
+  nthreads?: number;
+  memory_limit?: number | null;
+  resources?: { [key: string]: unknown };
+}
+
+/** A main device this device runs a worker for. */
+export interface IServedMain {
+  main_id: string;
+  /** requesting-certificate, preparing-environment, starting-worker, waiting-for-scheduler, running, failed */
+  state: string;
+  message?: string | null;
+  scheduler?: string;
+  process?: string | null;
+}
+
+/** `GET cluster` (and the result of the cluster actions). */
+export interface IClusterState {
+  running: boolean;
+  scheduler_address: string | null;
+  dashboard_link: string | null;
+  ca_fingerprint: string | null;
+  workers: IClusterWorker[];
+  serving: IServedMain[];
+}
+
+/** `POST cluster/add-self` body. */
+export interface IAddSelfBody {
+  nthreads?: number;
+}
+
+export type ClusterAction = 'start' | 'stop' | 'add-self';
+
 /* ------------------------------------------------------------------ events */
 
 /** Our event schema IDs are `${SCHEMA_PREFIX}<name>/v1`. */
@@ -171,7 +208,9 @@ export const EVENT_NAMES = [
   'request-received',
   'request-decided',
   'device-added',
-  'device-revoked'
+  'device-revoked',
+  'cluster-state',
+  'worker-state'
 ] as const;
 
 export type ParallalxEventName = (typeof EVENT_NAMES)[number];
@@ -244,6 +283,97 @@ export function sortDevices(devices: readonly IPairedDevice[]): IPairedDevice[] 
   return [...devices].sort(
     (a, b) => rank(a) - rank(b) || a.name.localeCompare(b.name) || a.id.localeCompare(b.id)
   );
+}
+
+/** A device ID shortened for display (the full ID goes into the title). */
+export function shortId(id: string): string {
+  return id.length > 12 ? `${id.slice(0, 12)}…` : id;
+}
+
+/** Known device names by ID: paired devices and this device. */
+export function deviceNames(
+  devices: readonly Pick<IPairedDevice, 'id' | 'name'>[],
+  self: Pick<IDevice, 'id' | 'name'> | null
+): Map<string, string> {
+  const names = new Map<string, string>();
+  for (const d of devices) {
+    names.set(d.id, d.name);
+  }
+  if (self) {
+    names.set(self.id, self.name);
+  }
+  return names;
+}
+
+/** The label of a device: its name when known, else its short ID. */
+export function deviceLabel(id: string, names: ReadonlyMap<string, string>): string {
+  return names.get(id) || shortId(id);
+}
+
+/** Cluster workers grouped by device: this device first, then by label. */
+export interface IWorkerGroup {
+  deviceId: string;
+  label: string;
+  isSelf: boolean;
+  workers: IClusterWorker[];
+}
+
+export function groupWorkers(
+  workers: readonly IClusterWorker[],
+  names: ReadonlyMap<string, string>,
+  selfId: string | null
+): IWorkerGroup[] {
+  const groups = new Map<string, IWorkerGroup>();
+  for (const w of workers) {
+    const id = typeof w.device_id === 'string' ? w.device_id : '';
+    let group = groups.get(id);
+    if (!group) {
+      group = { deviceId: id, label: deviceLabel(id, names), isSelf: id === selfId, workers: [] };
+      groups.set(id, group);
+    }
+    group.workers.push(w);
+  }
+  return [...groups.values()].sort(
+    (a, b) =>
+      Number(b.isSelf) - Number(a.isSelf) ||
+      a.label.localeCompare(b.label) ||
+      a.deviceId.localeCompare(b.deviceId)
+  );
+}
+
+/** One worker in words: `4 threads, 2.0 GiB` (and its non-empty resources). */
+export function describeWorker(worker: IClusterWorker): string {
+  const parts: string[] = [];
+  if (typeof worker.nthreads === 'number') {
+    parts.push(`${worker.nthreads} thread${worker.nthreads === 1 ? '' : 's'}`);
+  }
+  if (typeof worker.memory_limit === 'number' && worker.memory_limit > 0) {
+    parts.push(formatBytes(worker.memory_limit));
+  }
+  for (const [key, value] of Object.entries(worker.resources ?? {})) {
+    if (typeof value === 'number' || typeof value === 'string') {
+      parts.push(`${key} ${value}`);
+    }
+  }
+  return parts.join(', ');
+}
+
+/** The URL if it is http(s) (absolute or relative to the page), else null: never `javascript:`. */
+export function safeLink(url: string | null | undefined, base = 'http://localhost/'): string | null {
+  if (typeof url !== 'string' || !url.trim()) {
+    return null;
+  }
+  try {
+    const parsed = new URL(url, base);
+    return parsed.protocol === 'http:' || parsed.protocol === 'https:' ? url : null;
+  } catch {
+    return null;
+  }
+}
+
+/** A served main device's state in words. */
+export function describeServedState(state: string): string {
+  return state.replace(/-/g, ' ');
 }
 
 /* ------------------------------------------------------------------ formatting */

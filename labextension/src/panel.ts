@@ -3,6 +3,7 @@ import { CommandToolbarButton, SidePanel } from '@jupyterlab/ui-components';
 import { AccordionPanel, Widget } from '@lumino/widgets';
 
 import { h } from './dom';
+import { ClusterSection } from './sections/cluster';
 import { DeviceSection } from './sections/device';
 import { DevicesSection } from './sections/devices';
 import { RequestsSection } from './sections/requests';
@@ -10,7 +11,7 @@ import { ParallalxModel } from './state';
 
 /**
  * The left-sidebar panel: a header, a toolbar (invite, refresh) and one collapsible section per
- * component. Cluster and Jobs sections come with later issues.
+ * component. A Jobs section comes with a later issue.
  */
 export class ParallalxPanel extends SidePanel {
   constructor(options: ParallalxPanel.IOptions) {
@@ -37,15 +38,18 @@ export class ParallalxPanel extends SidePanel {
     this.devicesSection = new DevicesSection(this.model);
     this.addWidget(this.deviceSection);
     this.addWidget(this.requestsSection);
+    this.clusterSection = new ClusterSection(this.model);
     this.addWidget(this.devicesSection);
+    this.addWidget(this.clusterSection);
     // Requests need the room: code, asks, kernel and buttons.
-    (this.content as AccordionPanel).setRelativeSizes([2, 3, 2]);
+    (this.content as AccordionPanel).setRelativeSizes([2, 3, 2, 2]);
   }
 
   readonly model: ParallalxModel;
   readonly deviceSection: DeviceSection;
   readonly requestsSection: RequestsSection;
   readonly devicesSection: DevicesSection;
+  readonly clusterSection: ClusterSection;
 }
 
 export namespace ParallalxPanel {

@@ -9,6 +9,8 @@ import { ISignal, Signal } from '@lumino/signaling';
 
 import type { ParallalxAPI } from './api';
 import {
+  ClusterAction,
+  IClusterState,
   IDevice,
   IInvitationBody,
   IKernelChoice,
@@ -35,12 +37,18 @@ export type IModelAPI = Pick<
   | 'invite'
   | 'listKernelChoices'
   | 'serverNow'
+  | 'getCluster'
+  | 'startCluster'
+  | 'stopCluster'
+  | 'addSelfToCluster'
 >;
 
 /** Re-read the device (its memory figures change) at most this often, unless forced. */
 const DEVICE_MAX_AGE_MS = 60_000;
 /** Re-ask the (future) kernels API at most this often. */
 const KERNELS_MAX_AGE_MS = 60_000;
+/** After a cluster action, poll at the base rate this long (workers join without an event). */
+const CLUSTER_SETTLE_MS = 30_000;
 
 export class ParallalxModel implements IDisposable {
   constructor(api: IModelAPI, options: { pollInterval?: number } = {}) {
@@ -81,6 +89,22 @@ export class ParallalxModel implements IDisposable {
   }
   get kernelChoices(): readonly IKernelChoice[] {
     return this._kernelChoices;
+  }
+  /** This device's cluster state; null until loaded (or while the cluster API fails). */
+  get cluster(): IClusterState | null {
+    return this._cluster;
+  }
+  /** Why the cluster state could not be read (e.g. 503: no cluster on this server), or null. */
+  get clusterError(): string | null {
+    return this._clusterError;
+  }
+  /** The cluster action running now, or null. */
+  get clusterBusy(): ClusterAction | null {
+    return this._clusterBusy;
+  }
+  /** The last cluster action's error message, null when it worked. */
+  get clusterActionError(): string | null {
+    return this._clusterActionError;
   }
   /** The last refresh's error message, null when it worked. */
   get error(): string | null {
@@ -213,6 +237,42 @@ export class ParallalxModel implements IDisposable {
     }
   }
 
+  /**
+   * Start or stop this device's scheduler, or add a worker of this device (`nthreads` for
+   * add-self only). One action at a time; the error, if any, is kept in `clusterActionError`.
+   */
+  async clusterAction(action: ClusterAction, nthreads?: number): Promise<IClusterState | null> {
+    if (this._clusterBusy !== null || this._isDisposed) {
+      return null;
+    }
+    this._clusterBusy = action;
+    this._clusterActionError = null;
+    this._activity = true;
+    this._clusterSettleUntil = Date.now() + CLUSTER_SETTLE_MS;
+    this._changed.emit();
+    try {
+      const result =
+        action === 'start'
+          ? await this.api.startCluster()
+          : action === 'stop'
+            ? await this.api.stopCluster()
+            : await this.api.addSelfToCluster(nthreads !== undefined ? { nthreads } : {});
+      this._cluster = result;
+      this._clusterError = null;
+      return result;
+    } catch (error) {
+      this._clusterActionError = error instanceof Error ? error.message : String(error);
+      return null;
+    } finally {
+      this._clusterBusy = null;
+      this._clusterSettleUntil = Date.now() + CLUSTER_SETTLE_MS;
+      if (!this._isDisposed) {
+        this._changed.emit();
+        void this.refresh();
+      }
+    }
+  }
+
   /** Re-run the accelerator probe on the server and show the result. */
   async probe(): Promise<void> {
     const device = await this.api.getDevice(true);
@@ -243,10 +303,19 @@ export class ParallalxModel implements IDisposable {
       Date.now() - this._deviceFetchedAt > DEVICE_MAX_AGE_MS;
     let changed = false;
     try {
-      const [device, requests, devices] = await Promise.all([
+      // The cluster is optional (503 where the server has none): its failure is its own.
+      const clusterCall = this.api.getCluster().then(
+        cluster => ({ cluster, error: null }),
+        (error: unknown) => ({
+          cluster: null,
+          error: error instanceof Error ? error.message : String(error)
+        })
+      );
+      const [device, requests, devices, cluster] = await Promise.all([
         wantDevice ? this.api.getDevice() : Promise.resolve(null),
         this.api.listRequests(),
-        this.api.listDevices()
+        this.api.listDevices(),
+        clusterCall
       ]);
       if (this._isDisposed) {
         return;
@@ -269,6 +338,14 @@ export class ParallalxModel implements IDisposable {
         this._devices = devices;
         changed = true;
       }
+      if (
+        cluster.error !== this._clusterError ||
+        JSON.stringify(cluster.cluster) !== JSON.stringify(this._cluster)
+      ) {
+        this._cluster = cluster.cluster;
+        this._clusterError = cluster.error;
+        changed = true;
+      }
       if (this._error !== null) {
         this._error = null;
         changed = true;
@@ -285,7 +362,9 @@ export class ParallalxModel implements IDisposable {
       }
     }
     // Keep polling at the base rate until the server's accelerator probe has finished.
-    const probing = this._device !== null && this._device.profile?.accelerators === null;
+    const probing =
+      (this._device !== null && this._device.profile?.accelerators === null) ||
+      Date.now() < this._clusterSettleUntil;
     const firstLoad = !this._loaded;
     this._loaded = true;
     this._diffIncoming(firstLoad);
@@ -371,6 +450,11 @@ export class ParallalxModel implements IDisposable {
   private _kernelChoices: IKernelChoice[] = [];
   private _kernelsFetchedAt = 0;
   private _error: string | null = null;
+  private _cluster: IClusterState | null = null;
+  private _clusterError: string | null = null;
+  private _clusterBusy: ClusterAction | null = null;
+  private _clusterActionError: string | null = null;
+  private _clusterSettleUntil = 0;
   private _loaded = false;
   private _uiChanged = false;
   private _activity = false;

@@ -3,6 +3,13 @@ import { describe, expect, it } from 'vitest';
 import {
   SCHEMA_PREFIX,
   describeAsks,
+  describeServedState,
+  describeWorker,
+  deviceLabel,
+  deviceNames,
+  groupWorkers,
+  safeLink,
+  shortId,
   describeKind,
   describeResources,
   formatBytes,
@@ -44,8 +51,15 @@ describe('parseEvent', () => {
     expect(parseEvent([])).toBeNull();
   });
 
-  it('knows all four event names', () => {
-    for (const name of ['request-received', 'request-decided', 'device-added', 'device-revoked']) {
+  it('knows all our event names, the cluster ones included', () => {
+    for (const name of [
+      'request-received',
+      'request-decided',
+      'device-added',
+      'device-revoked',
+      'cluster-state',
+      'worker-state'
+    ]) {
       expect(parseEvent({ schema_id: `${SCHEMA_PREFIX}${name}/v1` })?.name).toBe(name);
     }
   });
@@ -183,5 +197,58 @@ describe('poll back-off', () => {
     expect(maxPollDelay(0)).toBe(0);
     expect(maxPollDelay(120_000)).toBe(120_000);
     expect(nextPollDelay(0, false, 1000, maxPollDelay(1000))).toBe(1000);
+  });
+});
+
+describe('cluster views', () => {
+  const names = deviceNames(
+    [makePaired({ id: 'PEER1', name: 'alice-laptop' }), makePaired({ id: 'PEER2', name: 'bob-box' })],
+    makeDevice({ id: 'SELFID', name: 'main-desktop' })
+  );
+
+  it('names devices from the Devices data and this device, else a short ID', () => {
+    expect(deviceLabel('PEER1', names)).toBe('alice-laptop');
+    expect(deviceLabel('SELFID', names)).toBe('main-desktop');
+    expect(deviceLabel('ABCDEFGHIJKLMNOPQRSTUVWXYZ', names)).toBe('ABCDEFGHIJKL…');
+    expect(shortId('SHORT')).toBe('SHORT');
+    expect(deviceNames([], null).size).toBe(0);
+  });
+
+  it('groups workers per device, this device first', () => {
+    const groups = groupWorkers(
+      [
+        { device_id: 'PEER2', address: 'tls://b:1' },
+        { device_id: 'PEER1', address: 'tls://a:1' },
+        { device_id: 'SELFID', address: 'tls://s:1' },
+        { device_id: 'PEER2', address: 'tls://b:2' },
+        { device_id: 'UNKNOWNDEVICEID1234', address: 'tls://u:1' }
+      ],
+      names,
+      'SELFID'
+    );
+    expect(groups.map(g => [g.label, g.isSelf, g.workers.length])).toEqual([
+      ['main-desktop', true, 1],
+      ['alice-laptop', false, 1],
+      ['bob-box', false, 2],
+      ['UNKNOWNDEVIC…', false, 1]
+    ]);
+    expect(groupWorkers([], names, 'SELFID')).toEqual([]);
+  });
+
+  it('describes a worker and a served state', () => {
+    expect(
+      describeWorker({ device_id: 'x', nthreads: 4, memory_limit: 2 * 1024 ** 3, resources: { GPU: 1 } })
+    ).toBe('4 threads, 2.0 GiB, GPU 1');
+    expect(describeWorker({ device_id: 'x', nthreads: 1, memory_limit: 0 })).toBe('1 thread');
+    expect(describeWorker({ device_id: 'x' })).toBe('');
+    expect(describeServedState('waiting-for-scheduler')).toBe('waiting for scheduler');
+  });
+
+  it('only links http(s) dashboards', () => {
+    expect(safeLink('http://127.0.0.1:8787/status')).toBe('http://127.0.0.1:8787/status');
+    expect(safeLink('/proxy/8787/status')).toBe('/proxy/8787/status');
+    expect(safeLink('javascript:alert(1)')).toBeNull();
+    expect(safeLink('  ')).toBeNull();
+    expect(safeLink(null)).toBeNull();
   });
 });

@@ -1,6 +1,6 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 
-import { IDevice, IPairedDevice, IRequest, SCHEMA_PREFIX } from '../src/models';
+import { IClusterState, IDevice, IPairedDevice, IRequest, SCHEMA_PREFIX } from '../src/models';
 import { IModelAPI, ParallalxModel } from '../src/state';
 import { makeDevice, makePaired, makeRequest } from './fixtures';
 
@@ -61,6 +61,45 @@ class FakeAPI implements IModelAPI {
     return [];
   };
   serverNow = () => 1234;
+  cluster: IClusterState = {
+    running: false,
+    scheduler_address: null,
+    dashboard_link: null,
+    ca_fingerprint: null,
+    workers: [],
+    serving: []
+  };
+  clusterFail: Error | null = null;
+  getCluster = async () => {
+    this._check('cluster');
+    if (this.clusterFail) {
+      throw this.clusterFail;
+    }
+    return structuredClone(this.cluster);
+  };
+  startCluster = async () => {
+    this._check('cluster/start');
+    this.cluster = { ...this.cluster, running: true, scheduler_address: 'tls://127.0.0.1:9000' };
+    return structuredClone(this.cluster);
+  };
+  stopCluster = async () => {
+    this._check('cluster/stop');
+    this.cluster = { ...this.cluster, running: false, scheduler_address: null, workers: [] };
+    return structuredClone(this.cluster);
+  };
+  addSelfToCluster = async (body: { nthreads?: number } = {}) => {
+    this._check(`cluster/add-self ${JSON.stringify(body)}`);
+    if (this.clusterFail) {
+      throw this.clusterFail;
+    }
+    this.cluster = {
+      ...this.cluster,
+      running: true,
+      scheduler_address: 'tls://127.0.0.1:9000',
+      workers: [{ device_id: 'SELFID', address: 'tls://127.0.0.1:9100', nthreads: body.nthreads ?? 1 }]
+    };
+    return structuredClone(this.cluster);
+  };
 }
 
 function countCalls(api: FakeAPI, name: string): number {
@@ -217,5 +256,61 @@ describe('ParallalxModel', () => {
     expect(countCalls(api, 'kernels')).toBe(1);
     await model.refresh();
     expect(countCalls(api, 'kernels')).toBe(1);
+  });
+
+  it('loads the cluster state; a cluster failure does not fail the refresh', async () => {
+    api.clusterFail = new Error('the cluster is not available on this server');
+    await model.start();
+    expect(model.error).toBeNull();
+    expect(model.cluster).toBeNull();
+    expect(model.clusterError).toBe('the cluster is not available on this server');
+    api.clusterFail = null;
+    await model.refresh();
+    expect(model.clusterError).toBeNull();
+    expect(model.cluster?.running).toBe(false);
+  });
+
+  it('cluster actions: busy while running, result shown, errors kept', async () => {
+    await model.start();
+    const busy: (string | null)[] = [];
+    model.changed.connect(() => busy.push(model.clusterBusy));
+    const result = await model.clusterAction('add-self', 2);
+    expect(result?.workers.map(w => w.device_id)).toEqual(['SELFID']);
+    expect(api.calls).toContain('cluster/add-self {"nthreads":2}');
+    expect(busy[0]).toBe('add-self');
+    expect(model.clusterBusy).toBeNull();
+    expect(model.cluster?.scheduler_address).toBe('tls://127.0.0.1:9000');
+    // one action at a time
+    const [a, b] = [model.clusterAction('stop'), model.clusterAction('start')];
+    expect(await b).toBeNull();
+    expect((await a)?.running).toBe(false);
+    expect(api.calls.filter(c => c === 'cluster/start')).toEqual([]);
+    api.clusterFail = new Error('dask is not installed');
+    expect(await model.clusterAction('add-self')).toBeNull();
+    expect(api.calls).toContain('cluster/add-self {}');
+    expect(model.clusterActionError).toBe('dask is not installed');
+    api.clusterFail = null;
+    await model.clusterAction('start');
+    expect(model.clusterActionError).toBeNull();
+  });
+
+  it('keeps the base poll rate for a while after a cluster action', async () => {
+    await model.start();
+    await model.clusterAction('start');
+    for (let i = 0; i < 5; i++) {
+      await vi.advanceTimersByTimeAsync(model.currentPollDelay);
+    }
+    expect(model.currentPollDelay).toBe(1000);
+    await vi.advanceTimersByTimeAsync(40_000);
+    await vi.advanceTimersByTimeAsync(model.currentPollDelay);
+    expect(model.currentPollDelay).toBeGreaterThan(1000);
+  });
+
+  it('refreshes on cluster and worker events', async () => {
+    await model.start();
+    const before = countCalls(api, 'cluster');
+    expect(model.handleEmission({ schema_id: `${SCHEMA_PREFIX}cluster-state/v1`, state: 'started' })).toBe(true);
+    expect(model.handleEmission({ schema_id: `${SCHEMA_PREFIX}worker-state/v1`, peer_id: 'M', state: 'running' })).toBe(true);
+    await vi.waitFor(() => expect(countCalls(api, 'cluster')).toBeGreaterThan(before));
   });
 });

@@ -62,7 +62,7 @@ def test_panel_shows_this_device(lab_page: LabPage, lab: LocalDevice) -> None:
     lab_page.page.locator(".jp-Parallalx-gpus").filter(has_not_text="not probed").wait_for()
     # the sections that exist now, and no placeholders for later ones
     titles = lab_page.panel.locator(".jp-AccordionPanel-title").all_text_contents()
-    assert [t.strip() for t in titles] == ["This device", "Requests", "Devices"]
+    assert [t.strip() for t in titles] == ["This device", "Requests", "Devices", "Cluster"]
     lab_page.shot("01-this-device")
 
 
@@ -253,3 +253,34 @@ def test_invite_by_url_from_command_palette(
     out_card.wait_for(state="detached", timeout=10_000)
     assert lab.api("GET", f"requests/{incoming['id']}")["state"] == "rejected"
     lab_page.shot("03-rejected-by-peer")
+
+
+def test_cluster_add_this_device_and_stop(lab_page: LabPage, lab: LocalDevice) -> None:
+    lab_id = lab.api("GET", "device")["id"]
+    section = lab_page.section("cluster")
+    section.scroll_into_view_if_needed()
+    address = section.locator(".jp-Parallalx-schedulerAddress")
+    address.wait_for(timeout=10_000)  # the scheduler may run already (pairing starts it)
+    lab_page.shot("01-before")
+
+    add = section.get_by_role("button", name="Add this device")
+    add.wait_for()
+    add.click()
+    address.filter(has_text="tls://127.0.0.1:").wait_for(timeout=30_000)
+    group = section.locator(f'.jp-Parallalx-workerGroup[data-device-id="{lab_id}"]')
+    group.wait_for(timeout=30_000)
+    assert group.locator(".jp-Parallalx-workerDevice").inner_text() == "main-desktop"
+    assert group.locator(".jp-Parallalx-worker").count() == 1
+    assert lab.api("GET", "cluster")["scheduler_address"] == address.inner_text()
+    link = section.locator("a.jp-Parallalx-dashboardLink")
+    if link.count() > 0:
+        assert link.get_attribute("rel") == "noopener noreferrer"
+        assert link.get_attribute("href", timeout=1000).startswith(("http://", "https://", "/"))
+    assert section.locator(".jp-Parallalx-clusterError").is_hidden()
+    lab_page.shot("02-running-with-this-device")
+
+    section.get_by_role("button", name="Stop").click()
+    address.filter(has_text="not running").wait_for(timeout=30_000)
+    assert section.locator(".jp-Parallalx-workerGroup").count() == 0
+    assert lab.api("GET", "cluster")["running"] is False
+    lab_page.shot("03-stopped")
