@@ -17,7 +17,7 @@ from typing import Any
 import psutil
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Bool, Float, Int, Unicode, default
+from traitlets import Float, Int, Unicode, default
 
 from ._version import __version__
 from .cluster.service import ClusterService
@@ -98,10 +98,6 @@ class ParallalxApp(ExtensionApp):
     ).tag(config=True)
     scheduler_port = Int(help="Dask scheduler port; 0 picks one once and keeps it. "
                          "Env: PARALLALX_SCHEDULER_PORT.").tag(config=True)
-    demo_auto_accept = Bool(
-        help="DEMO ONLY: accept every incoming request without asking. Never enable this on a "
-        "device you care about: accepting grants code execution. Env: PARALLALX_DEMO_AUTO_ACCEPT."
-    ).tag(config=True)
 
     @default("home")
     def _home(self) -> str:
@@ -159,10 +155,6 @@ class ParallalxApp(ExtensionApp):
     def _scheduler_port(self) -> int:
         return _env_default("scheduler_port", int, 0)
 
-    @default("demo_auto_accept")
-    def _demo_auto_accept(self) -> bool:
-        return _env_default("demo_auto_accept", bool, False)
-
     # ------------------------------------------------------------------ lifecycle
 
     manager: DeviceManager | None = None
@@ -187,7 +179,6 @@ class ParallalxApp(ExtensionApp):
             max_pending=self.max_pending,
             max_pending_per_ip=self.max_pending_per_ip,
             poll_interval=self.poll_interval,
-            demo_auto_accept=self.demo_auto_accept,
         )
         self.manager = DeviceManager(identity, self.store, settings, emit)
         self.environments = EnvironmentService(emit, Path(self.serverapp.root_dir))
@@ -206,8 +197,6 @@ class ParallalxApp(ExtensionApp):
         settings.peer_port = self.listener.port
         self.manager.peer_urls = advertised_urls(self.peer_ip, self.listener.port)
         self.manager.start()
-        if self.demo_auto_accept:
-            self.log.warning("parallalx: DEMO auto-accept is ON: every request is accepted")
         self.log.info(
             "parallalx device %s (%s), peer listener on %s:%s",
             identity.display_id, self.device_name, self.peer_ip, self.listener.port,

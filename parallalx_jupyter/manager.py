@@ -73,7 +73,6 @@ class PairingSettings:
     max_pending_per_ip: int = 5
     poll_interval: float = 2.0
     peer_port: int = 0
-    demo_auto_accept: bool = False
 
 
 def _role_for(kind: str, direction: str) -> str:
@@ -548,17 +547,7 @@ class DeviceManager:
             "request_id": row["id"], "kind": row["kind"], "peer_id": row["peer_id"],
             "peer_name": row["peer_name"], "expires_at": row["expires_at"],
         })
-        if self.settings.demo_auto_accept:
-            self._spawn(self._demo_accept(row["id"]))
         return {"request_id": row["id"], "nonce": row["my_nonce"], "expires_at": row["expires_at"]}
-
-    async def _demo_accept(self, request_id: str) -> None:
-        """Demo-only: stands in for the user clicking Accept. Off unless configured."""
-        await asyncio.sleep(0.2)
-        try:
-            await self.decide(request_id, accept=True, selection={"auto_accepted": True})
-        except ApiError as err:
-            log.info("demo auto-accept of %s skipped: %s", request_id, err.message)
 
     async def handle_status(self, opened: Opened) -> dict[str, Any]:
         await self.sweep()
