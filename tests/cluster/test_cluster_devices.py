@@ -121,3 +121,13 @@ def test_cluster_stop_start_and_add_self(make_device):
     stopped = a.api("POST", "cluster/stop")
     assert stopped["running"] is False and stopped["workers"] == []
     assert a.api("POST", "cluster/start")["running"] is True
+
+
+def test_offered_device_joins_the_main_devices_cluster(make_device):
+    main, helper = make_device("main"), make_device("helper")
+    helper_id = helper.api("GET", "device")["id"]
+    sent = helper.api("POST", "invitations", {"url": main.peer_url, "kind": "offer",
+                                              "asks": {"nthreads": 1}})
+    main.api("POST", f"requests/{sent['id']}/accept", {})
+    wait_for(lambda: helper_id in _workers_by_device(main), 60, 0.1)
+    wait_for(lambda: helper.api("GET", "cluster")["serving"][0]["state"] == "running", 30)
