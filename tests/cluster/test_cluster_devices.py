@@ -47,7 +47,7 @@ async def test_accepted_devices_join_run_tasks_and_revoke_is_immediate(make_devi
 
     state = a.api("GET", "cluster")
     assert state["running"] and state["scheduler_address"].startswith("tls://127.0.0.1:")
-    assert b.api("GET", "cluster")["serving"][0]["state"] == "running"
+    wait_for(lambda: b.api("GET", "cluster")["serving"][0]["state"] == "running", 30)
 
     client = await _main_client(a)
     try:
