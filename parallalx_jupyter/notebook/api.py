@@ -216,9 +216,11 @@ class Connection:
     def request(self, request_id: str) -> dict[str, Any]:
         return self.call("GET", f"requests/{_q(request_id)}")
 
-    def accept(self, request_id: str, kernel: str | None = None) -> dict[str, Any]:
-        return self.call("POST", f"requests/{_q(request_id)}/accept",
-                         {"kernel": kernel} if kernel else {})
+    def accept(
+        self, request_id: str, kernel: str | None = None, ide: str | None = None
+    ) -> dict[str, Any]:
+        body = {k: v for k, v in (("kernel", kernel), ("ide", ide)) if v}
+        return self.call("POST", f"requests/{_q(request_id)}/accept", body)
 
     def reject(self, request_id: str, reason: str | None = None) -> dict[str, Any]:
         return self.call("POST", f"requests/{_q(request_id)}/reject",

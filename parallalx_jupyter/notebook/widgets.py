@@ -328,7 +328,7 @@ class RequestCard(_TextRepr, widgets.VBox):
         self.reject_button.on_click(lambda _button: self.reject())
         self.kernel_picker = widgets.Dropdown(
             options=[("this server's Python", "")], value="", description="Run in",
-            tooltip="the kernel (Python environment) the worker runs in",
+            tooltip="the kernel, or an IDE's configured Python, the worker runs in",
         )
         self._load_kernels()
         self.buttons = widgets.HBox([self.kernel_picker, self.accept_button,
@@ -357,6 +357,14 @@ class RequestCard(_TextRepr, widgets.VBox):
             if k.get("selectable"):
                 label = f"{k.get('display_name') or k['name']} (Python {k.get('python_version')})"
                 options.append((label[:80], k["name"]))
+        try:
+            ides = self.connection.call("GET", "ides")
+        except Exception:  # kernels alone are enough to choose an environment
+            ides = []
+        for ide in ides:
+            if ide.get("found") and ide.get("interpreter"):
+                options.append((f"{ide['name']}'s Python ({ide['interpreter']})"[:80],
+                                f"ide:{ide['id']}"))
         self.kernel_picker.options = options
 
     @property
@@ -400,8 +408,10 @@ class RequestCard(_TextRepr, widgets.VBox):
         try:
             conn = self.connection or connect()
             rid = self.request_id
-            kernel = self.kernel_picker.value or None
-            result = conn.accept(rid, kernel=kernel) if accept else conn.reject(rid)
+            choice = self.kernel_picker.value or ""
+            ide = choice[4:] if choice.startswith("ide:") else None
+            kernel = None if ide else (choice or None)
+            result = conn.accept(rid, kernel=kernel, ide=ide) if accept else conn.reject(rid)
         except Exception as err:  # ClientError and anything else: shown on the card
             error = str(err) or type(err).__name__
         with UI_LOCK:

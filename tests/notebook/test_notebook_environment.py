@@ -74,3 +74,21 @@ def test_request_card_accepts_into_the_picked_kernel(alpha, bravo, conn_to):
     assert card.request["state"] == "accepted"
     grant = {d["name"]: d for d in bravo.api("GET", "devices")}["alpha"]["grant"]
     assert grant["selection"]["kernel"] == "python3"
+
+
+def test_request_card_can_run_the_worker_in_an_ides_python(alpha, bravo, conn_to):
+    from parallalx_jupyter.notebook.widgets import RequestCard
+
+    sent = alpha.api("POST", "invitations", {"url": bravo.peer_url})
+    conn = conn_to(bravo, websocket=False)
+    card = RequestCard(conn.request(sent["id"]), conn)
+    ide_choices = [v for _label, v in card.kernel_picker.options if v.startswith("ide:")]
+    configured = [i["id"] for i in bravo.api("GET", "ides") if i["found"] and i["interpreter"]]
+    assert ide_choices == [f"ide:{i}" for i in configured]
+    if not configured:
+        return
+    card.kernel_picker.value = ide_choices[0]
+    card.accept_button.click()
+    assert card.request["state"] == "accepted", card.error
+    grant = {d["name"]: d for d in bravo.api("GET", "devices")}["alpha"]["grant"]
+    assert grant["selection"]["ide"] == configured[0]
