@@ -8,4 +8,4 @@ if ! command -v chromium >/dev/null 2>&1; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
 fi
-jlpm --cwd labextension install --immutable >/dev/null
+(cd labextension && jlpm install --immutable >/dev/null)

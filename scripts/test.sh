@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# The test command: lint, check the installed extensions, run the whole suite.
+# The test command: lint, check the installed extensions, type-check and unit-test the lab
+# extension, run the whole pytest suite (real Jupyter servers, Dask clusters, Chromium).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m ruff check parallalx_jupyter tests benchmarks
-jupyter server extension list 2>&1 | grep -q "parallalx_jupyter.*enabled" \
-  || { echo "server extension not enabled"; jupyter server extension list; exit 1; }
-jupyter labextension list 2>&1 | grep -qE "parallalx-jupyter.*enabled.*OK" \
-  || { echo "lab extension not installed"; jupyter labextension list; exit 1; }
-jlpm --cwd labextension typecheck
-jlpm --cwd labextension test
+server_exts=$(jupyter server extension list 2>&1)
+grep -q "parallalx_jupyter.*enabled" <<<"$server_exts" \
+  || { echo "server extension not enabled"; echo "$server_exts"; exit 1; }
+lab_exts=$(jupyter labextension list 2>&1)
+grep -qE "parallalx-jupyter.*enabled.*OK" <<<"$lab_exts" \
+  || { echo "lab extension not installed"; echo "$lab_exts"; exit 1; }
+(cd labextension && jlpm typecheck && jlpm test)
 python -m pytest -q "$@"
