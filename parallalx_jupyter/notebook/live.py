@@ -36,6 +36,7 @@ class LiveState:
         self.connection = connection
         self.requests: list[dict[str, Any]] = []
         self.devices: list[dict[str, Any]] = []
+        self.cluster: dict[str, Any] | None = None
         self.error: str | None = None
         self.loaded = False
         self._views: list[weakref.ref[Any]] = []
@@ -54,7 +55,12 @@ class LiveState:
         """Re-read requests and devices (raises ClientError; keeps the old data then)."""
         requests = self.connection.requests(state="all")
         devices = self.connection.devices()
+        try:
+            cluster = self.connection.call("GET", "cluster")
+        except ClientError:  # a server without the cluster layer still lists devices
+            cluster = None
         self.requests, self.devices, self.error, self.loaded = requests, devices, None, True
+        self.cluster = cluster
 
     def request(self, request_id: str) -> dict[str, Any] | None:
         return next((r for r in self.requests if r["id"] == request_id), None)

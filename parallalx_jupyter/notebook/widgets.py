@@ -172,12 +172,41 @@ def _short_id(device: dict[str, Any]) -> str:
     return full[:15] + "…" if len(full) > 16 else full
 
 
-def devices_text(devices: Iterable[dict[str, Any]]) -> str:
+def granted_text(device: dict[str, Any]) -> str:
+    """What the grant gives: threads, memory, GPUs (the limits accepted with the request)."""
+    asks = (device.get("grant") or {}).get("asks") or {}
+    parts = []
+    if asks.get("nthreads"):
+        parts.append(f"{plain(asks['nthreads'], 6)} threads")
+    if asks.get("memory_limit_gb"):
+        parts.append(f"{plain(asks['memory_limit_gb'], 8)} GiB")
+    if asks.get("gpus"):
+        parts.append(f"{plain(asks['gpus'], 4)} GPUs")
+    return ", ".join(parts) or ("default limits" if device.get("grant") else "-")
+
+
+def worker_text(device: dict[str, Any], cluster: dict[str, Any] | None) -> str:
+    """The worker this pairing runs: the peer's workers in our cluster (peer is a worker), or
+    our worker for the peer (peer is our main device)."""
+    if cluster is None:
+        return "?"
+    if device.get("role") == "worker":
+        n = sum(1 for w in cluster.get("workers") or [] if w.get("device_id") == device.get("id"))
+        return f"{n} running" if n else "none"
+    entry = next((s for s in cluster.get("serving") or []
+                  if s.get("main_id") == device.get("id")), None)
+    return plain(entry.get("state"), 30) if entry else "none"
+
+
+def devices_text(
+    devices: Iterable[dict[str, Any]], cluster: dict[str, Any] | None = None
+) -> str:
     rows = [[plain(d.get("name"), NAME_LIMIT), _short_id(d), plain(d.get("role"), 20),
-             plain(d.get("state"), 20)] for d in devices]
+             plain(d.get("state"), 20), granted_text(d), worker_text(d, cluster)]
+            for d in devices]
     if not rows:
         return "No paired devices."
-    return _table(rows, ["NAME", "DEVICE ID", "ROLE", "STATE"])
+    return _table(rows, ["NAME", "DEVICE ID", "ROLE", "STATE", "GRANTED", "WORKER"])
 
 
 def _resources(profile: dict[str, Any] | None) -> str:
@@ -550,19 +579,25 @@ class _DeviceRow:
         self.id = widgets.HTML()
         self.role = widgets.Label()
         self.state = widgets.Label()
+        self.granted = widgets.Label()
+        self.worker = widgets.Label()
         self.revoke_button = widgets.Button(description="Revoke", icon="ban",
                                             tooltip="Stop sharing with this device")
         self.revoke_button.on_click(lambda _button: table.revoke(self.device["id"]))
+        self.table = table
         self.update(device)
 
     @property
     def cells(self) -> list[widgets.Widget]:
-        return [self.name, self.id, self.role, self.state, self.revoke_button]
+        return [self.name, self.id, self.role, self.state, self.granted, self.worker,
+                self.revoke_button]
 
     def update(self, device: dict[str, Any]) -> None:
         if (device.get("updated_at") or 0) < (self.device.get("updated_at") or 0):
             return  # stale: a refresh that started before this row's revoke
         self.device = device
+        _set(self.granted, "value", granted_text(device))
+        _set(self.worker, "value", worker_text(device, self.table.cluster))
         _set(self.name, "value", f"<b>{esc(device.get('name'), NAME_LIMIT)}</b>")
         full = esc(device.get("id_display") or device.get("id"), ID_LIMIT)
         _set(self.id, "value", f'<code title="{full}">{esc(_short_id(device))}</code>')
@@ -573,15 +608,16 @@ class _DeviceRow:
 
 
 class DeviceTable(_LiveView, widgets.VBox):
-    """Paired devices: name, ID, role, state and a Revoke button; live."""
+    """Paired devices: name, ID, role, state, granted resources, worker state and a Revoke
+    button; live."""
 
-    HEADER = ("Name", "Device ID", "Role", "State", "")
+    HEADER = ("Name", "Device ID", "Role", "State", "Granted", "Worker", "")
 
     def __init__(self, connection: Connection | None = None, *, live: bool = True) -> None:
         self.connection = connection or connect()
         self.rows: dict[str, _DeviceRow] = {}
         self.grid = widgets.GridBox(layout=widgets.Layout(
-            grid_template_columns="minmax(6em, 2fr) minmax(9em, 2fr) 6em 10em 8em",
+            grid_template_columns="minmax(6em, 2fr) minmax(9em, 2fr) 6em 9em 9em 8em 8em",
             grid_gap="2px 12px", align_items="center",
         ))
         self._header = [widgets.HTML(f"<b>{h}</b>") for h in self.HEADER]
@@ -598,8 +634,13 @@ class DeviceTable(_LiveView, widgets.VBox):
         with UI_LOCK:
             return [row.device for row in self.rows.values()]
 
+    @property
+    def cluster(self) -> dict[str, Any] | None:
+        live = getattr(self, "_live", None)
+        return live.cluster if live is not None else None
+
     def text(self) -> str:
-        return devices_text(self.devices)
+        return devices_text(self.devices, self.cluster)
 
     def revoke(self, device_id: str) -> dict[str, Any] | None:
         row = self.rows.get(device_id)

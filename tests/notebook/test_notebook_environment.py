@@ -92,3 +92,23 @@ def test_request_card_can_run_the_worker_in_an_ides_python(alpha, bravo, conn_to
     assert card.request["state"] == "accepted", card.error
     grant = {d["name"]: d for d in bravo.api("GET", "devices")}["alpha"]["grant"]
     assert grant["selection"]["ide"] == configured[0]
+
+
+def test_device_table_shows_granted_resources_and_worker_state(alpha, bravo, conn_to):
+    from parallalx_jupyter.local_device import wait_for
+    from parallalx_jupyter.notebook.widgets import DeviceTable
+
+    sent = alpha.api("POST", "invitations", {"url": bravo.peer_url, "asks": {"nthreads": 1}})
+    bravo.api("POST", f"requests/{sent['id']}/accept", {})
+    bravo_id = bravo.api("GET", "device")["id"]
+    wait_for(lambda: any(w["device_id"] == bravo_id
+                         for w in alpha.api("GET", "cluster")["workers"]), 60, 0.2)
+    table = DeviceTable(conn_to(alpha), live=False)
+    row = table.rows[bravo_id]
+    assert row.granted.value == "1 threads"
+    assert row.worker.value == "1 running"
+    assert "1 running" in table.text() and "GRANTED" in table.text()
+    served = DeviceTable(conn_to(bravo), live=False)
+    alpha_row = next(iter(served.rows.values()))
+    wait_for(lambda: served._live.refresh() or served._render() or
+             alpha_row.worker.value == "running", 30, 0.2)
