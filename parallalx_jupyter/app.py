@@ -42,8 +42,6 @@ def _env_default(name: str, cast: Any, fallback: Any) -> Any:
     value = _env(name)
     if value is None:
         return fallback
-    if cast is bool:
-        return value.lower() in ("1", "true", "yes", "on")
     return cast(value)
 
 

@@ -18,7 +18,6 @@ from typing import Any
 
 from .client import ApiClient, ClientError, ServerNotFound, find_server, match_device
 
-EXIT_USAGE = 2
 EXIT_API = 1
 
 
