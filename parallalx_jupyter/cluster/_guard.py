@@ -185,16 +185,21 @@ class AdmissionPolicy:
             return f"{ident.role} certificate is not the pinned one"
         return None
 
-    def check(self, ident: PeerIdentity, op: str, msg: dict, stream: bool) -> None:
-        """Raise :class:`AdmissionDenied` if ``ident`` may not send ``msg``."""
+    def admitted_before_op_rules(self, ident: PeerIdentity, op: str) -> bool:
+        """The checks every policy shares: blocked ops and refused connections raise; always-ops
+        and trusted roles are admitted (True); anything else is left to the op rules (False)."""
         if op in self.blocked_ops:
             raise AdmissionDenied(f"op {op!r} is disabled on this server")
         if op in self.always_ops:
-            return
+            return True
         reason = self.connection_reason(ident)
         if reason:
             raise AdmissionDenied(reason)
-        if ident.role in self.trusted_roles:
+        return ident.role in self.trusted_roles
+
+    def check(self, ident: PeerIdentity, op: str, msg: dict, stream: bool) -> None:
+        """Raise :class:`AdmissionDenied` if ``ident`` may not send ``msg``."""
+        if self.admitted_before_op_rules(ident, op):
             return
         if ident.role == ROLE_DEVICE and op in self.peer_ops:
             return
@@ -351,6 +356,27 @@ def make_guarded_worker_class(worker_cls: type, policy: AdmissionPolicy) -> type
     GuardedWorker.__name__ = "Worker"  # keeps dask config lookups ("distributed.worker.*")
     GuardedWorker.__qualname__ = "Worker"
     return GuardedWorker
+
+
+def stop_requested(parent_watch: bool) -> Any:
+    """An ``asyncio.Event`` set on SIGTERM/SIGINT and, with ``parent_watch``, when the
+    controlling process goes away: how the scheduler and worker subprocesses learn to stop."""
+    import asyncio
+    import os
+    import signal
+
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+
+    def _stop(*_: Any) -> None:
+        loop.call_soon_threadsafe(stopping.set)
+
+    if os.name == "posix":
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, _stop)
+    if parent_watch:
+        start_parent_watchdog(_stop, grace=10.0)
+    return stopping
 
 
 def start_parent_watchdog(on_parent_gone, grace: float = 10.0) -> None:

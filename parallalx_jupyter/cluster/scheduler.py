@@ -53,7 +53,7 @@ from ._guard import (
     AdmissionPolicy,
     GuardMixin,
     PeerIdentity,
-    start_parent_watchdog,
+    stop_requested,
 )
 from .supervisor import ProcessSupervisor, child_env
 from .tls import ClusterCredentials, RevocationList, write_private
@@ -134,12 +134,7 @@ class SchedulerAdmission(AdmissionPolicy):
         return owner is not None and owner.device_id == ident.device_id
 
     def check(self, ident: PeerIdentity, op: str, msg: dict, stream: bool) -> None:
-        if op in self.always_ops:
-            return
-        reason = self.connection_reason(ident)
-        if reason:
-            raise AdmissionDenied(reason)
-        if ident.role in self.trusted_roles:
+        if self.admitted_before_op_rules(ident, op):
             return
         if ident.role != ROLE_DEVICE:
             raise AdmissionDenied(f"op {op!r} is not allowed for {ident.label}")
@@ -433,21 +428,10 @@ async def start_scheduler(config: SchedulerConfig):
 
 
 async def _serve(config_path: str, parent_watch: bool) -> int:
-    import signal
 
     config = SchedulerConfig.load(config_path)
     scheduler = await start_scheduler(config)
-    loop = asyncio.get_running_loop()
-    stopping = asyncio.Event()
-
-    def _stop(*_):
-        loop.call_soon_threadsafe(stopping.set)
-
-    if os.name == "posix":
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, _stop)
-    if parent_watch:
-        start_parent_watchdog(_stop, grace=10.0)
+    stopping = stop_requested(parent_watch)
     done = asyncio.ensure_future(scheduler.finished())
     await asyncio.wait(
         [done, asyncio.ensure_future(stopping.wait())], return_when="FIRST_COMPLETED"

@@ -101,7 +101,6 @@ def _refused(exc: BaseException, marker: str) -> str | None:
 
 
 async def _run(cfg: dict, parent_watch: bool) -> int:
-    import signal
 
     import dask
     from distributed import Worker
@@ -110,17 +109,7 @@ async def _run(cfg: dict, parent_watch: bool) -> int:
     policy = guard.worker_policy(frozenset(cfg.get("extra_blocked_handlers") or ()))
     worker_cls = guard.make_guarded_worker_class(Worker, policy)
     status_file = cfg.get("status_file")
-    loop = asyncio.get_running_loop()
-    stopping = asyncio.Event()
-
-    def _stop(*_):
-        loop.call_soon_threadsafe(stopping.set)
-
-    if os.name == "posix":
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, _stop)
-    if parent_watch:
-        guard.start_parent_watchdog(_stop, grace=10.0)
+    stopping = guard.stop_requested(parent_watch)
 
     with dask.config.set({"distributed.comm.require-encryption": True}):
         worker = worker_cls(
