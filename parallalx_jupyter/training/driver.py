@@ -276,7 +276,7 @@ class Driver:
                 )
                 workers = workers[: self.job.global_batch]
                 self._require(workers, f"with a global batch of {self.job.global_batch}")
-            backend = choose_backend([bool(envs[w].get("cuda_available")) for w in workers])
+            backend = choose_backend([_gpu_of(envs[w]) for w in workers])
             mixed = len({bool(envs[w].get("cuda_available")) for w in workers}) > 1
             resume = self.store.latest()
             self._final = None
@@ -530,3 +530,10 @@ def _drop_topics(dask_scheduler: Any, topics: list[str], delete: bool) -> None:
         known = broker._topics  # noqa: SLF001 - no public way to drop a topic
         if delete and topic in known and not known[topic].subscribers:
             del known[topic]
+
+
+def _gpu_of(env: dict[str, Any]) -> str | None:
+    """The GPU a worker's rank would use, or None (older probes carry no UUID: use the worker)."""
+    if not env.get("cuda_available"):
+        return None
+    return str(env.get("gpu_uuid") or env.get("worker") or id(env))

@@ -181,9 +181,17 @@ def interface_for(host: str) -> str | None:
     return None
 
 
-def choose_backend(cuda_per_rank: Sequence[bool]) -> str:
-    """NCCL only when every rank has CUDA; gloo for CPU-only and mixed groups."""
-    return "nccl" if cuda_per_rank and all(cuda_per_rank) else "gloo"
+def choose_backend(gpu_per_rank: Sequence[str | None]) -> str:
+    """NCCL only when every rank has its own GPU; gloo for CPU-only, mixed and shared groups.
+
+    ``gpu_per_rank`` holds each rank's GPU identity (its UUID) or None without CUDA. NCCL
+    refuses two ranks on one GPU ("Duplicate GPU detected"), which happens when two workers of
+    one machine see the same card; gloo still moves their CUDA tensors, just through the host.
+    """
+    gpus = list(gpu_per_rank)
+    if not gpus or any(g is None for g in gpus):
+        return "gloo"
+    return "nccl" if len(set(gpus)) == len(gpus) else "gloo"
 
 
 def order_workers(workers: Sequence[str], prefer_host: str | None = None) -> list[str]:

@@ -32,6 +32,13 @@ PROBE_BYTES = 10_000_000
 
 
 # --------------------------------------------------------------------------- environment
+def _gpu_uuid(torch: Any) -> str:
+    """Identity of the GPU a rank would use (cuda:0 of this process): host + card UUID."""
+    props = torch.cuda.get_device_properties(0)
+    card = str(getattr(props, "uuid", "")) or f"{props.name}/{getattr(props, 'pci_bus_id', 0)}"
+    return f"{socket.gethostname()}/{card}"
+
+
 def probe_environment() -> dict[str, Any]:
     """Versions and capacity of this process (runs as a Dask task on each worker, and locally).
 
@@ -53,6 +60,7 @@ def probe_environment() -> dict[str, Any]:
         "cpu_count": os.cpu_count() or 1,
         "memory_available": int(psutil.virtual_memory().available),
         "cuda_memory": int(torch.cuda.mem_get_info(0)[1]) if cuda else 0,
+        "gpu_uuid": _gpu_uuid(torch) if cuda else None,
     }
     try:
         from distributed import get_worker
@@ -153,7 +161,11 @@ def measure_link(device: Any, size_bytes: int = PROBE_BYTES, iters: int = 3) -> 
 
 
 def measure_step_cost(
-    step: Callable[[int], tuple[float, float]], n1: int, n2: int, steps: int = 3
+    step: Callable[[int], tuple[float, float]],
+    n1: int,
+    n2: int,
+    steps: int = 3,
+    barrier: Callable[[], None] | None = None,
 ) -> dict[str, float]:
     """Fit ``time(n) = overhead + n * per_sample`` from timed steps at two batch sizes.
 
@@ -162,10 +174,18 @@ def measure_step_cost(
     samples/s figure would predict speed-ups that never materialise. One warm-up call per size
     is discarded; medians of the rest are used. Returns ``overhead_s``, ``per_sample_s`` and
     ``forward_fraction`` (forward share of the step at ``n1``, used for the comm estimate).
+
+    ``barrier`` (the process group's) is passed after the warm-ups, so no rank times its steps
+    while another is still in its one-off start-up (cuBLAS handles, allocator growth): on a GPU
+    shared by two ranks that made one rank look 75x slower than the other.
     """
+    step(n1)
+    if n2 > n1:
+        step(n2)
+    if barrier is not None:
+        barrier()
 
     def timed(n: int) -> tuple[float, float]:
-        step(n)
         runs = [step(n) for _ in range(max(1, steps))]
         return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
 

@@ -287,7 +287,7 @@ class RankTrainer:
 
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             with self._user("the model's training step (preflight)"):
-                cost = measure_step_cost(step, n1, n2, self.job.preflight_steps)
+                cost = measure_step_cost(step, n1, n2, self.job.preflight_steps, dist.barrier)
         with torch.no_grad():
             for b, saved in zip(model.buffers(), buffers, strict=True):
                 b.copy_(saved)

@@ -215,8 +215,10 @@ def test_version_mismatch_is_refused_with_a_table() -> None:
 
 
 def test_backend_and_rank_order() -> None:
-    assert choose_backend([True, True]) == "nccl"
-    assert choose_backend([True, False]) == "gloo"
+    assert choose_backend(["host/gpu-a", "host/gpu-b"]) == "nccl"
+    assert choose_backend(["host/gpu-a", None]) == "gloo"
+    assert choose_backend([None, None]) == "gloo"
+    assert choose_backend(["host/gpu-a", "host/gpu-a"]) == "gloo"  # NCCL: duplicate GPU
     ws = ["tls://10.0.0.9:1", "tls://10.0.0.2:5", "tls://10.0.0.5:3"]
     assert order_workers(ws, prefer_host="10.0.0.5")[0] == "tls://10.0.0.5:3"
     assert interface_for("127.0.0.1") == "lo"
