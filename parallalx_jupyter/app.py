@@ -24,6 +24,7 @@ from .cluster.service import ClusterService
 from .environments.service import EnvironmentService
 from .files import write_private
 from .identity import DeviceIdentity
+from .jobs.registry import JobRegistry
 from .manager import DeviceManager, PairingSettings
 from .server import events
 from .server.handlers import handlers
@@ -96,6 +97,10 @@ class ParallalxApp(ExtensionApp):
     ).tag(config=True)
     scheduler_port = Int(help="Dask scheduler port; 0 picks one once and keeps it. "
                          "Env: PARALLALX_SCHEDULER_PORT.").tag(config=True)
+    job_stale_after = Float(
+        help="Seconds without a report after which a running job is shown as lost (its kernel "
+        "died or its machine slept). Env: PARALLALX_JOB_STALE_AFTER."
+    ).tag(config=True)
 
     @default("home")
     def _home(self) -> str:
@@ -153,6 +158,10 @@ class ParallalxApp(ExtensionApp):
     def _scheduler_port(self) -> int:
         return _env_default("scheduler_port", int, 0)
 
+    @default("job_stale_after")
+    def _job_stale_after(self) -> float:
+        return _env_default("job_stale_after", float, 30.0)
+
     # ------------------------------------------------------------------ lifecycle
 
     manager: DeviceManager | None = None
@@ -199,8 +208,10 @@ class ParallalxApp(ExtensionApp):
             "parallalx device %s (%s), peer listener on %s:%s",
             identity.display_id, self.device_name, self.peer_ip, self.listener.port,
         )
+        self.jobs = JobRegistry(self.store, emit, stale_after=self.job_stale_after)
         self.settings.update({"parallalx_manager": self.manager, "parallalx_app": self,
-                              "parallalx_environments": self.environments})
+                              "parallalx_environments": self.environments,
+                              "parallalx_jobs": self.jobs})
 
     def initialize_handlers(self) -> None:
         self.handlers.extend(handlers())

@@ -77,6 +77,23 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (sender_id, nonce)
     );
     """,
+    """
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        workload TEXT NOT NULL,
+        name TEXT NOT NULL,
+        state TEXT NOT NULL,
+        owner TEXT NOT NULL DEFAULT '{}',
+        progress TEXT NOT NULL DEFAULT '{}',
+        loss_history TEXT NOT NULL DEFAULT '[]',
+        error TEXT,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        finished_at REAL
+    );
+    CREATE INDEX jobs_created ON jobs (created_at);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -86,7 +103,7 @@ REQUEST_JSON_FIELDS = ("asks",)
 
 def _row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> dict[str, Any]:
     out = {col[0]: value for col, value in zip(cursor.description, row, strict=True)}
-    for field in ("asks", "detail", "selection"):
+    for field in ("asks", "detail", "selection", "owner", "progress", "loss_history"):
         if isinstance(out.get(field), str):
             out[field] = json.loads(out[field])
     return out
@@ -360,6 +377,68 @@ class Store:
     async def touch_device(self, device_id: str, now: float) -> None:
         await self._run(
             lambda c: c.execute("UPDATE devices SET last_seen = ? WHERE id = ?", (now, device_id))
+        )
+
+    # -- jobs (registered by the process that runs them: a kernel, the CLI, the server) --
+
+    async def insert_job(self, job: dict[str, Any]) -> bool:
+        """False when a job with this ID exists already."""
+
+        def fn(c: sqlite3.Connection) -> bool:
+            cur = c.execute(
+                "INSERT OR IGNORE INTO jobs (id, workload, name, state, owner, created_at, "
+                "updated_at) VALUES (:id, :workload, :name, :state, :owner, :now, :now)",
+                {**job, "owner": json.dumps(job.get("owner") or {})},
+            )
+            return cur.rowcount == 1
+
+        return await self._run(fn)
+
+    async def get_job(self, job_id: str) -> dict[str, Any] | None:
+        return await self._run(
+            lambda c: c.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        )
+
+    async def list_jobs(self, limit: int = 200) -> list[dict[str, Any]]:
+        return await self._run(
+            lambda c: c.execute(
+                "SELECT * FROM jobs ORDER BY created_at DESC, id LIMIT ?", (limit,)
+            ).fetchall()
+        )
+
+    async def modify_job(
+        self, job_id: str, change: Callable[[dict[str, Any]], dict[str, Any] | None]
+    ) -> dict[str, Any] | None:
+        """Read-modify-write one job in one transaction: ``change(row)`` returns the columns to
+        set (or None for no change). Returns the row after the change, None if unknown."""
+
+        def fn(c: sqlite3.Connection) -> dict[str, Any] | None:
+            row = c.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return None
+            updates = change(dict(row))
+            if updates:
+                cols = ", ".join(f"{k} = ?" for k in updates)
+                values = [
+                    json.dumps(v) if isinstance(v, (dict, list)) else v for v in updates.values()
+                ]
+                c.execute(f"UPDATE jobs SET {cols} WHERE id = ?", (*values, job_id))
+                row = c.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            return row
+
+        return await self._run(fn)
+
+    async def delete_job(self, job_id: str) -> None:
+        await self._run(lambda c: c.execute("DELETE FROM jobs WHERE id = ?", (job_id,)))
+
+    async def trim_jobs(self, keep: int) -> int:
+        """Drop the oldest ended jobs beyond the newest ``keep``."""
+        return await self._run(
+            lambda c: c.execute(
+                "DELETE FROM jobs WHERE finished_at IS NOT NULL AND id NOT IN "
+                "(SELECT id FROM jobs ORDER BY created_at DESC LIMIT ?)",
+                (keep,),
+            ).rowcount
         )
 
     async def list_grants(self, device_id: str | None = None) -> list[dict[str, Any]]:

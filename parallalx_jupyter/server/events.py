@@ -92,6 +92,27 @@ INSTALL_PROGRESS = _schema(
     ["package", "phase"],
 )
 
+_NUMBER = {"type": "number"}
+
+JOB_PROGRESS = _schema(
+    "job-progress",
+    "A job (training, sweep, inference, ...) was registered, progressed, changed state or was "
+    "removed from the list",
+    {
+        "job_id": {"type": "string"},
+        "workload": {"type": "string"},
+        "name": {"type": "string", "description": "The job's name (user text)."},
+        "state": {"enum": ["pending", "running", "restarting", "cancelling", "finished",
+                           "failed", "cancelled", "lost", "removed"]},
+        "step": {"type": "integer"},
+        "total": {"type": "integer"},
+        "loss": _NUMBER,
+        "samples_per_s": _NUMBER,
+        "eta_s": _NUMBER,
+    },
+    ["job_id", "workload", "state"],
+)
+
 SCHEMAS: dict[str, dict] = {
     "request-received": REQUEST_RECEIVED,
     "request-decided": REQUEST_DECIDED,
@@ -100,6 +121,7 @@ SCHEMAS: dict[str, dict] = {
     "cluster-state": CLUSTER_STATE,
     "worker-state": WORKER_STATE,
     "install-progress": INSTALL_PROGRESS,
+    "job-progress": JOB_PROGRESS,
 }
 
 

@@ -21,6 +21,7 @@ from tornado import web
 from ..cluster.service import ClusterError, ClusterService
 from ..environments.errors import EnvironmentStepError
 from ..environments.service import EnvironmentService
+from ..jobs.registry import JobRegistry
 from ..manager import ApiError, DeviceManager
 from ..pairing import ProtocolError, validate
 
@@ -297,6 +298,64 @@ class EnvironmentActionHandler(EnvironmentHandlerBase):
         self.write_json(result)
 
 
+class JobsHandlerBase(ParallalxHandler):
+    @property
+    def jobs(self) -> JobRegistry:
+        return self.settings["parallalx_jobs"]
+
+    def body_json(self) -> Any:
+        """The raw JSON body (the registry checks its shape)."""
+        try:
+            return json.loads(self.request.body or b"{}")
+        except ValueError as err:
+            raise ApiError(400, f"body is not valid JSON: {err}") from None
+        except RecursionError:
+            raise ApiError(400, "body is not valid JSON: nested too deeply") from None
+
+
+class JobsHandler(JobsHandlerBase):
+    """The job list (every workload, every surface); POST registers a job run by the caller."""
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        self.write_json(await self.jobs.list())
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        self.write_json(await self.jobs.register(self.body_json()), 201)
+
+
+class JobHandler(JobsHandlerBase):
+    @web.authenticated
+    @authorized
+    async def get(self, job_id: str) -> None:
+        self.write_json(await self.jobs.get(job_id))
+
+    @web.authenticated
+    @authorized
+    async def delete(self, job_id: str) -> None:
+        await self.jobs.delete(job_id)
+        self.set_status(204)
+        self.finish()
+
+
+class JobActionHandler(JobsHandlerBase):
+    """progress: the job's owner reports (answer: whether to cancel); cancel: a user asks."""
+
+    get = web.RequestHandler.get
+
+    @web.authenticated
+    @authorized
+    async def post(self, job_id: str, action: str) -> None:
+        if action == "progress":
+            self.write_json(await self.jobs.update(job_id, self.body_json()))
+        else:
+            self.json_body({})
+            self.write_json(await self.jobs.cancel(job_id))
+
+
 class OpenAPIHandler(ParallalxHandler):
     @web.authenticated
     @authorized
@@ -324,6 +383,9 @@ def route_table() -> list[tuple[str, type[ParallalxHandler]]]:
         (r"/environment/(check|install)", EnvironmentActionHandler),
         (r"/cluster", ClusterHandler),
         (r"/cluster/(start|stop|add-self)", ClusterActionHandler),
+        (r"/jobs", JobsHandler),
+        (rf"/jobs/{_ID}", JobHandler),
+        (rf"/jobs/{_ID}/(progress|cancel)", JobActionHandler),
         (r"/openapi.json", OpenAPIHandler),
     ]
 

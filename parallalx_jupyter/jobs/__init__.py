@@ -1,0 +1,17 @@
+"""Jobs of every workload: the server's job list and the reporter a running job feeds it.
+
+A job runs in the process that holds its objects (the notebook's kernel, the ``parallalx`` CLI,
+or a runner the server starts), because models and data sets are Python objects there. That
+process registers the job with its device's Jupyter server and posts progress; the server keeps
+the list (``registry.JobRegistry``, persisted in the store), emits ``job-progress`` events and
+answers every progress post with whether someone asked to cancel. So the panel, the CLI and any
+kernel see and cancel the same jobs, whichever surface started them.
+"""
+
+from __future__ import annotations
+
+ACTIVE_STATES = ("pending", "running", "restarting", "cancelling")
+FINAL_STATES = ("finished", "failed", "cancelled")
+JOB_STATES = (*ACTIVE_STATES, *FINAL_STATES, "lost")
+
+__all__ = ["ACTIVE_STATES", "FINAL_STATES", "JOB_STATES"]

@@ -1,0 +1,197 @@
+"""The jobs REST API on a real in-process Jupyter server: the list every surface shares.
+
+A job's owner (a kernel, the CLI) registers it and posts progress; users list, cancel and
+remove it. These tests play the owner over HTTP exactly as ``jobs.reporter`` does; the
+reporter itself, driven by a real training job, is tested in tests/jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from test_local_api import _assert_error, _json, fetch
+
+OWNER = {"kind": "kernel", "pid": 4242, "host": "laptop"}
+
+
+def job_body(job_id: str = "job1", **kw: Any) -> dict[str, Any]:
+    return {"id": job_id, "workload": "train", "name": "digits MLP", "owner": OWNER, **kw}
+
+
+async def register(jp_fetch: Any, job_id: str = "job1", **kw: Any) -> dict[str, Any]:
+    r = await fetch(jp_fetch, "jobs", method="POST", body=job_body(job_id, **kw))
+    assert r.code == 201, r.body
+    return _json(r)
+
+
+async def progress(jp_fetch: Any, job_id: str, body: dict[str, Any]) -> Any:
+    return await fetch(jp_fetch, "jobs", job_id, "progress", method="POST", body=body)
+
+
+async def test_register_progress_list_and_finish(jp_fetch: Any) -> None:
+    job = await register(jp_fetch)
+    assert job["state"] == "pending" and job["owner"] == OWNER
+    assert job["progress"]["step"] is None and job["loss_history"] == []
+    r = await progress(jp_fetch, "job1", {
+        "state": "running",
+        "progress": {"step": 10, "total": 100, "fraction": 0.1, "loss": 1.5,
+                     "samples_per_s": 900.0, "eta_s": 12.0, "workers": 2},
+        "loss": [2.0, 1.7, 1.5],
+    })
+    assert _json(r) == {"cancel_requested": False}
+    r = await progress(jp_fetch, "job1", {"progress": {"step": 20, "loss": 1.2}, "loss": [1.2]})
+    assert r.code == 200
+    listed = _json(await fetch(jp_fetch, "jobs"))
+    assert [j["id"] for j in listed] == ["job1"]
+    p = listed[0]["progress"]
+    assert (p["step"], p["total"], p["loss"], p["workers"]) == (20, 100, 1.2, 2)  # merged
+    assert listed[0]["loss_history"] == [2.0, 1.7, 1.5, 1.2]
+    assert listed[0]["state"] == "running"
+    r = await progress(jp_fetch, "job1", {"state": "finished"})
+    assert r.code == 200
+    done = _json(await fetch(jp_fetch, "jobs", "job1"))
+    assert done["state"] == "finished" and done["finished_at"] >= done["created_at"]
+    # an ended job takes no more progress and cannot be cancelled
+    _assert_error(await progress(jp_fetch, "job1", {"state": "running"}), 409, "ended")
+    _assert_error(await fetch(jp_fetch, "jobs", "job1", "cancel", method="POST"), 409, "ended")
+
+
+async def test_cancel_reaches_the_owner_through_its_next_post(jp_fetch: Any) -> None:
+    await register(jp_fetch, "c1")
+    await progress(jp_fetch, "c1", {"state": "running"})
+    r = await fetch(jp_fetch, "jobs", "c1", "cancel", method="POST")
+    job = _json(r)
+    assert r.code == 200 and job["state"] == "cancelling" and job["cancel_requested"] is True
+    # the owner had not seen it yet and says "running": the job stays "cancelling"
+    assert _json(await progress(jp_fetch, "c1", {"state": "running"})) == {
+        "cancel_requested": True
+    }
+    assert _json(await fetch(jp_fetch, "jobs", "c1"))["state"] == "cancelling"
+    await progress(jp_fetch, "c1", {"state": "cancelled", "error": "cancelled by the user"})
+    job = _json(await fetch(jp_fetch, "jobs", "c1"))
+    assert job["state"] == "cancelled" and job["error"] == "cancelled by the user"
+
+
+async def test_remove_only_ended_jobs(jp_fetch: Any) -> None:
+    await register(jp_fetch, "r1")
+    _assert_error(await fetch(jp_fetch, "jobs", "r1", method="DELETE"), 409, "cancel it first")
+    await progress(jp_fetch, "r1", {"state": "failed", "error": "boom"})
+    r = await fetch(jp_fetch, "jobs", "r1", method="DELETE")
+    assert r.code == 204
+    assert _json(await fetch(jp_fetch, "jobs")) == []
+    _assert_error(await fetch(jp_fetch, "jobs", "r1"), 404, "no job")
+    _assert_error(await fetch(jp_fetch, "jobs", "r1", method="DELETE"), 404, "no job")
+
+
+@pytest.mark.parametrize("server_overrides", [{"ParallalxApp": {"job_stale_after": 0.5}}])
+async def test_a_silent_owner_makes_the_job_lost_until_it_reports_again(jp_fetch: Any) -> None:
+    await register(jp_fetch, "l1")
+    await progress(jp_fetch, "l1", {"state": "running"})
+    await asyncio.sleep(0.7)
+    assert _json(await fetch(jp_fetch, "jobs", "l1"))["state"] == "lost"
+    await progress(jp_fetch, "l1", {"progress": {"step": 3}})  # heartbeat: alive again
+    assert _json(await fetch(jp_fetch, "jobs", "l1"))["state"] == "running"
+    await asyncio.sleep(0.7)
+    r = await fetch(jp_fetch, "jobs", "l1", method="DELETE")  # a lost job can be cleared
+    assert r.code == 204
+
+
+async def test_jobs_survive_a_restart_of_the_store(jp_fetch: Any, parallalx_app: Any) -> None:
+    await register(jp_fetch, "p1")
+    await progress(jp_fetch, "p1", {"state": "running", "loss": [1.0, 0.5]})
+    row = parallalx_app.store.run_sync(
+        lambda c: c.execute("SELECT state, loss_history FROM jobs WHERE id = 'p1'").fetchone()
+    )
+    assert row["state"] == "running" and row["loss_history"] == [1.0, 0.5]
+
+
+async def test_long_loss_history_is_thinned_over_the_whole_run(jp_fetch: Any) -> None:
+    await register(jp_fetch, "h1")
+    for i in range(3):
+        await progress(jp_fetch, "h1", {"loss": [float(i * 1000 + k) for k in range(1000)]})
+    hist = _json(await fetch(jp_fetch, "jobs", "h1"))["loss_history"]
+    assert len(hist) == 200
+    assert hist[0] == 0.0 and hist[-1] >= 2900  # first and (nearly) last point of the run
+    assert hist == sorted(hist)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        (b"{not json", 400, "not valid JSON"),
+        ({"id": "x"}, 400, "missing field"),
+        ({**job_body("bad id!")}, 400, "job ID"),
+        ({**job_body("x"), "extra": 1}, 400, "unexpected field"),
+        ({**job_body("x"), "owner": {"kind": "alien", "pid": 1, "host": "h"}}, 400, "kind"),
+        ({**job_body("x"), "name": "n" * 201}, 400, "name"),
+        ([1, 2], 400, "JSON object"),
+    ],
+)
+async def test_bad_registrations_are_clear_400s(jp_fetch: Any, body, status, message) -> None:
+    r = await fetch(jp_fetch, "jobs", method="POST", body=body)
+    _assert_error(r, status, message)
+    assert _json(await fetch(jp_fetch, "jobs")) == []
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"state": "exploded"}, "state"),
+        ({"progress": {"fraction": 2}}, "fraction"),
+        ({"progress": {"loss": "low"}}, "loss"),
+        ({"progress": {"step": -1}}, "step"),
+        ({"progress": {"mood": "great"}}, "unexpected field"),
+        ({"loss": [1, "NaN"]}, "loss"),
+        ({"loss": [0.0] * 1001}, "loss"),
+    ],
+)
+async def test_bad_progress_is_refused_and_changes_nothing(jp_fetch: Any, body, message) -> None:
+    await register(jp_fetch, "b1")
+    _assert_error(await progress(jp_fetch, "b1", body), 400, message)
+    job = _json(await fetch(jp_fetch, "jobs", "b1"))
+    assert job["state"] == "pending" and job["loss_history"] == []
+
+
+async def test_duplicate_and_unknown_ids(jp_fetch: Any) -> None:
+    await register(jp_fetch, "d1")
+    r = await fetch(jp_fetch, "jobs", method="POST", body=job_body("d1"))
+    _assert_error(r, 409, "exists already")
+    _assert_error(await progress(jp_fetch, "nope", {"state": "running"}), 404, "no job")
+    _assert_error(await fetch(jp_fetch, "jobs", "nope", "cancel", method="POST"), 404, "no job")
+    _assert_error(await fetch(jp_fetch, "jobs", "d1", "cancel", method="POST", body={"x": 1}),
+                  400, "unexpected field")
+
+
+async def test_hostile_names_come_back_as_plain_json_text(jp_fetch: Any) -> None:
+    name = '<img src=x onerror="alert(1)">\u202e'
+    await register(jp_fetch, "x1", name=name)
+    raw = (await fetch(jp_fetch, "jobs", "x1")).body
+    assert json.loads(raw)["name"] == name
+
+
+async def test_every_change_is_a_job_progress_event(jp_fetch: Any, jp_serverapp: Any) -> None:
+    from parallalx_jupyter.server.events import schema_id
+
+    seen: list[dict[str, Any]] = []
+
+    async def listener(logger: Any, schema_id: str, data: dict[str, Any]) -> None:
+        seen.append(dict(data))
+
+    jp_serverapp.event_logger.add_listener(schema_id=schema_id("job-progress"), listener=listener)
+    await register(jp_fetch, "e1")
+    await progress(jp_fetch, "e1", {"state": "running", "progress": {"step": 5, "total": 9,
+                                                                     "loss": 0.5}})
+    await fetch(jp_fetch, "jobs", "e1", "cancel", method="POST")
+    await progress(jp_fetch, "e1", {"state": "cancelled"})
+    await fetch(jp_fetch, "jobs", "e1", method="DELETE")
+    for _ in range(50):
+        if len(seen) >= 5:
+            break
+        await asyncio.sleep(0.05)
+    assert [e["state"] for e in seen] == ["pending", "running", "cancelling", "cancelled",
+                                          "removed"]
+    assert seen[1] == {"job_id": "e1", "workload": "train", "name": "digits MLP",
+                       "state": "running", "step": 5, "total": 9, "loss": 0.5}
