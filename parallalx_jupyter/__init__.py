@@ -6,15 +6,25 @@ from typing import Any
 
 from ._version import __version__
 
-__all__ = ["__version__", "load_ipython_extension", "train", "unload_ipython_extension"]
+__all__ = [
+    "__version__",
+    "load_ipython_extension",
+    "run",
+    "train",
+    "unload_ipython_extension",
+]
 
 
 def __getattr__(name: str) -> Any:
-    """Lazy exports: ``parallalx_jupyter.train`` imports torch and dask only when first used."""
+    """Lazy exports: ``train`` and ``run`` (any workload) import torch and dask when first used."""
     if name == "train":
         from .training import train
 
         return train
+    if name == "run":
+        from .workloads import run
+
+        return run
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

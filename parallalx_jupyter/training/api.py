@@ -10,135 +10,50 @@ device's own parallalx cluster as the main device.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import contextlib
-import copy
-import math
-import threading
-import uuid
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import CheckpointStore, unpack
-from .driver import Driver
-from .errors import TrainingCancelledError, TrainingError
+from ..jobs.handle import Job
+from .checkpoint import CheckpointStore
+from .errors import TrainingError
 from .metrics import ProgressHub, Record
 from .preflight import PreflightReport
-from .spec import JobSpec, build_model, optimizer_factory, pack_user_objects
-from .strategies import STRATEGIES
-
-HISTORY_LIMIT = 100_000
 
 
-class TrainingJob:
+class TrainingJob(Job):
     """Handle on a running training job (thread-safe to read from the notebook).
 
-    Attributes, updated live from the job's background thread:
+    Besides :class:`~parallalx_jupyter.jobs.handle.Job`'s ``state``, ``progress`` (global step,
+    loss, samples/s, communication share, stragglers, ETA, per-rank figures; see
+    :mod:`.metrics`), ``history`` and ``events``:
 
-    * ``state``: pending, running, restarting, finished, failed or cancelled;
-    * ``progress``: the latest progress record (global step, loss, samples/s, communication
-      share, stragglers, ETA, per-rank figures; see :mod:`.metrics`);
-    * ``history``: every progress record so far, without the per-rank part;
-    * ``events``: preflight, checkpoint, restart and state records;
     * ``preflight``: the latest :class:`PreflightReport` (one per attempt);
-    * ``restarts``: how often the group was re-formed after losing a worker.
+    * ``restarts``: how often the group was re-formed after losing a worker;
+    * ``checkpoint_path``: the newest checkpoint written for this job.
+
+    ``result()`` is the trained model as a CPU module in this process.
     """
 
-    def __init__(self, job_id: str, hub: ProgressHub, store: CheckpointStore) -> None:
-        self.id = job_id
-        self._hub = hub
-        self._store = store
-        self._future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._cancel = threading.Event()
-        self._lock = threading.Lock()
-        self.state = "pending"
-        self.progress: Record = {}
-        self.history: list[Record] = []
-        self.events: list[Record] = []
+    def __init__(
+        self, job_id: str, hub: ProgressHub, store: CheckpointStore, name: str = "training"
+    ) -> None:
         self.preflight: PreflightReport | None = None
         self.restarts = 0
-        hub.subscribe(self._record)
+        self._store = store
+        super().__init__(job_id, "train", name, hub)
 
-    def _record(self, rec: Record) -> None:
-        with self._lock:
-            kind = rec.get("kind")
-            if kind == "progress":
-                self.progress = rec
-                if len(self.history) < HISTORY_LIMIT:
-                    self.history.append({k: v for k, v in rec.items() if k != "ranks"})
-                return
-            self.events.append(rec)
-            if kind == "preflight":
-                self.preflight = PreflightReport.from_dict(rec["report"])
-            elif kind == "restart":
-                self.restarts += 1
-            elif kind == "state":
-                self.state = str(rec["state"])
-
-    # ------------------------------------------------------------------ control
-    def cancel(self) -> bool:
-        """Ask the ranks to stop at their next control step; False if already done."""
-        if self._future.done():
-            return False
-        self._cancel.set()
-        return True
-
-    def done(self) -> bool:
-        return self._future.done()
-
-    def result(self, timeout: float | None = None) -> Any:
-        """The trained model (CPU, in this process); re-raises the job's error."""
-        return self._future.result(timeout)
-
-    def exception(self, timeout: float | None = None) -> BaseException | None:
-        return self._future.exception(timeout)
-
-    def subscribe(
-        self, callback: Callable[[Record], Any], kinds: set[str] | None = None
-    ) -> Callable[[], None]:
-        """Receive every record (progress, preflight, checkpoint, restart, state)."""
-        return self._hub.subscribe(callback, kinds)
+    def _on_record(self, rec: Record) -> None:
+        kind = rec.get("kind")
+        if kind == "preflight":
+            self.preflight = PreflightReport.from_dict(rec["report"])
+        elif kind == "restart":
+            self.restarts += 1
 
     @property
     def checkpoint_path(self) -> Path | None:
         """Newest checkpoint file written for this job (None without ``checkpoint_dir``)."""
         return self._store.last_path
-
-    def __await__(self) -> Generator[Any, None, Any]:
-        return asyncio.wrap_future(self._future).__await__()
-
-    def __repr__(self) -> str:
-        p = self.progress
-        step = f" step {p.get('global_step')}/{p.get('total_steps')}" if p else ""
-        return f"<TrainingJob {self.id} {self.state}{step}>"
-
-
-def _resolve_client(client: Any, security: Any) -> tuple[Any, bool]:
-    """``(client, owned)``: the given one, a new one for an address, or this device's cluster.
-
-    Without ``client``: the process's default Dask client if one exists, otherwise this
-    device's own parallalx cluster as the main device (``cluster.connect.main_client``), which
-    the job closes when it ends.
-    """
-    from distributed import Client, default_client
-
-    if client is None:
-        with contextlib.suppress(ValueError):
-            return default_client(), False
-        from ..cluster.connect import NoClusterError, main_client
-
-        try:
-            return main_client(), True
-        except NoClusterError as exc:
-            raise TrainingError(
-                f"no Dask client given and no parallalx cluster on this device: {exc}. Pass "
-                "client= (a Client or a scheduler address), or pair a device first"
-            ) from None
-    if isinstance(client, str):
-        return Client(client, security=security, set_as_default=False), True
-    return client, False
 
 
 def train(
@@ -170,6 +85,8 @@ def train(
     settle_timeout: float = 5.0,
     heartbeat_timeout: float = 15.0,
     probe_timeout: float = 60.0,
+    name: str | None = None,
+    report: Any = True,
 ) -> TrainingJob:
     """Train ``model`` data-parallel on every worker of a Dask cluster; returns at once.
 
@@ -185,95 +102,32 @@ def train(
     resumes when ``resume`` is true). A lost worker makes the job re-form with the rest (at most
     ``max_restarts`` times, never below ``min_workers``). A frozen worker is detected after
     ``group_timeout`` seconds. ``on_progress`` receives progress records.
+
+    Training is the ``train`` workload (:mod:`parallalx_jupyter.workloads.train`): the job is
+    listed by this device's server (``name`` shows there; ``report=False`` keeps it local), so
+    the panel, the CLI and other kernels see its progress and can cancel it.
     """
-    if strategy != "auto" and strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be 'auto' or one of {STRATEGIES}, not {strategy!r}")
-    for name, value in (
-        ("epochs", epochs),
-        ("batch_size", batch_size),
-        ("min_workers", min_workers),
-    ):
-        if int(value) < 1:
-            raise ValueError(f"{name} must be >= 1")
-    if max_restarts < 0 or checkpoint_every < 0:
-        raise ValueError("max_restarts and checkpoint_every must be >= 0")
-    if not (group_timeout > 0 and math.isfinite(group_timeout)):
-        raise ValueError("group_timeout must be a positive number of seconds")
+    from ..jobs.client import NoClientError
+    from ..workloads.runner import start
+    from ..workloads.train import TrainWorkload
 
-    job_id = uuid.uuid4().hex[:12]
-    ship_model = copy.deepcopy(model) if _is_module(model) else model
-    spec = JobSpec(
-        job_id=job_id,
-        user_objects=pack_user_objects(ship_model, dataset, loss_fn, optimizer_factory(optimizer)),
-        epochs=int(epochs),
-        global_batch=int(batch_size),
-        strategy=strategy,
-        seed=int(seed),
-        shuffle=bool(shuffle),
-        checkpoint_every=int(checkpoint_every),
-        max_steps=max_steps,
-        metrics_interval=float(metrics_interval),
-        torch_threads=torch_threads,
-        shares=list(shares) if shares is not None else None,
-        local_sgd_every=local_sgd_every,
-    )
-    store = CheckpointStore(checkpoint_dir)
-    if store.files():
-        if not resume:
-            raise ValueError(
-                f"{checkpoint_dir} already holds checkpoints; pass resume=True to continue "
-                "from them or choose another checkpoint_dir"
-            )
-        store.latest()  # load the newest checkpoint on disk
-    hub = ProgressHub()
-    job = TrainingJob(job_id, hub, store)
-    if on_progress is not None:
-        hub.subscribe(on_progress, {"progress"})
-    dask_client, owned = _resolve_client(client, security)
-    driver = Driver(
-        dask_client,
-        spec,
-        store=store,
-        hub=hub,
-        cancel=job._cancel,
-        min_workers=int(min_workers),
-        max_restarts=int(max_restarts),
-        group_timeout=float(group_timeout),
-        settle_timeout=float(settle_timeout),
-        heartbeat_timeout=float(heartbeat_timeout),
-        probe_timeout=float(probe_timeout),
-        workers=workers,
-    )
-
-    def run() -> None:
-        try:
-            final = driver.run()
-            trained = _load_result(model, ship_model, final)
-        except BaseException as exc:
-            state = "cancelled" if isinstance(exc, TrainingCancelledError) else "failed"
-            hub.emit({"kind": "state", "job_id": job_id, "state": state, "error": str(exc)})
-            job._future.set_exception(exc)
-        else:
-            hub.emit({"kind": "state", "job_id": job_id, "state": "finished"})
-            job._future.set_result(trained)
-        finally:
-            if owned:
-                dask_client.close()
-
-    threading.Thread(target=run, name=f"parallalx-train-{job_id}", daemon=True).start()
+    params = {
+        "model": model, "dataset": dataset, "loss_fn": loss_fn, "optimizer": optimizer,
+        "epochs": epochs, "batch_size": batch_size, "strategy": strategy,
+        "checkpoint_dir": None if checkpoint_dir is None else str(checkpoint_dir),
+        "checkpoint_every": checkpoint_every, "min_workers": min_workers,
+        "max_restarts": max_restarts, "group_timeout": group_timeout,
+        "on_progress": on_progress, "workers": None if workers is None else list(workers),
+        "seed": seed, "shuffle": shuffle, "max_steps": max_steps, "resume": resume,
+        "shares": None if shares is None else list(shares),
+        "local_sgd_every": local_sgd_every, "torch_threads": torch_threads,
+        "metrics_interval": metrics_interval, "settle_timeout": settle_timeout,
+        "heartbeat_timeout": heartbeat_timeout, "probe_timeout": probe_timeout,
+    }
+    try:
+        job = start(TrainWorkload(), params, client=client, security=security, name=name,
+                    report=report)
+    except NoClientError as err:
+        raise TrainingError(str(err)) from None
+    assert isinstance(job, TrainingJob)
     return job
-
-
-def _is_module(obj: Any) -> bool:
-    import torch
-
-    return isinstance(obj, torch.nn.Module)
-
-
-def _load_result(model: Any, shipped: Any, final: bytes) -> Any:
-    """A CPU model in this process with the final weights (the caller's object is untouched)."""
-    state = unpack(final)
-    local = copy.deepcopy(shipped) if _is_module(model) else build_model(model)
-    local = local.to("cpu")
-    local.load_state_dict(state["model"])
-    return local

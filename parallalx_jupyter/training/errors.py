@@ -7,6 +7,8 @@ carry everything the user needs (the remote traceback as text, never a live trac
 
 from __future__ import annotations
 
+from ..jobs.handle import JobCancelledError
+
 
 class TrainingError(RuntimeError):
     """Base class for every error the training engine raises on purpose."""
@@ -59,5 +61,5 @@ class RestartsExhaustedError(TrainingError):
     """The job failed more often than ``max_restarts`` allows; ``__cause__`` is the last failure."""
 
 
-class TrainingCancelledError(TrainingError):
+class TrainingCancelledError(TrainingError, JobCancelledError):
     """``TrainingJob.cancel()`` stopped the job; the last checkpoint (if any) stays on disk."""

@@ -23,14 +23,15 @@ from __future__ import annotations
 
 import logging
 import statistics
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+from ..jobs.hub import ProgressHub, Record
+
 logger = logging.getLogger(__name__)
 
-Record = dict[str, Any]
+__all__ = ["ProgressAggregator", "ProgressHub", "RankMetrics", "Record"]
 
 
 class RankMetrics:
@@ -208,37 +209,3 @@ class ProgressAggregator:
             ],
             "time": time.time(),
         }
-
-
-class ProgressHub:
-    """Fan records out to subscribers; a failing subscriber is logged, never propagated."""
-
-    def __init__(self) -> None:
-        self._subs: list[tuple[Callable[[Record], Any], frozenset[str] | None]] = []
-        self._lock = threading.Lock()
-
-    def subscribe(
-        self, callback: Callable[[Record], Any], kinds: set[str] | None = None
-    ) -> Callable[[], None]:
-        """Call ``callback(record)`` for records of ``kinds`` (all if None); returns unsubscribe."""
-        entry = (callback, frozenset(kinds) if kinds else None)
-        with self._lock:
-            self._subs.append(entry)
-
-        def unsubscribe() -> None:
-            with self._lock:
-                if entry in self._subs:
-                    self._subs.remove(entry)
-
-        return unsubscribe
-
-    def emit(self, record: Record) -> None:
-        with self._lock:
-            subs = list(self._subs)
-        for callback, kinds in subs:
-            if kinds is not None and record.get("kind") not in kinds:
-                continue
-            try:
-                callback(record)
-            except Exception:
-                logger.exception("training progress subscriber %r failed", callback)

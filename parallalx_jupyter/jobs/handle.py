@@ -1,0 +1,106 @@
+"""``Job``: the handle every workload's ``run`` returns in the process that started it.
+
+Thread-safe to read from a notebook while the job's background thread updates it: ``state``,
+``progress`` (the latest progress record), ``history`` (every progress record without per-worker
+detail), ``events`` (everything else: state changes, workload-specific records). ``result()``
+(or ``await job``) gives the workload's result back; ``cancel()`` asks it to stop. Records flow
+through one :class:`~parallalx_jupyter.jobs.hub.ProgressHub`, which the notebook
+dashboards and the server reporter subscribe to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Callable, Generator
+from typing import Any
+
+from .hub import ProgressHub, Record
+
+HISTORY_LIMIT = 100_000
+
+
+class JobCancelledError(RuntimeError):
+    """The job stopped because someone cancelled it (``Job.cancel()``, the panel, the CLI)."""
+
+DETAIL_KEYS = ("ranks", "workers_detail")  # per-worker parts, kept only in ``progress``
+
+
+class Job:
+    """Handle on a running job of any workload (see the module docstring)."""
+
+    def __init__(self, job_id: str, workload: str, name: str, hub: ProgressHub | None = None):
+        self.id = job_id
+        self.workload = workload
+        self.name = name
+        self._hub = hub or ProgressHub()
+        self._future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._cancel = threading.Event()
+        self._lock = threading.Lock()
+        self.state = "pending"
+        self.error: str | None = None
+        self.progress: Record = {}
+        self.history: list[Record] = []
+        self.events: list[Record] = []
+        self._hub.subscribe(self._record)
+
+    @property
+    def hub(self) -> ProgressHub:
+        return self._hub
+
+    def _record(self, rec: Record) -> None:
+        with self._lock:
+            kind = rec.get("kind")
+            if kind == "progress":
+                self.progress = rec
+                if len(self.history) < HISTORY_LIMIT:
+                    self.history.append({k: v for k, v in rec.items() if k not in DETAIL_KEYS})
+                return
+            self.events.append(rec)
+            if kind == "state":
+                self.state = str(rec["state"])
+                if rec.get("error"):
+                    self.error = str(rec["error"])
+            self._on_record(rec)
+
+    def _on_record(self, rec: Record) -> None:
+        """Workload-specific bookkeeping of non-progress records (called under the lock)."""
+
+    # ------------------------------------------------------------------ control
+    def cancel(self) -> bool:
+        """Ask the job to stop at its next chance; False if it has already ended."""
+        if self._future.done():
+            return False
+        self._cancel.set()
+        return True
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self._cancel.is_set()
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The workload's result; re-raises the job's error."""
+        return self._future.result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        return self._future.exception(timeout)
+
+    def subscribe(
+        self, callback: Callable[[Record], Any], kinds: set[str] | None = None
+    ) -> Callable[[], None]:
+        """Receive every record (progress, state and workload-specific ones)."""
+        return self._hub.subscribe(callback, kinds)
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return asyncio.wrap_future(self._future).__await__()
+
+    def __repr__(self) -> str:
+        p = self.progress
+        step = p.get("step", p.get("global_step"))
+        total = p.get("total", p.get("total_steps"))
+        where = f" step {step}/{total}" if step is not None else ""
+        return f"<{type(self).__name__} {self.workload} {self.id} {self.state}{where}>"

@@ -1,0 +1,149 @@
+"""The workload protocol: what a kind of work must say so every surface can run it.
+
+A workload is a class (found through the ``parallalx_jupyter.workloads`` entry-point group)
+with a ``name``, a one-line ``description``, a JSON-Schema ``parameters`` object and a
+``run(ctx, params)`` method. parallalx does the rest the same way for all of them: checks the
+parameters (one clear line on a mistake), picks the Dask client, creates the :class:`Job`
+handle, runs ``run`` in a background thread, puts the job in the device's job list (panel,
+CLI, other kernels see it and can cancel it), and returns ``run``'s value as the job's result.
+
+``run`` splits the work over the cluster itself (``ctx.client`` is a plain
+``distributed.Client``), reports with ``ctx.progress(...)``, stops when ``ctx.cancelled``
+turns true (``ctx.check_cancelled()`` raises for it) and decides what a lost worker means
+for it (retry its part elsewhere, restart from a checkpoint, fail). See docs/workloads.md.
+
+Parameters that are Python objects (a model, a data set, a function) are declared with
+``{"x-python": true}``: from Python they are passed as objects; from the CLI or a magic as
+``"package.module:attribute"`` strings, imported by :func:`load_object`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+from ..jobs.handle import Job, JobCancelledError
+
+
+class WorkloadError(ValueError):
+    """A workload cannot start: unknown name or parameters that fail its schema (one line)."""
+
+
+class WorkloadCancelledError(JobCancelledError):
+    """Raised by ``JobContext.check_cancelled`` inside ``run``."""
+
+
+def load_object(ref: str, what: str) -> Any:
+    """``"package.module:attribute"`` -> the object (for parameters given as text)."""
+    module, _, attr = ref.partition(":")
+    if not module or not attr:
+        raise WorkloadError(f"{what}: expected 'package.module:attribute', got {ref!r}")
+    try:
+        obj: Any = importlib.import_module(module)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as err:
+        raise WorkloadError(f"{what}: cannot import {ref!r}: {err}") from None
+    return obj
+
+
+class JobContext:
+    """What ``Workload.run`` gets: the cluster, the job, and ways to report and stop."""
+
+    def __init__(self, job: Job, client: Any) -> None:
+        self.job = job
+        self.client = client
+
+    @property
+    def cancelled(self) -> bool:
+        return self.job.cancel_requested
+
+    def check_cancelled(self) -> None:
+        if self.job.cancel_requested:
+            raise WorkloadCancelledError(f"{self.job.workload} job {self.job.id} was cancelled")
+
+    def progress(self, **fields: Any) -> None:
+        """Report progress: ``step``, ``total``, ``loss``, ``samples_per_s``, ``eta_s``,
+        ``workers``, ``message`` are shown everywhere; any other field stays in
+        ``job.progress``/``job.history`` for the workload's own views."""
+        self.job.hub.emit({"kind": "progress", "job_id": self.job.id, "time": time.time(),
+                           **fields})
+
+    def record(self, kind: str, **fields: Any) -> None:
+        """A workload-specific record (``job.events``), e.g. one finished trial."""
+        self.job.hub.emit({"kind": kind, "job_id": self.job.id, "time": time.time(), **fields})
+
+    def workers(self) -> list[str]:
+        """Addresses of the cluster's workers now."""
+        return sorted(self.client.scheduler_info(n_workers=-1)["workers"])
+
+
+class Workload(ABC):
+    """Subclass this (see the module docstring) and declare it as an entry point."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    parameters: ClassVar[dict[str, Any]] = {"type": "object", "properties": {}}
+    job_class: ClassVar[type[Job]] = Job
+
+    def validate(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Check ``params`` against ``parameters``; fill defaults; import text references."""
+        return validate_params(self.name, self.parameters, params)
+
+    def job_name(self, params: dict[str, Any]) -> str:
+        """The name shown in job lists."""
+        return self.name
+
+    def make_job(self, job_id: str, name: str, params: dict[str, Any]) -> Job:
+        return self.job_class(job_id, self.name, name)
+
+    @abstractmethod
+    def run(self, ctx: JobContext, params: dict[str, Any]) -> Any:
+        """Do the work on ``ctx.client``'s cluster; the return value is the job's result."""
+
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        """Name, description and parameter schema, as the API and the CLI list them."""
+        return {"name": cls.name, "description": cls.description, "parameters": cls.parameters}
+
+
+def validate_params(workload: str, schema: dict[str, Any], params: Any) -> dict[str, Any]:
+    import jsonschema
+
+    if not isinstance(params, dict):
+        raise WorkloadError(f"{workload}: parameters must be a mapping of names to values")
+    props: dict[str, Any] = schema.get("properties", {})
+    unknown = sorted(set(params) - set(props)) if schema.get("additionalProperties") is False \
+        else []
+    if unknown:
+        raise WorkloadError(
+            f"{workload}: unknown parameter(s) {', '.join(unknown)}; known: {', '.join(props)}"
+        )
+    python = {k for k, p in props.items() if isinstance(p, dict) and p.get("x-python")}
+    out = dict(params)
+    for key in python & set(out):
+        if isinstance(out[key], str):
+            out[key] = load_object(out[key], f"{workload}: parameter '{key}'")
+    checked = {k: v for k, v in out.items() if k not in python}
+    json_schema = {
+        **schema,
+        "properties": {k: v for k, v in props.items() if k not in python},
+        "required": [r for r in schema.get("required", []) if r not in python],
+    }
+    missing = [r for r in schema.get("required", []) if r in python and r not in out]
+    if missing:
+        raise WorkloadError(f"{workload}: missing parameter(s) {', '.join(missing)}")
+    error = jsonschema.exceptions.best_match(
+        jsonschema.Draft202012Validator(json_schema).iter_errors(checked)
+    )
+    if error is not None:
+        where = ".".join(str(p) for p in error.absolute_path)
+        prefix = f"parameter '{where}'" if where else "parameters"
+        raise WorkloadError(f"{workload}: {prefix}: {error.message}")
+    for key, prop in props.items():
+        if key not in out and isinstance(prop, dict) and "default" in prop:
+            out[key] = prop["default"]
+    return out
+

@@ -1,0 +1,129 @@
+"""Sweeps on a real two-worker TLS Dask cluster: same best as a serial search, pruning works."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import cloudpickle
+import pytest
+
+from parallalx_jupyter.workloads.base import WorkloadError
+from parallalx_jupyter.workloads.runner import start
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+pytestmark = pytest.mark.timeout(240)
+
+GRID = {
+    "lr": {"type": "categorical", "choices": [0.0005, 0.01, 0.3]},
+    "hidden": {"type": "categorical", "choices": [8, 64]},
+}
+
+
+def digits_objective(params, report, epochs: int = 4):  # noqa: ANN001, ANN201
+    """Validation accuracy of a small MLP on scikit-learn's digits (deterministic)."""
+    import torch
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+    from torch import nn
+
+    torch.set_num_threads(1)
+    x, y = load_digits(return_X_y=True)
+    x_tr, x_va, y_tr, y_va = train_test_split(x, y, test_size=0.25, random_state=0, stratify=y)
+    x_tr, x_va = (torch.tensor(a, dtype=torch.float32) / 16 for a in (x_tr, x_va))
+    y_tr, y_va = torch.tensor(y_tr), torch.tensor(y_va)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, params["hidden"]), nn.ReLU(),
+                          nn.Linear(params["hidden"], 10))
+    opt = torch.optim.SGD(model.parameters(), lr=params["lr"])
+    acc = 0.0
+    for epoch in range(epochs):
+        for i in range(0, len(x_tr), 64):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x_tr[i:i + 64]), y_tr[i:i + 64]).backward()
+            opt.step()
+        with torch.no_grad():
+            acc = (model(x_va).argmax(1) == y_va).float().mean().item()
+        report(acc, epoch)
+    return acc, model
+
+
+def slow_objective(params, report):  # noqa: ANN001, ANN201
+    """Value = x at every step; each step takes 0.2 s, so a pruned trial visibly stops early."""
+    for step in range(10):
+        time.sleep(0.2)
+        report(params["x"], step)
+    return params["x"]
+
+
+def test_grid_sweep_finds_the_serial_best(cluster2) -> None:
+    job = start("sweep", {"objective": digits_objective, "space": GRID, "sampler": "grid",
+                          "direction": "maximize", "pruner": "none"},
+                client=cluster2.client, report=False)
+    result = job.result(timeout=200)
+
+    serial = {}
+    for lr in GRID["lr"]["choices"]:
+        for hidden in GRID["hidden"]["choices"]:
+            serial[(lr, hidden)] = digits_objective({"lr": lr, "hidden": hidden},
+                                                    lambda v, s: None)[0]
+    best = max(serial, key=serial.get)
+    print(f"\nsweep best {result.best_params} = {result.best_value:.4f}; serial best {best}")
+    assert (result.best_params["lr"], result.best_params["hidden"]) == best
+    assert result.best_value == pytest.approx(serial[best], abs=1e-6)
+    assert len(result.table) == 6 and set(result.table["state"]) == {"COMPLETE"}
+    assert result.best_model is not None and result.best_model[0].out_features == best[1]
+    workers = {e["worker"] for e in job.events if e.get("kind") == "trial"}
+    assert len(workers) == 2  # trials ran on both devices
+    assert "<svg" in result._repr_html_() and "<table" in result._repr_html_()
+    assert job.progress["step"] == job.progress["total"] == 6
+
+
+def test_bad_trials_are_pruned_early(cluster2) -> None:
+    space = {"x": {"type": "categorical", "choices": [0, 1, 2, 3, 4, 5, 6, 7]}}
+    t0 = time.perf_counter()
+    job = start("sweep", {"objective": slow_objective, "space": space, "sampler": "grid",
+                          "direction": "minimize", "pruner": "median", "parallel": 2},
+                client=cluster2.client, report=False)
+    result = job.result(timeout=200)
+    elapsed = time.perf_counter() - t0
+    states = dict(zip(result.table["params_x"], result.table["state"], strict=True))
+    pruned = [x for x, s in states.items() if s == "PRUNED"]
+    print(f"\nstates {states}; {elapsed:.1f}s")
+    assert result.best_params == {"x": 0}
+    assert pruned and all(x > 0 for x in pruned)
+    trials = [e for e in job.events if e.get("kind") == "trial" and e["state"] == "pruned"]
+    assert trials and all(e["step"] is None or e["step"] < 9 for e in trials)
+    secs = result.table["duration"].dt.total_seconds()
+    full = secs[result.table["state"] == "COMPLETE"]
+    cut = secs[result.table["state"] == "PRUNED"]
+    assert cut.max() < full.min()  # a pruned trial stopped before a full one could finish
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"space": GRID}, "missing parameter(s) objective"),
+        ({"objective": slow_objective, "space": {}}, "space"),
+        ({"objective": slow_objective, "space": GRID, "n_trials": 0}, "n_trials"),
+        ({"objective": slow_objective, "space": GRID, "sampler": "annealing"}, "sampler"),
+        ({"objective": slow_objective, "space": {"a": {"type": "float", "low": 1, "high": 0}}},
+         "low < high"),
+        ({"objective": slow_objective, "space": {"a": {"type": "float", "low": 0, "high": 1}},
+          "sampler": "grid"}, "continuous"),
+        ({"objective": "no.such.module:fn", "space": GRID}, "cannot import"),
+        ({"objective": slow_objective, "space": GRID, "colour": "blue"}, "unknown parameter"),
+    ],
+)
+def test_bad_parameters_are_one_clear_line(params, message) -> None:
+    with pytest.raises(WorkloadError, match=None) as info:
+        start("sweep", params, client="tcp://127.0.0.1:1", report=False)
+    text = str(info.value)
+    assert message in text and "\n" not in text and text.startswith("sweep:"), text
+
+
+def test_unknown_workload_is_one_clear_line() -> None:
+    with pytest.raises(WorkloadError, match="unknown workload 'sweeep'; available: .*sweep"):
+        start("sweeep", {}, client="tcp://127.0.0.1:1", report=False)
+
+
