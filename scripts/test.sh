@@ -10,5 +10,5 @@ grep -q "parallalx_jupyter.*enabled" <<<"$server_exts" \
 lab_exts=$(jupyter labextension list 2>&1)
 grep -qE "parallalx-jupyter.*enabled.*OK" <<<"$lab_exts" \
   || { echo "lab extension not installed"; echo "$lab_exts"; exit 1; }
-(cd labextension && jlpm typecheck && jlpm test)
+(cd labextension && jlpm lint && jlpm typecheck && jlpm test)
 python -m pytest -q "$@"

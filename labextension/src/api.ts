@@ -13,6 +13,7 @@ import {
   IClusterState,
   IDevice,
   IInvitationBody,
+  IJob,
   IKernelChoice,
   IPairedDevice,
   IRejectBody,
@@ -220,6 +221,25 @@ export class ParallalxAPI {
   /** Start the scheduler if needed and contribute a worker of this device. */
   addSelfToCluster(body: IAddSelfBody = {}): Promise<IClusterState> {
     return this._post<IClusterState>('cluster/add-self', body);
+  }
+
+  /** Jobs on this device (running and the kept history), newest first. */
+  listJobs(): Promise<IJob[]> {
+    return this._call<IJob[]>('jobs', { method: 'GET' });
+  }
+
+  getJob(id: string): Promise<IJob> {
+    return this._call<IJob>(`jobs/${seg(id)}`, { method: 'GET' });
+  }
+
+  /** Ask the job's owner to stop it (the job becomes `cancelling`); 409 once it ended. */
+  cancelJob(id: string): Promise<IJob> {
+    return this._post<IJob>(`jobs/${seg(id)}/cancel`);
+  }
+
+  /** Remove an ended job from the history (409 while it still runs). */
+  async deleteJob(id: string): Promise<void> {
+    await this._call<unknown>(`jobs/${seg(id)}`, { method: 'DELETE' });
   }
 
   /**

@@ -17,7 +17,7 @@ import { ParallalxModel } from './state';
 import { PendingStatus } from './statusbar';
 
 export { APIError, ParallalxAPI, getDevice, requestAPI } from './api';
-export type { IDevice, IPairedDevice, IRequest } from './models';
+export type { IDevice, IJob, IPairedDevice, IRequest } from './models';
 export { ParallalxModel } from './state';
 export { ParallalxPanel } from './panel';
 
@@ -38,7 +38,7 @@ export const parallalxIcon = new LabIcon({
 const plugin: JupyterFrontEndPlugin<void> = {
   id: PLUGIN_ID,
   description:
-    'Parallalx sidebar: this device, connection requests and paired devices.',
+    'Parallalx sidebar: this device, connection requests, paired devices, the cluster and jobs.',
   autoStart: true,
   optional: [ILayoutRestorer, ISettingRegistry, IStatusBar, ICommandPalette],
   activate: (
@@ -80,7 +80,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     });
     commands.addCommand(CommandIDs.refresh, {
       label: 'Refresh Parallalx',
-      caption: 'Fetch this device, requests and devices again',
+      caption: 'Fetch this device, requests, devices, the cluster and jobs again',
       icon: args => (args['isPalette'] ? undefined : refreshIcon),
       execute: () => model.refresh({ device: true })
     });

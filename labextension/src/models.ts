@@ -199,6 +199,56 @@ export interface IAddSelfBody {
 
 export type ClusterAction = 'start' | 'stop' | 'add-self';
 
+export type JobState =
+  | 'pending'
+  | 'running'
+  | 'restarting'
+  | 'cancelling'
+  | 'finished'
+  | 'failed'
+  | 'cancelled'
+  | 'lost';
+
+/** The process that runs a job and reports its progress. */
+export interface IJobOwner {
+  kind: 'kernel' | 'cli' | 'server' | 'python';
+  pid: number;
+  host: string;
+}
+
+/** A job's latest progress report (each field null until reported). */
+export interface IJobProgress {
+  step: number | null;
+  total: number | null;
+  /** 0..1 */
+  fraction: number | null;
+  loss: number | null;
+  samples_per_s: number | null;
+  eta_s: number | null;
+  workers: number | null;
+  message: string | null;
+}
+
+/** `GET jobs` (newest first), `GET jobs/{id}`, `POST jobs/{id}/cancel`: a training job. */
+export interface IJob {
+  id: string;
+  /** `train`, `sweep`, `inference`, ... */
+  workload: string;
+  /** Untrusted text. */
+  name: string;
+  /** `lost`: the owner stopped reporting (its kernel died). */
+  state: JobState;
+  owner: IJobOwner;
+  created_at: number;
+  updated_at: number;
+  finished_at: number | null;
+  progress: IJobProgress;
+  /** At most 200 points. */
+  loss_history: number[];
+  error: string | null;
+  cancel_requested: boolean;
+}
+
 /* ------------------------------------------------------------------ events */
 
 /** Our event schema IDs are `${SCHEMA_PREFIX}<name>/v1`. */
@@ -210,7 +260,8 @@ export const EVENT_NAMES = [
   'device-added',
   'device-revoked',
   'cluster-state',
-  'worker-state'
+  'worker-state',
+  'job-progress'
 ] as const;
 
 export type ParallalxEventName = (typeof EVENT_NAMES)[number];
@@ -376,7 +427,161 @@ export function describeServedState(state: string): string {
   return state.replace(/-/g, ' ');
 }
 
+/** States a job does not leave any more. */
+export const JOB_ENDED_STATES: readonly JobState[] = ['finished', 'failed', 'cancelled', 'lost'];
+
+/** True once the job finished, failed, was cancelled or lost (it can be removed then). */
+export function jobEnded(job: Pick<IJob, 'state'>): boolean {
+  return JOB_ENDED_STATES.includes(job.state);
+}
+
+/** True while a cancel can still be asked for (not ended, not asked already). */
+export function jobCancellable(job: Pick<IJob, 'state' | 'cancel_requested'>): boolean {
+  return !jobEnded(job) && job.state !== 'cancelling' && !job.cancel_requested;
+}
+
+/** Jobs newest first (the server's order; kept stable by ID). */
+export function sortJobs(jobs: readonly IJob[]): IJob[] {
+  return [...jobs].sort((a, b) => b.created_at - a.created_at || a.id.localeCompare(b.id));
+}
+
+/** A job's state in words. */
+export function describeJobState(state: string): string {
+  return state === 'lost' ? 'lost (stopped reporting)' : state;
+}
+
+/** Who runs the job: `kernel 1234 on host`. */
+export function describeOwner(owner: Partial<IJobOwner> | null | undefined): string {
+  if (!owner || typeof owner.kind !== 'string') {
+    return '';
+  }
+  const pid = isFiniteNumber(owner.pid) ? ` ${owner.pid}` : '';
+  const host = typeof owner.host === 'string' && owner.host ? ` on ${owner.host}` : '';
+  return `${owner.kind}${pid}${host}`;
+}
+
+/**
+ * How far the job is, 0..1: the reported fraction, else step / total; null when unknown (the bar
+ * is then indeterminate).
+ */
+export function jobFraction(progress: Partial<IJobProgress> | null | undefined): number | null {
+  if (!progress) {
+    return null;
+  }
+  if (isFiniteNumber(progress.fraction)) {
+    return clamp01(progress.fraction);
+  }
+  if (isFiniteNumber(progress.step) && isFiniteNumber(progress.total) && progress.total > 0) {
+    return clamp01(progress.step / progress.total);
+  }
+  return null;
+}
+
+/** The progress bar's text: `step 30 / 100 · 30%`, `step 30`, `30%` or ''. */
+export function describeJobProgress(progress: Partial<IJobProgress> | null | undefined): string {
+  if (!progress) {
+    return '';
+  }
+  const parts: string[] = [];
+  if (isFiniteNumber(progress.step)) {
+    parts.push(
+      isFiniteNumber(progress.total) && progress.total > 0
+        ? `step ${progress.step} / ${progress.total}`
+        : `step ${progress.step}`
+    );
+  }
+  const fraction = jobFraction(progress);
+  if (fraction !== null) {
+    parts.push(`${Math.floor(fraction * 100)}%`);
+  }
+  return parts.join(' · ');
+}
+
+/**
+ * The `points` of a sparkline polyline through `values` in a `width` x `height` box (`pad` from
+ * the edges; higher values are higher up). Only finite numbers are used, so the attribute is
+ * always numbers, commas and spaces. One point or a flat series gives a flat line in the middle;
+ * no points gives ''.
+ */
+export function sparklinePoints(
+  values: readonly unknown[] | null | undefined,
+  width: number,
+  height: number,
+  pad = 1
+): string {
+  const ys = (Array.isArray(values) ? values : []).filter(isFiniteNumber);
+  if (ys.length === 0 || !(width > 0) || !(height > 0)) {
+    return '';
+  }
+  const round = (v: number) => String(Math.round(v * 100) / 100);
+  const innerW = Math.max(0, width - 2 * pad);
+  const innerH = Math.max(0, height - 2 * pad);
+  const min = Math.min(...ys);
+  const max = Math.max(...ys);
+  if (ys.length === 1 || max === min) {
+    const y = round(height / 2);
+    return `${round(pad)},${y} ${round(pad + innerW)},${y}`;
+  }
+  const step = innerW / (ys.length - 1);
+  return ys
+    .map((v, i) => `${round(pad + i * step)},${round(pad + ((max - v) / (max - min)) * innerH)}`)
+    .join(' ');
+}
+
 /* ------------------------------------------------------------------ formatting */
+
+/** A duration or ETA in seconds: `45s`, `1m 05s`, `2h 03m`, `1d 04h`; '' when unknown. */
+export function formatEta(seconds: number | null | undefined): string {
+  if (!isFiniteNumber(seconds) || seconds < 0) {
+    return '';
+  }
+  const total = Math.round(seconds);
+  const pad = (n: number) => String(n).padStart(2, '0');
+  if (total < 60) {
+    return `${total}s`;
+  }
+  if (total < 3600) {
+    return `${Math.floor(total / 60)}m ${pad(total % 60)}s`;
+  }
+  if (total < 86400) {
+    return `${Math.floor(total / 3600)}h ${pad(Math.floor((total % 3600) / 60))}m`;
+  }
+  return `${Math.floor(total / 86400)}d ${pad(Math.floor((total % 86400) / 3600))}h`;
+}
+
+/** Throughput: `0.52 samples/s`, `12.3 samples/s`, `845 samples/s`, `1.2k samples/s`; '' if unknown. */
+export function formatRate(perSecond: number | null | undefined, unit = 'samples/s'): string {
+  if (!isFiniteNumber(perSecond) || perSecond < 0) {
+    return '';
+  }
+  let text: string;
+  if (perSecond >= 1e6) {
+    text = `${(perSecond / 1e6).toFixed(1)}M`;
+  } else if (perSecond >= 1e4) {
+    text = `${Math.round(perSecond / 1e3)}k`;
+  } else if (perSecond >= 1e3) {
+    text = `${(perSecond / 1e3).toFixed(1)}k`;
+  } else if (perSecond >= 100) {
+    text = String(Math.round(perSecond));
+  } else if (perSecond >= 10) {
+    text = perSecond.toFixed(1);
+  } else {
+    text = perSecond.toFixed(2);
+  }
+  return `${text} ${unit}`;
+}
+
+/** A loss value with 4 significant digits (exponent form when very large or small); '' if none. */
+export function formatLoss(loss: number | null | undefined): string {
+  if (!isFiniteNumber(loss)) {
+    return '';
+  }
+  const abs = Math.abs(loss);
+  if (abs !== 0 && (abs >= 1e4 || abs < 1e-3)) {
+    return loss.toExponential(2);
+  }
+  return loss.toPrecision(4);
+}
 
 /** `123456` -> `123 456` (easier to read aloud); anything else is returned as is. */
 export function formatCode(code: string | null | undefined): string {
@@ -571,4 +776,12 @@ export function maxPollDelay(base: number): number {
 
 export function isObject(value: unknown): value is { [key: string]: unknown } {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+export function isFiniteNumber(value: unknown): value is number {
+  return typeof value === 'number' && Number.isFinite(value);
+}
+
+function clamp01(value: number): number {
+  return Math.min(1, Math.max(0, value));
 }

@@ -6,12 +6,13 @@ import { h } from './dom';
 import { ClusterSection } from './sections/cluster';
 import { DeviceSection } from './sections/device';
 import { DevicesSection } from './sections/devices';
+import { JobsSection } from './sections/jobs';
 import { RequestsSection } from './sections/requests';
 import { ParallalxModel } from './state';
 
 /**
  * The left-sidebar panel: a header, a toolbar (invite, refresh) and one collapsible section per
- * component. A Jobs section comes with a later issue.
+ * component: this device, requests, devices, the cluster and jobs.
  */
 export class ParallalxPanel extends SidePanel {
   constructor(options: ParallalxPanel.IOptions) {
@@ -41,8 +42,10 @@ export class ParallalxPanel extends SidePanel {
     this.clusterSection = new ClusterSection(this.model);
     this.addWidget(this.devicesSection);
     this.addWidget(this.clusterSection);
-    // Requests need the room: code, asks, kernel and buttons.
-    (this.content as AccordionPanel).setRelativeSizes([2, 3, 2, 2]);
+    this.jobsSection = new JobsSection(this.model);
+    this.addWidget(this.jobsSection);
+    // Requests need the room: code, asks, kernel and buttons; jobs: progress, loss, buttons.
+    (this.content as AccordionPanel).setRelativeSizes([2, 3, 2, 2, 3]);
   }
 
   readonly model: ParallalxModel;
@@ -50,6 +53,7 @@ export class ParallalxPanel extends SidePanel {
   readonly requestsSection: RequestsSection;
   readonly devicesSection: DevicesSection;
   readonly clusterSection: ClusterSection;
+  readonly jobsSection: JobsSection;
 }
 
 export namespace ParallalxPanel {

@@ -1,6 +1,6 @@
 /**
- * The sidebar's state: this device, open requests and paired devices, kept fresh from the event
- * stream with a polling fallback that slows down while nothing changes. No DOM in here: the
+ * The sidebar's state: this device, open requests, paired devices, the cluster and jobs, kept
+ * fresh from the event stream with a polling fallback that slows down while nothing changes. No DOM in here: the
  * widgets, the toasts and the status bar item all render from this one model (unit-tested in
  * node with a fake API).
  */
@@ -13,16 +13,19 @@ import {
   IClusterState,
   IDevice,
   IInvitationBody,
+  IJob,
   IKernelChoice,
   IPairedDevice,
   IRequest,
   IParallalxEvent,
+  jobEnded,
   maxPollDelay,
   nextPollDelay,
   parseEvent,
   pendingIncoming,
   pendingOutgoing,
-  sortDevices
+  sortDevices,
+  sortJobs
 } from './models';
 
 /** The part of ParallalxAPI the model uses (a fake in the unit tests). */
@@ -41,6 +44,9 @@ export type IModelAPI = Pick<
   | 'startCluster'
   | 'stopCluster'
   | 'addSelfToCluster'
+  | 'listJobs'
+  | 'cancelJob'
+  | 'deleteJob'
 >;
 
 /** Re-read the device (its memory figures change) at most this often, unless forced. */
@@ -49,6 +55,18 @@ const DEVICE_MAX_AGE_MS = 60_000;
 const KERNELS_MAX_AGE_MS = 60_000;
 /** After a cluster action, poll at the base rate this long (workers join without an event). */
 const CLUSTER_SETTLE_MS = 30_000;
+/**
+ * Job-progress events come as fast as a job reports: they refresh the jobs list (GET jobs only)
+ * at most once per this many ms.
+ */
+export const JOBS_MIN_INTERVAL_MS = 500;
+
+/** One GET jobs: the jobs, or why they could not be read. */
+interface IJobsAnswer {
+  seq: number;
+  jobs: IJob[] | null;
+  error: string | null;
+}
 
 export class ParallalxModel implements IDisposable {
   constructor(api: IModelAPI, options: { pollInterval?: number } = {}) {
@@ -105,6 +123,18 @@ export class ParallalxModel implements IDisposable {
   /** The last cluster action's error message, null when it worked. */
   get clusterActionError(): string | null {
     return this._clusterActionError;
+  }
+  /** Jobs, newest first (empty until loaded, or while the jobs API fails). */
+  get jobs(): readonly IJob[] {
+    return this._jobs;
+  }
+  /** Why the jobs could not be read, or null. */
+  get jobsError(): string | null {
+    return this._jobsError;
+  }
+  /** True while a cancel or remove of this job is on its way to the server. */
+  jobBusy(id: string): boolean {
+    return this._jobsBusy.has(id);
   }
   /** The last refresh's error message, null when it worked. */
   get error(): string | null {
@@ -186,7 +216,8 @@ export class ParallalxModel implements IDisposable {
 
   /**
    * Feed one emission of `serviceManager.events.stream`. Returns true when it was one of ours
-   * (then the model refreshes at once and polling goes back to its base interval).
+   * (then the model refreshes at once and polling goes back to its base interval). Job progress
+   * only refreshes the jobs, throttled (a job may report many times a second).
    */
   handleEmission(emission: unknown): boolean {
     const event = parseEvent(emission);
@@ -195,8 +226,57 @@ export class ParallalxModel implements IDisposable {
     }
     this._eventReceived.emit(event);
     this._activity = true;
-    void this.refresh();
+    if (event.name === 'job-progress') {
+      this.refreshJobs();
+    } else {
+      void this.refresh();
+    }
     return true;
+  }
+
+  /**
+   * Fetch the jobs (only), at most once per JOBS_MIN_INTERVAL_MS: calls in between are merged
+   * into one fetch at the end of the interval.
+   */
+  refreshJobs(): void {
+    if (this._isDisposed || this._jobsTimer !== null) {
+      return;
+    }
+    if (this._jobsInflight) {
+      this._jobsAgain = true;
+      return;
+    }
+    const wait = Math.max(0, this._jobsFetchedAt + JOBS_MIN_INTERVAL_MS - Date.now());
+    this._jobsTimer = setTimeout(() => {
+      this._jobsTimer = null;
+      if (this._isDisposed) {
+        return;
+      }
+      this._jobsInflight = this._loadJobs().finally(() => {
+        this._jobsInflight = null;
+        if (this._jobsAgain) {
+          this._jobsAgain = false;
+          this.refreshJobs();
+        }
+      });
+    }, wait);
+  }
+
+  /** Ask a job's owner to cancel it; the job shows `cancelling` from the server's answer. */
+  async cancelJob(id: string): Promise<IJob> {
+    return this._jobAction(id, async () => {
+      const job = await this.api.cancelJob(id);
+      this._putJob(job);
+      return job;
+    });
+  }
+
+  /** Remove an ended job from the history. */
+  async removeJob(id: string): Promise<void> {
+    return this._jobAction(id, async () => {
+      await this.api.deleteJob(id);
+      this._setJobs(this._jobs.filter(j => j.id !== id));
+    });
   }
 
   /** Accept an incoming request; `kernel` is the chosen kernelspec name or null (default). */
@@ -292,6 +372,10 @@ export class ParallalxModel implements IDisposable {
     }
     this._isDisposed = true;
     this._clearTimer();
+    if (this._jobsTimer !== null) {
+      clearTimeout(this._jobsTimer);
+      this._jobsTimer = null;
+    }
     Signal.clearData(this);
   }
 
@@ -311,11 +395,13 @@ export class ParallalxModel implements IDisposable {
           error: error instanceof Error ? error.message : String(error)
         })
       );
-      const [device, requests, devices, cluster] = await Promise.all([
+      const jobsCall = this._fetchJobs();
+      const [device, requests, devices, cluster, jobs] = await Promise.all([
         wantDevice ? this.api.getDevice() : Promise.resolve(null),
         this.api.listRequests(),
         this.api.listDevices(),
-        clusterCall
+        clusterCall,
+        jobsCall
       ]);
       if (this._isDisposed) {
         return;
@@ -346,6 +432,9 @@ export class ParallalxModel implements IDisposable {
         this._clusterError = cluster.error;
         changed = true;
       }
+      if (this._applyJobs(jobs)) {
+        changed = true;
+      }
       if (this._error !== null) {
         this._error = null;
         changed = true;
@@ -361,10 +450,12 @@ export class ParallalxModel implements IDisposable {
         this._uiChanged = true;
       }
     }
-    // Keep polling at the base rate until the server's accelerator probe has finished.
+    // Keep polling at the base rate until the server's accelerator probe has finished, and while
+    // a job runs (a job whose kernel died turns `lost` without an event).
     const probing =
       (this._device !== null && this._device.profile?.accelerators === null) ||
-      Date.now() < this._clusterSettleUntil;
+      Date.now() < this._clusterSettleUntil ||
+      this._jobs.some(j => !jobEnded(j));
     const firstLoad = !this._loaded;
     this._loaded = true;
     this._diffIncoming(firstLoad);
@@ -381,6 +472,70 @@ export class ParallalxModel implements IDisposable {
     this._activity = false;
     if (this._started) {
       this._schedule();
+    }
+  }
+
+  /**
+   * GET jobs; the failure is the jobs' own (a server without the jobs API still shows the rest).
+   * Answers are numbered so that an older answer never replaces a newer one.
+   */
+  private async _fetchJobs(): Promise<IJobsAnswer> {
+    const seq = ++this._jobsSeq;
+    this._jobsFetchedAt = Date.now();
+    try {
+      return { seq, jobs: await this.api.listJobs(), error: null };
+    } catch (error) {
+      return { seq, jobs: null, error: error instanceof Error ? error.message : String(error) };
+    }
+  }
+
+  /** Take a jobs answer; true when it changed what the panel shows. */
+  private _applyJobs(answer: IJobsAnswer): boolean {
+    if (answer.seq < this._jobsApplied) {
+      return false;
+    }
+    this._jobsApplied = answer.seq;
+    const jobs = answer.jobs === null ? this._jobs : sortJobs(answer.jobs);
+    if (answer.error === this._jobsError && JSON.stringify(jobs) === JSON.stringify(this._jobs)) {
+      return false;
+    }
+    this._jobs = jobs;
+    this._jobsError = answer.error;
+    return true;
+  }
+
+  /** The throttled jobs-only refresh. */
+  private async _loadJobs(): Promise<void> {
+    const answer = await this._fetchJobs();
+    if (!this._isDisposed && this._applyJobs(answer)) {
+      this._changed.emit();
+    }
+  }
+
+  /** Put one job as the server just returned it into the list. */
+  private _putJob(job: IJob): void {
+    this._setJobs(sortJobs([...this._jobs.filter(j => j.id !== job.id), job]));
+  }
+
+  /** Set the jobs after an action of ours; answers already on their way predate it. */
+  private _setJobs(jobs: IJob[]): void {
+    this._jobs = jobs;
+    this._jobsApplied = this._jobsSeq + 1;
+  }
+
+  /** Run a cancel or remove: the job is busy meanwhile, the list refreshes after. */
+  private async _jobAction<T>(id: string, action: () => Promise<T>): Promise<T> {
+    this._activity = true;
+    this._jobsBusy.add(id);
+    this._changed.emit();
+    try {
+      return await action();
+    } finally {
+      this._jobsBusy.delete(id);
+      if (!this._isDisposed) {
+        this._changed.emit();
+        this.refreshJobs();
+      }
     }
   }
 
@@ -455,6 +610,15 @@ export class ParallalxModel implements IDisposable {
   private _clusterBusy: ClusterAction | null = null;
   private _clusterActionError: string | null = null;
   private _clusterSettleUntil = 0;
+  private _jobs: IJob[] = [];
+  private _jobsError: string | null = null;
+  private _jobsBusy = new Set<string>();
+  private _jobsFetchedAt = 0;
+  private _jobsSeq = 0;
+  private _jobsApplied = 0;
+  private _jobsTimer: ReturnType<typeof setTimeout> | null = null;
+  private _jobsInflight: Promise<void> | null = null;
+  private _jobsAgain = false;
   private _loaded = false;
   private _uiChanged = false;
   private _activity = false;

@@ -26,7 +26,8 @@ function fakeServer(
     };
     calls.push(call);
     const { status = 200, body, headers = {} } = reply(call);
-    return new Response(body === undefined ? '' : JSON.stringify(body), {
+    // (a 204 has no body at all)
+    return new Response(status === 204 ? null : body === undefined ? '' : JSON.stringify(body), {
       status,
       headers: { 'Content-Type': 'application/json', ...headers }
     });
@@ -82,6 +83,33 @@ describe('ParallalxAPI', () => {
       kind: 'invite',
       asks: { nthreads: 2 }
     });
+  });
+
+  it('jobs: list, get, cancel, delete (204)', async () => {
+    const { settings, calls } = fakeServer('http://h:8888/user/someone/', call =>
+      call.method === 'DELETE' ? { status: 204 } : { body: call.url.includes('/jobs/') ? { id: 'j 1' } : [] }
+    );
+    const api = new ParallalxAPI(settings);
+    expect(await api.listJobs()).toEqual([]);
+    expect(await api.getJob('j 1')).toEqual({ id: 'j 1' });
+    expect(await api.cancelJob('j 1')).toEqual({ id: 'j 1' });
+    expect(await api.deleteJob('j 1')).toBeUndefined();
+    const seen = calls.map(c => `${c.method} ${c.url.replace(/[?&]\d{10,}$/, '')}`);
+    expect(seen).toEqual([
+      'GET http://h:8888/user/someone/parallalx/api/jobs',
+      'GET http://h:8888/user/someone/parallalx/api/jobs/j%201',
+      'POST http://h:8888/user/someone/parallalx/api/jobs/j%201/cancel',
+      'DELETE http://h:8888/user/someone/parallalx/api/jobs/j%201'
+    ]);
+    expect(JSON.parse(calls[2].body ?? '')).toEqual({});
+  });
+
+  it('jobs: a cancel of an ended job is refused with the server message', async () => {
+    const { settings } = fakeServer('http://h/', () => ({ status: 409, body: { error: 'job job-1 already ended' } }));
+    const error = await new ParallalxAPI(settings).cancelJob('job-1').catch(e => e);
+    expect(error).toBeInstanceOf(APIError);
+    expect(error.status).toBe(409);
+    expect(error.message).toBe('job job-1 already ended');
   });
 
   it("raises the server's error message with the status", async () => {

@@ -1,4 +1,4 @@
-import type { IDevice, IPairedDevice, IRequest } from '../src/models';
+import type { IDevice, IJob, IPairedDevice, IRequest } from '../src/models';
 
 export function makeRequest(overrides: Partial<IRequest> = {}): IRequest {
   return {
@@ -63,6 +63,33 @@ export function makePaired(overrides: Partial<IPairedDevice> = {}): IPairedDevic
     updated_at: 1000,
     last_seen: null,
     grant: null,
+    ...overrides
+  };
+}
+
+export function makeJob(overrides: Partial<IJob> = {}): IJob {
+  return {
+    id: 'job-1',
+    workload: 'train',
+    name: 'digits MLP',
+    state: 'running',
+    owner: { kind: 'kernel', pid: 4242, host: 'main' },
+    created_at: 1000,
+    updated_at: 1010,
+    finished_at: null,
+    progress: {
+      step: 30,
+      total: 100,
+      fraction: null,
+      loss: 0.5,
+      samples_per_s: 812.5,
+      eta_s: 65,
+      workers: 2,
+      message: null
+    },
+    loss_history: [2.3, 1.1, 0.5],
+    error: null,
+    cancel_requested: false,
     ...overrides
   };
 }

@@ -3,6 +3,9 @@ import { describe, expect, it } from 'vitest';
 import {
   SCHEMA_PREFIX,
   describeAsks,
+  describeJobProgress,
+  describeJobState,
+  describeOwner,
   describeServedState,
   describeWorker,
   deviceLabel,
@@ -15,6 +18,12 @@ import {
   formatBytes,
   formatCode,
   formatCountdown,
+  formatEta,
+  formatLoss,
+  formatRate,
+  jobCancellable,
+  jobEnded,
+  jobFraction,
   maxPollDelay,
   newRequests,
   nextPollDelay,
@@ -22,9 +31,11 @@ import {
   parseKernelChoices,
   pendingIncoming,
   pendingOutgoing,
-  sortDevices
+  sortDevices,
+  sortJobs,
+  sparklinePoints
 } from '../src/models';
-import { makeDevice, makePaired, makeRequest } from './fixtures';
+import { makeDevice, makeJob, makePaired, makeRequest } from './fixtures';
 
 describe('parseEvent', () => {
   it('keeps our events and strips the envelope', () => {
@@ -58,7 +69,8 @@ describe('parseEvent', () => {
       'device-added',
       'device-revoked',
       'cluster-state',
-      'worker-state'
+      'worker-state',
+      'job-progress'
     ]) {
       expect(parseEvent({ schema_id: `${SCHEMA_PREFIX}${name}/v1` })?.name).toBe(name);
     }
@@ -250,5 +262,123 @@ describe('cluster views', () => {
     expect(safeLink('javascript:alert(1)')).toBeNull();
     expect(safeLink('  ')).toBeNull();
     expect(safeLink(null)).toBeNull();
+  });
+});
+
+describe('jobs', () => {
+  it('knows ended and cancellable jobs', () => {
+    for (const state of ['finished', 'failed', 'cancelled', 'lost'] as const) {
+      expect(jobEnded({ state })).toBe(true);
+      expect(jobCancellable({ state, cancel_requested: false })).toBe(false);
+    }
+    for (const state of ['pending', 'running', 'restarting'] as const) {
+      expect(jobEnded({ state })).toBe(false);
+      expect(jobCancellable({ state, cancel_requested: false })).toBe(true);
+      expect(jobCancellable({ state, cancel_requested: true })).toBe(false);
+    }
+    expect(jobEnded({ state: 'cancelling' })).toBe(false);
+    expect(jobCancellable({ state: 'cancelling', cancel_requested: true })).toBe(false);
+  });
+
+  it('sorts newest first', () => {
+    const jobs = [
+      makeJob({ id: 'a', created_at: 1 }),
+      makeJob({ id: 'c', created_at: 3 }),
+      makeJob({ id: 'b', created_at: 3 })
+    ];
+    expect(sortJobs(jobs).map(j => j.id)).toEqual(['b', 'c', 'a']);
+  });
+
+  it('progress: the fraction, else step / total, clamped', () => {
+    const p = makeJob().progress;
+    expect(jobFraction(p)).toBeCloseTo(0.3);
+    expect(jobFraction({ ...p, fraction: 0.75 })).toBe(0.75);
+    expect(jobFraction({ ...p, fraction: 1.4 })).toBe(1);
+    expect(jobFraction({ ...p, step: 150 })).toBe(1);
+    expect(jobFraction({ ...p, total: 0 })).toBeNull();
+    expect(jobFraction({ ...p, total: null })).toBeNull();
+    expect(jobFraction({ step: 3, total: 4, fraction: NaN })).toBe(0.75);
+    expect(jobFraction(null)).toBeNull();
+    expect(describeJobProgress(p)).toBe('step 30 / 100 · 30%');
+    expect(describeJobProgress({ step: 7, total: null })).toBe('step 7');
+    expect(describeJobProgress({ fraction: 0.999 })).toBe('99%');
+    expect(describeJobProgress({})).toBe('');
+    expect(describeJobProgress(undefined)).toBe('');
+  });
+
+  it('describes state and owner', () => {
+    expect(describeJobState('running')).toBe('running');
+    expect(describeJobState('lost')).toBe('lost (stopped reporting)');
+    expect(describeOwner({ kind: 'kernel', pid: 4242, host: 'main' })).toBe('kernel 4242 on main');
+    expect(describeOwner({ kind: 'cli', pid: 1, host: '' })).toBe('cli 1');
+    expect(describeOwner(null)).toBe('');
+  });
+});
+
+describe('sparkline', () => {
+  it('scales into the box, higher values higher up', () => {
+    expect(sparklinePoints([4, 2, 0], 100, 20, 0)).toBe('0,0 50,10 100,20');
+    expect(sparklinePoints([0, 1], 10, 10, 1)).toBe('1,9 9,1');
+    expect(sparklinePoints([1, 2, 3, 4], 30, 10, 0)).toBe('0,10 10,6.67 20,3.33 30,0');
+  });
+
+  it('keeps numbers only: attribute text is numbers, commas and spaces', () => {
+    const hostile: unknown[] = [3, '1" onload="alert(1)', null, NaN, Infinity, { x: 1 }, 1];
+    const points = sparklinePoints(hostile, 100, 20, 0);
+    expect(points).toBe('0,0 100,20');
+    expect(points).toMatch(/^[\d., -]*$/);
+  });
+
+  it('a single point or a flat series is a flat line in the middle; nothing gives ""', () => {
+    expect(sparklinePoints([0.7], 100, 20, 2)).toBe('2,10 98,10');
+    expect(sparklinePoints([1, 1, 1], 100, 20, 2)).toBe('2,10 98,10');
+    expect(sparklinePoints([], 100, 20)).toBe('');
+    expect(sparklinePoints(null, 100, 20)).toBe('');
+    expect(sparklinePoints([1, 2], 0, 20)).toBe('');
+  });
+
+  it('handles 200 points', () => {
+    const values = Array.from({ length: 200 }, (_, i) => Math.exp(-i / 50));
+    const pairs = sparklinePoints(values, 120, 24, 2).split(' ');
+    expect(pairs).toHaveLength(200);
+    expect(pairs[0]).toBe('2,2');
+    expect(pairs[199]).toBe('118,22');
+  });
+});
+
+describe('job formatting', () => {
+  it('formats ETAs and durations', () => {
+    expect(formatEta(0)).toBe('0s');
+    expect(formatEta(45.4)).toBe('45s');
+    expect(formatEta(59.6)).toBe('1m 00s');
+    expect(formatEta(65)).toBe('1m 05s');
+    expect(formatEta(3599)).toBe('59m 59s');
+    expect(formatEta(3600 + 180)).toBe('1h 03m');
+    expect(formatEta(86400 + 4 * 3600 + 59)).toBe('1d 04h');
+    expect(formatEta(null)).toBe('');
+    expect(formatEta(-1)).toBe('');
+    expect(formatEta(Infinity)).toBe('');
+  });
+
+  it('formats throughput', () => {
+    expect(formatRate(0.5234)).toBe('0.52 samples/s');
+    expect(formatRate(12.34)).toBe('12.3 samples/s');
+    expect(formatRate(812.5)).toBe('813 samples/s');
+    expect(formatRate(1234)).toBe('1.2k samples/s');
+    expect(formatRate(56_789)).toBe('57k samples/s');
+    expect(formatRate(2_500_000)).toBe('2.5M samples/s');
+    expect(formatRate(3, 'steps/s')).toBe('3.00 steps/s');
+    expect(formatRate(null)).toBe('');
+    expect(formatRate(NaN)).toBe('');
+  });
+
+  it('formats losses', () => {
+    expect(formatLoss(2.302585)).toBe('2.303');
+    expect(formatLoss(0.5)).toBe('0.5000');
+    expect(formatLoss(0)).toBe('0.000');
+    expect(formatLoss(0.000123)).toBe('1.23e-4');
+    expect(formatLoss(123456)).toBe('1.23e+5');
+    expect(formatLoss(null)).toBe('');
+    expect(formatLoss(NaN)).toBe('');
   });
 });

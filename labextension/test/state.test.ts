@@ -1,8 +1,9 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 
-import { IClusterState, IDevice, IPairedDevice, IRequest, SCHEMA_PREFIX } from '../src/models';
-import { IModelAPI, ParallalxModel } from '../src/state';
-import { makeDevice, makePaired, makeRequest } from './fixtures';
+import { APIError } from '../src/api';
+import { IClusterState, IDevice, IJob, IPairedDevice, IRequest, SCHEMA_PREFIX } from '../src/models';
+import { IModelAPI, JOBS_MIN_INTERVAL_MS, ParallalxModel } from '../src/state';
+import { makeDevice, makeJob, makePaired, makeRequest } from './fixtures';
 
 /** An in-memory server behind the model. */
 class FakeAPI implements IModelAPI {
@@ -99,6 +100,54 @@ class FakeAPI implements IModelAPI {
       workers: [{ device_id: 'SELFID', address: 'tls://127.0.0.1:9100', nthreads: body.nthreads ?? 1 }]
     };
     return structuredClone(this.cluster);
+  };
+  jobs: IJob[] = [];
+  jobsFail: Error | null = null;
+  /** When set, GET jobs waits for it (to hold an answer in flight). */
+  jobsGate: Promise<void> | null = null;
+  listJobs = async () => {
+    this._check('jobs');
+    const answer = structuredClone(this.jobs);
+    if (this.jobsGate) {
+      await this.jobsGate;
+    }
+    if (this.jobsFail) {
+      throw this.jobsFail;
+    }
+    return answer;
+  };
+  cancelJob = async (id: string) => {
+    this._check(`jobs/${id}/cancel`);
+    const job = this.jobs.find(j => j.id === id);
+    if (!job) {
+      throw new APIError('no such job', 404);
+    }
+    if (['finished', 'failed', 'cancelled', 'lost'].includes(job.state)) {
+      throw new APIError('the job already ended', 409);
+    }
+    job.state = 'cancelling';
+    job.cancel_requested = true;
+    return structuredClone(job);
+  };
+  deleteJob = async (id: string) => {
+    this._check(`DELETE jobs/${id}`);
+    const job = this.jobs.find(j => j.id === id);
+    if (job?.state === 'running') {
+      throw new APIError('the job still runs', 409);
+    }
+    this.jobs = this.jobs.filter(j => j.id !== id);
+  };
+}
+
+function jobEvent(jobId: string, step: number): { [key: string]: unknown } {
+  return {
+    schema_id: `${SCHEMA_PREFIX}job-progress/v1`,
+    job_id: jobId,
+    workload: 'train',
+    name: 'digits MLP',
+    state: 'running',
+    step,
+    total: 100
   };
 }
 
@@ -312,5 +361,112 @@ describe('ParallalxModel', () => {
     expect(model.handleEmission({ schema_id: `${SCHEMA_PREFIX}cluster-state/v1`, state: 'started' })).toBe(true);
     expect(model.handleEmission({ schema_id: `${SCHEMA_PREFIX}worker-state/v1`, peer_id: 'M', state: 'running' })).toBe(true);
     await vi.waitFor(() => expect(countCalls(api, 'cluster')).toBeGreaterThan(before));
+  });
+
+  it('loads the jobs; a jobs failure does not fail the refresh', async () => {
+    api.jobs = [makeJob({ id: 'old', created_at: 1 }), makeJob({ id: 'new', created_at: 2 })];
+    await model.start();
+    expect(model.jobs.map(j => j.id)).toEqual(['new', 'old']);
+    expect(model.jobsError).toBeNull();
+    api.jobsFail = new APIError('Not Found', 404);
+    await model.refresh();
+    expect(model.error).toBeNull();
+    expect(model.jobsError).toBe('Not Found');
+    expect(model.pendingCount).toBe(0);
+    api.jobsFail = null;
+    await model.refresh();
+    expect(model.jobsError).toBeNull();
+    expect(model.jobs).toHaveLength(2);
+  });
+
+  it('job-progress events refresh the jobs only, at most twice a second', async () => {
+    api.jobs = [makeJob()];
+    await model.start();
+    model.pollInterval = 0; // events only
+    const before = api.calls.length;
+    let changes = 0;
+    model.changed.connect(() => changes++);
+    // 50 events over 2.5 s (one every 50 ms)
+    for (let step = 1; step <= 50; step++) {
+      api.jobs[0].progress = { ...api.jobs[0].progress, step };
+      expect(model.handleEmission(jobEvent('job-1', step))).toBe(true);
+      await vi.advanceTimersByTimeAsync(50);
+    }
+    await vi.advanceTimersByTimeAsync(JOBS_MIN_INTERVAL_MS);
+    const calls = api.calls.slice(before);
+    expect(calls.every(c => c === 'jobs')).toBe(true);
+    // ~2 per second: 2.5 s of events plus the trailing fetch
+    expect(calls.length).toBeGreaterThanOrEqual(5);
+    expect(calls.length).toBeLessThanOrEqual(7);
+    expect(changes).toBe(calls.length);
+    // the last report is shown (a trailing fetch after the burst)
+    expect(model.jobs[0].progress.step).toBe(50);
+  });
+
+  it('a single job-progress event fetches at once', async () => {
+    await model.start();
+    await vi.advanceTimersByTimeAsync(JOBS_MIN_INTERVAL_MS);
+    const before = countCalls(api, 'jobs');
+    api.jobs = [makeJob()];
+    model.handleEmission(jobEvent('job-1', 1));
+    await vi.advanceTimersByTimeAsync(0);
+    expect(countCalls(api, 'jobs')).toBe(before + 1);
+    expect(model.jobs.map(j => j.id)).toEqual(['job-1']);
+  });
+
+  it('cancel: busy meanwhile, the answer shows at once, an ended job is refused', async () => {
+    api.jobs = [makeJob(), makeJob({ id: 'done', state: 'finished', finished_at: 1100 })];
+    await model.start();
+    const busy: boolean[] = [];
+    model.changed.connect(() => busy.push(model.jobBusy('job-1')));
+    const job = await model.cancelJob('job-1');
+    expect(job.state).toBe('cancelling');
+    expect(api.calls).toContain('jobs/job-1/cancel');
+    expect(busy[0]).toBe(true);
+    expect(model.jobBusy('job-1')).toBe(false);
+    expect(model.jobs.find(j => j.id === 'job-1')?.cancel_requested).toBe(true);
+    const error = await model.cancelJob('done').catch(e => e);
+    expect(error).toBeInstanceOf(APIError);
+    expect(error.status).toBe(409);
+    expect(model.jobBusy('done')).toBe(false);
+  });
+
+  it('an answer that left before a cancel does not undo it', async () => {
+    api.jobs = [makeJob()];
+    await model.start();
+    let open!: () => void;
+    api.jobsGate = new Promise(resolve => (open = resolve));
+    const stale = model.refresh(); // GET jobs in flight, answering "running"
+    await vi.advanceTimersByTimeAsync(0);
+    api.jobsGate = null;
+    await model.cancelJob('job-1');
+    open();
+    await stale;
+    expect(model.jobs[0].state).toBe('cancelling');
+  });
+
+  it('remove: gone from the list; refused while the job runs', async () => {
+    api.jobs = [makeJob({ id: 'done', state: 'cancelled', finished_at: 1100 }), makeJob()];
+    await model.start();
+    await model.removeJob('done');
+    expect(model.jobs.map(j => j.id)).toEqual(['job-1']);
+    await expect(model.removeJob('job-1')).rejects.toThrow('the job still runs');
+    await vi.advanceTimersByTimeAsync(JOBS_MIN_INTERVAL_MS);
+    expect(model.jobs.map(j => j.id)).toEqual(['job-1']);
+    expect(api.jobs.map(j => j.id)).toEqual(['job-1']);
+  });
+
+  it('keeps the base poll rate while a job runs, backs off once it ended', async () => {
+    api.jobs = [makeJob()];
+    await model.start();
+    for (let i = 0; i < 4; i++) {
+      await vi.advanceTimersByTimeAsync(model.currentPollDelay);
+    }
+    expect(model.currentPollDelay).toBe(1000);
+    api.jobs[0].state = 'finished';
+    for (let i = 0; i < 3; i++) {
+      await vi.advanceTimersByTimeAsync(model.currentPollDelay);
+    }
+    expect(model.currentPollDelay).toBeGreaterThan(1000);
   });
 });

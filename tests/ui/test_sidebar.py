@@ -6,7 +6,9 @@ Screenshots of each state go to test-artifacts/ui/<variant>/<test>/.
 
 from __future__ import annotations
 
+import re
 import time
+import uuid
 from typing import Any
 
 from ui_helpers import HOSTILE_NAME, LabPage
@@ -62,7 +64,7 @@ def test_panel_shows_this_device(lab_page: LabPage, lab: LocalDevice) -> None:
     lab_page.page.locator(".jp-Parallalx-gpus").filter(has_not_text="not probed").wait_for()
     # the sections that exist now, and no placeholders for later ones
     titles = lab_page.panel.locator(".jp-AccordionPanel-title").all_text_contents()
-    assert [t.strip() for t in titles] == ["This device", "Requests", "Devices", "Cluster"]
+    assert [t.strip() for t in titles] == ["This device", "Requests", "Devices", "Cluster", "Jobs"]
     lab_page.shot("01-this-device")
 
 
@@ -284,3 +286,142 @@ def test_cluster_add_this_device_and_stop(lab_page: LabPage, lab: LocalDevice) -
     assert section.locator(".jp-Parallalx-workerGroup").count() == 0
     assert lab.api("GET", "cluster")["running"] is False
     lab_page.shot("03-stopped")
+
+
+# -- jobs: this test plays the job's owner (a kernel's reporter) over the REST API --
+
+JOB_OWNER = {"kind": "kernel", "pid": 4242, "host": "laptop"}
+POINTS = re.compile(r"^-?\d+(\.\d+)?,-?\d+(\.\d+)?$")
+
+
+def register_job(lab: LocalDevice, name: str, workload: str = "train") -> dict[str, Any]:
+    body = {
+        "id": f"ui-{uuid.uuid4().hex[:12]}",
+        "workload": workload,
+        "name": name,
+        "owner": JOB_OWNER,
+    }
+    return lab.api("POST", "jobs", body)
+
+
+def report(lab: LocalDevice, job_id: str, **body: Any) -> dict[str, Any]:
+    return lab.api("POST", f"jobs/{job_id}/progress", body)
+
+
+def job_card(lab_page: LabPage, job_id: str) -> Any:
+    return lab_page.section("jobs").locator(f'.jp-Parallalx-job[data-job-id="{job_id}"]')
+
+
+def test_jobs_progress_cancel_and_remove(lab_page: LabPage, lab: LocalDevice) -> None:
+    section = lab_page.section("jobs")
+    section.scroll_into_view_if_needed()
+    if lab.api("GET", "jobs") == []:
+        empty = section.locator(".jp-Parallalx-noJobs")
+        empty.wait_for(timeout=5000)
+        assert "No jobs yet" in empty.inner_text()
+        assert "%%parallalx train" in empty.inner_text()
+        lab_page.shot("01-no-jobs")
+
+    job = register_job(lab, "digits MLP")
+    job_id = job["id"]
+    card = job_card(lab_page, job_id)
+    card.wait_for(timeout=3000)  # job-progress event → GET jobs
+    assert section.locator(".jp-Parallalx-noJobs").is_hidden()
+    losses = [2.3, 1.9, 1.6, 1.2, 1.0, 0.8]
+    for i, step in enumerate((10, 20, 30)):
+        answer = report(
+            lab,
+            job_id,
+            state="running",
+            progress={
+                "step": step,
+                "total": 100,
+                "loss": losses[2 * i + 1],
+                "samples_per_s": 900.0,
+                "eta_s": 65,
+                "workers": 2,
+            },
+            loss=losses[2 * i : 2 * i + 2],
+        )
+        assert answer == {"cancel_requested": False}
+    card.locator(".jp-Parallalx-progressText").filter(has_text="step 30 / 100").wait_for(
+        timeout=3000
+    )
+    assert card.get_attribute("data-state") == "running"
+    assert card.locator(".jp-Parallalx-jobName").inner_text() == "digits MLP"
+    assert card.locator(".jp-Parallalx-jobWorkload").inner_text() == "train"
+    assert card.locator(".jp-Parallalx-jobState").inner_text() == "running"
+    assert "30%" in card.locator(".jp-Parallalx-progressText").inner_text()
+    assert card.locator('[role="progressbar"]').get_attribute("aria-valuenow") == "30"
+    assert card.locator(".jp-Parallalx-jobRate").inner_text() == "900 samples/s"
+    assert card.locator(".jp-Parallalx-jobEta").inner_text() == "1m 05s"
+    assert card.locator(".jp-Parallalx-jobLoss").inner_text() == "0.8000"
+    assert card.locator(".jp-Parallalx-jobWorkers").inner_text() == "2"
+    assert card.locator(".jp-Parallalx-jobOwner").inner_text() == "kernel 4242 on laptop"
+    line = card.locator("svg.jp-Parallalx-sparkline polyline")
+    points = (line.get_attribute("points") or "").split()
+    assert len(points) == len(losses) and all(POINTS.match(p) for p in points), points
+    assert card.locator("svg.jp-Parallalx-sparkline").is_visible()
+    assert card.locator(".jp-Parallalx-jobRemove").is_hidden()
+    card.scroll_into_view_if_needed()
+    lab_page.shot("02-running")
+
+    cancel = card.get_by_role("button", name="Cancel")
+    cancel.click()
+    wait_for(lambda: lab.api("GET", f"jobs/{job_id}")["cancel_requested"], timeout=5)
+    card.locator(".jp-Parallalx-jobState").filter(has_text="cancelling").wait_for(timeout=3000)
+    assert card.locator(".jp-Parallalx-jobCancel").is_disabled()
+    # the owner learns it from the answer to its next report
+    assert report(lab, job_id, state="running", progress={"step": 31}) == {"cancel_requested": True}
+    card.scroll_into_view_if_needed()
+    lab_page.shot("03-cancelling")
+
+    report(lab, job_id, state="cancelled", error="cancelled by the user")
+    card.locator(".jp-Parallalx-jobState").filter(has_text="cancelled").wait_for(timeout=3000)
+    assert card.get_attribute("data-state") == "cancelled"
+    assert card.locator(".jp-Parallalx-jobCancel").is_hidden()
+    assert card.locator(".jp-Parallalx-jobError").inner_text() == "cancelled by the user"
+    remove = card.get_by_role("button", name="Remove")
+    remove.wait_for()
+    card.scroll_into_view_if_needed()
+    lab_page.shot("04-cancelled")
+
+    remove.click()
+    card.wait_for(state="detached", timeout=5000)
+    assert all(j["id"] != job_id for j in lab.api("GET", "jobs"))
+    lab_page.shot("05-removed")
+
+
+def test_jobs_hostile_name_and_error_render_as_text(lab_page: LabPage, lab: LocalDevice) -> None:
+    page = lab_page.page
+    job = register_job(lab, HOSTILE_NAME, workload="sweep")
+    job_id = job["id"]
+    report(
+        lab,
+        job_id,
+        state="running",
+        progress={"fraction": 0.5, "message": "<b>bold</b> status"},
+        loss=[1.0, 0.5],
+    )
+    report(lab, job_id, state="failed", error='<script>alert("e")</script> CUDA out of memory')
+    card = job_card(lab_page, job_id)
+    card.locator(".jp-Parallalx-jobError").filter(has_text="CUDA out of memory").wait_for(
+        timeout=3000
+    )
+    assert card.get_attribute("data-state") == "failed"
+    assert card.locator(".jp-Parallalx-jobName").inner_text() == HOSTILE_NAME
+    assert card.locator(".jp-Parallalx-jobState").inner_text() == "failed"
+    assert card.locator(".jp-Parallalx-jobError").inner_text() == (
+        '<script>alert("e")</script> CUDA out of memory'
+    )
+    assert card.locator(".jp-Parallalx-jobMessage").inner_text() == "<b>bold</b> status"
+    assert card.locator(".jp-Parallalx-progressText").inner_text() == "50%"
+    assert page.locator('img[src="x"]').count() == 0
+    assert page.locator("#parallalx-jupyter-panel :is(img, b, script)").count() == 0
+    assert page.evaluate("document.querySelectorAll('[onerror]').length") == 0
+    card.scroll_into_view_if_needed()
+    lab_page.shot("01-failed-hostile-job")
+
+    card.get_by_role("button", name="Remove").click()
+    card.wait_for(state="detached", timeout=5000)
+    assert all(j["id"] != job_id for j in lab.api("GET", "jobs"))

@@ -1,0 +1,286 @@
+import { Notification } from '@jupyterlab/apputils';
+
+import { button, h, row } from '../dom';
+import {
+  IJob,
+  describeJobProgress,
+  describeJobState,
+  describeOwner,
+  formatEta,
+  formatLoss,
+  formatRate,
+  isFiniteNumber,
+  jobCancellable,
+  jobEnded,
+  jobFraction,
+  sparklinePoints
+} from '../models';
+import { ParallalxModel } from '../state';
+import { Section } from './section';
+
+export const NO_JOBS_TEXT =
+  'No jobs yet — start one with %%parallalx train or parallalx_jupyter.train(...).';
+
+const SVG_NS = 'http://www.w3.org/2000/svg';
+const SPARK_WIDTH = 120;
+const SPARK_HEIGHT = 24;
+
+/**
+ * "Jobs": one card per job (newest first) with its name, workload, state, a progress bar,
+ * throughput, ETA, the loss and a loss sparkline, the error of a failed job; Cancel while it
+ * runs, Remove once it ended. Cards are kept per job and updated in place, since a running job
+ * re-renders them up to twice a second (buttons keep their focus and never move under a click).
+ */
+export class JobsSection extends Section {
+  constructor(model: ParallalxModel) {
+    super(model, { id: 'parallalx-section-jobs', label: 'Jobs' });
+    this.addClass('jp-Parallalx-jobsSection');
+    this._list = h('div', { class: 'jp-Parallalx-jobs' });
+    this._empty = h('div', { class: 'jp-Parallalx-empty jp-Parallalx-noJobs' }, NO_JOBS_TEXT);
+    this._error = h('div', { class: 'jp-Parallalx-error jp-Parallalx-jobsError' });
+    this.render();
+  }
+
+  render(): void {
+    if (this.renderStatus()) {
+      this._built = false;
+      return;
+    }
+    if (!this._built) {
+      this.node.replaceChildren(this._error, this._empty, this._list);
+      this._built = true;
+    }
+    const jobs = this.model.jobs;
+    const why = this.model.jobsError;
+    this._error.textContent = why ? `Jobs not available: ${why}` : '';
+    this._error.hidden = !why;
+    this._empty.hidden = jobs.length > 0 || why !== null;
+
+    const cards: HTMLElement[] = [];
+    const seen = new Set<string>();
+    for (const job of jobs) {
+      seen.add(job.id);
+      let card = this._cards.get(job.id);
+      if (!card) {
+        card = new JobCard(job.id, {
+          cancel: j => this._cancel(j),
+          remove: j => this._remove(j)
+        });
+        this._cards.set(job.id, card);
+      }
+      card.update(job, this.model.jobBusy(job.id));
+      cards.push(card.node);
+    }
+    for (const id of [...this._cards.keys()]) {
+      if (!seen.has(id)) {
+        this._cards.delete(id);
+      }
+    }
+    const current = Array.from(this._list.children);
+    if (current.length !== cards.length || current.some((node, i) => node !== cards[i])) {
+      this._list.replaceChildren(...cards);
+    }
+  }
+
+  private async _cancel(job: IJob): Promise<void> {
+    try {
+      await this.model.cancelJob(job.id);
+    } catch (error) {
+      const message = error instanceof Error ? error.message : String(error);
+      Notification.error(`Parallalx: could not cancel “${job.name}”: ${message}`, {
+        autoClose: 8000
+      });
+    }
+  }
+
+  private async _remove(job: IJob): Promise<void> {
+    try {
+      await this.model.removeJob(job.id);
+    } catch (error) {
+      const message = error instanceof Error ? error.message : String(error);
+      Notification.error(`Parallalx: could not remove “${job.name}”: ${message}`, {
+        autoClose: 8000
+      });
+    }
+  }
+
+  private readonly _list: HTMLElement;
+  private readonly _empty: HTMLElement;
+  private readonly _error: HTMLElement;
+  private readonly _cards = new Map<string, JobCard>();
+  private _built = false;
+}
+
+interface IJobActions {
+  cancel(job: IJob): Promise<void>;
+  remove(job: IJob): Promise<void>;
+}
+
+/** One job's card; `update` brings it in line with the job (all text through textContent). */
+class JobCard {
+  constructor(id: string, actions: IJobActions) {
+    this._name = h('strong', { class: 'jp-Parallalx-jobName' });
+    this._workload = h('span', { class: 'jp-Parallalx-badge jp-Parallalx-jobWorkload' });
+    this._state = h('span', { class: 'jp-Parallalx-badge jp-Parallalx-state jp-Parallalx-jobState' });
+    this._fill = h('div', { class: 'jp-Parallalx-progressFill' });
+    this._bar = h(
+      'div',
+      {
+        class: 'jp-Parallalx-progress',
+        attrs: { role: 'progressbar', 'aria-valuemin': '0', 'aria-valuemax': '100' }
+      },
+      this._fill
+    );
+    this._progressText = h('div', { class: 'jp-Parallalx-progressText' });
+    this._rate = h('span', { class: 'jp-Parallalx-jobRate' });
+    this._eta = h('span', { class: 'jp-Parallalx-jobEta' });
+    this._workers = h('span', { class: 'jp-Parallalx-jobWorkers' });
+    this._loss = h('span', { class: 'jp-Parallalx-jobLoss' });
+    this._line = document.createElementNS(SVG_NS, 'polyline');
+    this._line.setAttribute('class', 'jp-Parallalx-sparklineLine');
+    this._spark = document.createElementNS(SVG_NS, 'svg');
+    this._spark.setAttribute('class', 'jp-Parallalx-sparkline');
+    this._spark.setAttribute('viewBox', `0 0 ${SPARK_WIDTH} ${SPARK_HEIGHT}`);
+    this._spark.setAttribute('width', String(SPARK_WIDTH));
+    this._spark.setAttribute('height', String(SPARK_HEIGHT));
+    this._spark.setAttribute('preserveAspectRatio', 'none');
+    this._spark.setAttribute('role', 'img');
+    this._spark.appendChild(this._line);
+    this._message = h('span', { class: 'jp-Parallalx-jobMessage' });
+    this._error = h('div', { class: 'jp-Parallalx-error jp-Parallalx-jobError' });
+    this._owner = h('span', { class: 'jp-Parallalx-jobOwner' });
+    this._took = h('span', { class: 'jp-Parallalx-jobTook' });
+    this._cancel = button('Cancel', 'jp-mod-warn jp-Parallalx-jobCancel', () => this._run(actions.cancel), 'Ask the job to stop');
+    this._remove = button('Remove', 'jp-mod-reject jp-Parallalx-jobRemove', () => this._run(actions.remove), 'Remove this job from the list');
+
+    this._rows = {
+      rate: row('Speed', this._rate),
+      eta: row('ETA', this._eta),
+      workers: row('Workers', this._workers),
+      loss: row('Loss', h('span', { class: 'jp-Parallalx-lossValue' }, this._loss, this._spark)),
+      message: row('Status', this._message),
+      owner: row('Runs in', this._owner),
+      took: row('Took', this._took)
+    };
+    this.node = h(
+      'div',
+      { class: 'jp-Parallalx-card jp-Parallalx-job', dataset: { jobId: id } },
+      h('div', { class: 'jp-Parallalx-cardTitle' }, this._name, this._workload, this._state),
+      h('div', { class: 'jp-Parallalx-jobProgress' }, this._bar, this._progressText),
+      this._rows.rate,
+      this._rows.eta,
+      this._rows.workers,
+      this._rows.loss,
+      this._rows.message,
+      this._error,
+      this._rows.owner,
+      this._rows.took,
+      h('div', { class: 'jp-Parallalx-actions' }, this._cancel, this._remove)
+    );
+  }
+
+  readonly node: HTMLElement;
+
+  update(job: IJob, busy: boolean): void {
+    this._job = job;
+    const ended = jobEnded(job);
+    const progress = job.progress ?? null;
+    this.node.dataset.state = job.state;
+    this.node.classList.toggle('jp-mod-ended', ended);
+    this.node.classList.toggle('jp-mod-failed', job.state === 'failed' || job.state === 'lost');
+    setText(this._name, job.name);
+    this._name.title = job.id;
+    setText(this._workload, job.workload);
+    setText(this._state, describeJobState(job.state));
+
+    let fraction = jobFraction(progress);
+    if (fraction === null && job.state === 'finished') {
+      fraction = 1;
+    }
+    this._bar.classList.toggle('jp-mod-indeterminate', fraction === null && !ended);
+    this._bar.hidden = fraction === null && ended;
+    if (fraction === null) {
+      this._bar.removeAttribute('aria-valuenow');
+      this._fill.style.width = '0%';
+    } else {
+      const percent = Math.round(fraction * 1000) / 10;
+      this._bar.setAttribute('aria-valuenow', String(percent));
+      this._fill.style.width = `${percent}%`;
+    }
+    const progressText = describeJobProgress(progress);
+    setText(this._progressText, progressText);
+    this._progressText.hidden = !progressText;
+
+    // speed, ETA and workers describe a running job
+    this._show('rate', this._rate, ended ? '' : formatRate(progress?.samples_per_s));
+    this._show('eta', this._eta, ended ? '' : formatEta(progress?.eta_s));
+    const workers = progress?.workers;
+    this._show('workers', this._workers, !ended && isFiniteNumber(workers) ? String(workers) : '');
+    const history = Array.isArray(job.loss_history) ? job.loss_history : [];
+    const finite = history.filter(isFiniteNumber);
+    const lastLoss = isFiniteNumber(progress?.loss) ? progress?.loss : finite[finite.length - 1];
+    const loss = formatLoss(lastLoss);
+    const points = sparklinePoints(history, SPARK_WIDTH, SPARK_HEIGHT, 2);
+    setText(this._loss, loss);
+    this._line.setAttribute('points', points);
+    this._spark.style.display = points ? '' : 'none';
+    this._spark.setAttribute('aria-label', `loss over the last ${history.length} reports`);
+    this._rows.loss.hidden = !loss && !points;
+    this._show('message', this._message, typeof progress?.message === 'string' ? progress.message : '');
+    setText(this._error, job.error ?? '');
+    this._error.hidden = !job.error;
+    this._show('owner', this._owner, describeOwner(job.owner));
+    const took =
+      ended && isFiniteNumber(job.finished_at) && isFiniteNumber(job.created_at)
+        ? formatEta(job.finished_at - job.created_at)
+        : '';
+    this._show('took', this._took, took);
+
+    this._cancel.hidden = ended;
+    this._cancel.disabled = busy || !jobCancellable(job);
+    setText(this._cancel, job.state === 'cancelling' || job.cancel_requested ? 'Cancelling…' : 'Cancel');
+    this._remove.hidden = !ended;
+    this._remove.disabled = busy;
+  }
+
+  private _show(key: RowKey, node: HTMLElement, text: string): void {
+    setText(node, text);
+    this._rows[key].hidden = !text;
+  }
+
+  private async _run(action: (job: IJob) => Promise<void>): Promise<void> {
+    if (this._job) {
+      await action(this._job);
+    }
+  }
+
+  private _job: IJob | null = null;
+  private readonly _name: HTMLElement;
+  private readonly _workload: HTMLElement;
+  private readonly _state: HTMLElement;
+  private readonly _bar: HTMLElement;
+  private readonly _fill: HTMLElement;
+  private readonly _progressText: HTMLElement;
+  private readonly _rate: HTMLElement;
+  private readonly _eta: HTMLElement;
+  private readonly _workers: HTMLElement;
+  private readonly _loss: HTMLElement;
+  private readonly _spark: SVGSVGElement;
+  private readonly _line: SVGPolylineElement;
+  private readonly _message: HTMLElement;
+  private readonly _error: HTMLElement;
+  private readonly _owner: HTMLElement;
+  private readonly _took: HTMLElement;
+  private readonly _cancel: HTMLButtonElement;
+  private readonly _remove: HTMLButtonElement;
+  private readonly _rows: { [key in RowKey]: HTMLElement };
+}
+
+type RowKey = 'rate' | 'eta' | 'workers' | 'loss' | 'message' | 'owner' | 'took';
+
+/** Set a node's text only when it differs (no needless DOM churn at 2 updates a second). */
+function setText(node: Element, text: string): void {
+  if (node.textContent !== text) {
+    node.textContent = text;
+  }
+}
