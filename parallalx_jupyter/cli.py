@@ -203,6 +203,93 @@ def cmd_env(args: argparse.Namespace) -> Any:
         rows, ["PACKAGE", "REQUIRED", "INSTALLED", "ACTION"])
 
 
+def cmd_workloads(args: argparse.Namespace) -> Any:
+    from .jobs.text import workloads_table
+
+    rows = _api(args, "GET", "workloads")
+    return rows if args.json else workloads_table(rows)
+
+
+def cmd_jobs(args: argparse.Namespace) -> Any:
+    from .jobs.text import jobs_table
+
+    if args.action == "list":
+        rows = _api(args, "GET", "jobs")
+        return rows if args.json else jobs_table(rows)
+    if not args.job:
+        raise CliError(f"jobs {args.action}: which job? (an ID from `parallalx jobs`)")
+    job_id = urllib.parse.quote(args.job, safe="")
+    if args.action == "cancel":
+        job = _api(args, "POST", f"jobs/{job_id}/cancel")
+        return job if args.json else f"cancel requested for {job['workload']} job {job['id']}"
+    _api(args, "DELETE", f"jobs/{job_id}")
+    return {"removed": args.job} if args.json else f"removed job {args.job}"
+
+
+def cmd_run(args: argparse.Namespace) -> Any:
+    """Run a workload in this process (it owns the job), listed by the device's server."""
+    from .workloads import WorkloadError
+    from .workloads.params import parse_params
+    from .workloads.registry import get
+    from .workloads.runner import start
+
+    os.environ["PARALLALX_JOB_OWNER"] = "cli"
+    try:
+        workload = get(args.workload)
+        params = workload.validate(parse_params(args.params, args.params_json))
+        url, token = args.server
+        job = start(workload, params, client=_run_client(args), name=args.name,
+                    report=ApiClient(url, token, timeout=10))
+    except WorkloadError as err:
+        raise CliError(str(err)) from None
+    except Exception as err:  # no cluster, cannot connect: one line
+        raise CliError(f"{args.workload}: {type(err).__name__}: {err}") from None
+    if not args.json:
+        print(f"{workload.name} job {job.id} started; `parallalx jobs cancel {job.id}` or "
+              "Ctrl-C stops it", file=sys.stderr)
+    last = ""
+    try:
+        while not job.done():
+            time.sleep(0.5)
+            line = _progress_line(job)
+            if line != last and not args.json:
+                print(line, file=sys.stderr)
+                last = line
+    except KeyboardInterrupt:
+        job.cancel()
+        print("cancelling ...", file=sys.stderr)
+    try:
+        result = job.result()
+    except Exception as err:
+        raise CliError(f"{workload.name} job {job.id} {job.state}: {err}") from None
+    summary = {"job": job.id, "workload": workload.name, "state": job.state,
+               **workload.summarize(result)}
+    if args.json:
+        return summary
+    return "\n".join(f"{k}: {v}" for k, v in summary.items())
+
+
+def _run_client(args: argparse.Namespace) -> Any:
+    if args.scheduler:
+        return args.scheduler
+    from .cluster.connect import main_client
+
+    return main_client(Path(args.home).expanduser() if args.home else None)
+
+
+def _progress_line(job: Any) -> str:
+    from .jobs.reporter import summarize
+    from .jobs.text import eta
+
+    p = summarize(job.progress) if job.progress else {}
+    if p.get("message"):
+        return f"  {job.state}: {p['message']}"
+    if p.get("total"):
+        loss = "" if p.get("loss") is None else f", loss {p['loss']:.4g}"
+        return f"  {job.state}: {p['step']}/{p['total']}{loss}, ETA {eta(p.get('eta_s'))}"
+    return f"  {job.state}"
+
+
 def cmd_demo(args: argparse.Namespace) -> Any:
     from .demo import run_demo
 
@@ -280,6 +367,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kernel")
     p.add_argument("--ide")
     p.set_defaults(func=cmd_env)
+
+    p = sub.add_parser("workloads", help="workloads installed here (train, sweep, ...)")
+    p.set_defaults(func=cmd_workloads)
+
+    p = sub.add_parser("run", help="run a workload on the cluster (this process owns the job)",
+                       description="Run a workload; parameters as key=value (JSON values, "
+                       "or text: Python objects as package.module:attribute).")
+    p.add_argument("workload")
+    p.add_argument("params", nargs="*", metavar="key=value")
+    p.add_argument("--params-json", metavar="JSON", help="parameters as one JSON object")
+    p.add_argument("--name", help="name shown in the job list")
+    p.add_argument("--scheduler", metavar="ADDR",
+                   help="a Dask scheduler address (default: this device's cluster)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("jobs", help="jobs of every workload: list, cancel, remove")
+    p.add_argument("action", nargs="?", default="list", choices=("list", "cancel", "remove"))
+    p.add_argument("job", nargs="?", help="job ID (cancel, remove)")
+    p.set_defaults(func=cmd_jobs)
 
     p = sub.add_parser("demo", help="the local multi-device demo (starts its own devices)")
     p.add_argument("--devices", type=int, default=3)

@@ -27,3 +27,34 @@ def make_device(tmp_path: Path) -> Iterator[Callable[..., LocalDevice]]:
     for dev in started:
         dev.stop()
 
+
+
+EXAMPLE_WORKLOAD = Path(__file__).parents[1] / "docs" / "examples" / "parallalx-example-workload"
+
+
+@pytest.fixture(scope="session")
+def example_workload(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """docs/examples/parallalx-example-workload, pip-installed into a folder of its own that
+    this process (sys.path) and every process started afterwards (PYTHONPATH) can see: a real
+    install, found through its entry point, without touching the test environment."""
+    import importlib
+    import os
+    import subprocess
+    import sys
+
+    target = tmp_path_factory.mktemp("example-workload")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+         "--target", str(target), str(EXAMPLE_WORKLOAD)],
+        check=True, capture_output=True,
+    )
+    sys.path.insert(0, str(target))
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(target), *([old] if old else [])])
+    importlib.invalidate_caches()
+    yield target
+    sys.path.remove(str(target))
+    if old is None:
+        os.environ.pop("PYTHONPATH", None)
+    else:
+        os.environ["PYTHONPATH"] = old

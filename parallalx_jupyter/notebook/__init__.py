@@ -42,7 +42,7 @@ def __getattr__(name: str) -> Any:  # widgets import ipywidgets (~0.5 s): only w
 
 
 def load_ipython_extension(ipython: Any) -> None:
-    from . import environment, training  # noqa: F401 - kernels, ides, install, cluster; train, jobs
+    from . import environment, jobs, training  # noqa: F401 - subcommands register on import
     from .magics import load_ipython_extension as load
 
     load(ipython)

@@ -96,6 +96,13 @@ class Context:
             self._connection = api.connect()
         return self._connection
 
+    def job_reporting(self) -> Any:
+        """Where a job started here reports: the magics' own server, or nowhere (local job)."""
+        try:
+            return self.connection.client
+        except (ClientError, ServerNotFound):
+            return False
+
 
 @dataclass
 class Subcommand:

@@ -27,7 +27,7 @@ REQUIRED = ("model", "dataset", "loss_fn", "optimizer")
 FINAL_STATES = ("finished", "failed", "cancelled")
 LOSS_POINTS = 200
 
-#: every job started from this kernel with `%%parallalx train`, oldest first
+#: every job started from this kernel (`%%parallalx train`, `%parallalx run`), oldest first
 JOBS: dict[str, Any] = {}
 _JOBS_LOCK = threading.Lock()
 
@@ -237,7 +237,8 @@ def _train(ctx: Context, args: Any) -> Result:
     try:
         job = train(ns["model"], ns["dataset"], ns["loss_fn"], ns["optimizer"],
                     epochs=args.epochs, batch_size=args.batch_size, strategy=args.strategy,
-                    checkpoint_dir=args.checkpoint_dir, client=ns.get("client"))
+                    checkpoint_dir=args.checkpoint_dir, client=ns.get("client"),
+                    report=ctx.job_reporting())
     except (ValueError, TypeError) as err:
         raise magic_error(f"train: {err}") from None
     except Exception as err:  # TrainingError and friends: no cluster, bad objects
@@ -247,23 +248,3 @@ def _train(ctx: Context, args: Any) -> Result:
     ns[var] = job
     dashboard = TrainingDashboard(job)
     return Result(_job_data(job), lambda: dashboard)
-
-
-@subcommand("jobs", "training jobs started from this kernel")
-def _jobs(ctx: Context, args: Any) -> Result:
-    """List the jobs `%%parallalx train` started in this kernel: id, state and progress."""
-    with _JOBS_LOCK:
-        jobs = list(JOBS.values())
-    data = [_job_data(j) for j in jobs]
-    if not data:
-        return Result(data, lambda: "no training jobs started from this kernel")
-    rows = [[d["id"], d["state"],
-             f"{d['global_step']}/{d['total_steps']} ({_num(d['fraction']):.0%})"
-             if d["total_steps"] else "-"] for d in data]
-    return Result(data, lambda: _table(rows, ["JOB", "STATE", "PROGRESS"]))
-
-
-def _table(rows: list[list[Any]], header: list[str]) -> str:
-    cells = [header, *[[str(c) for c in r] for r in rows]]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells)

@@ -8,6 +8,7 @@ into an HTML page or leak server internals.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from importlib import resources
 from typing import Any
@@ -356,6 +357,18 @@ class JobActionHandler(JobsHandlerBase):
             self.write_json(await self.jobs.cancel(job_id))
 
 
+class WorkloadsHandler(ParallalxHandler):
+    """Workloads installed in this server's environment (entry points), with their schemas."""
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        from ..workloads.registry import describe_all
+
+        rows = await asyncio.get_running_loop().run_in_executor(None, describe_all)
+        self.write_json(json.loads(json.dumps(rows, default=str)))
+
+
 class OpenAPIHandler(ParallalxHandler):
     @web.authenticated
     @authorized
@@ -383,6 +396,7 @@ def route_table() -> list[tuple[str, type[ParallalxHandler]]]:
         (r"/environment/(check|install)", EnvironmentActionHandler),
         (r"/cluster", ClusterHandler),
         (r"/cluster/(start|stop|add-self)", ClusterActionHandler),
+        (r"/workloads", WorkloadsHandler),
         (r"/jobs", JobsHandler),
         (rf"/jobs/{_ID}", JobHandler),
         (rf"/jobs/{_ID}/(progress|cancel)", JobActionHandler),

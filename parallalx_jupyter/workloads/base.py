@@ -103,6 +103,10 @@ class Workload(ABC):
     def run(self, ctx: JobContext, params: dict[str, Any]) -> Any:
         """Do the work on ``ctx.client``'s cluster; the return value is the job's result."""
 
+    def summarize(self, result: Any) -> dict[str, Any]:
+        """A short JSON-able account of ``result`` (what the CLI prints)."""
+        return {"result": repr(result)[:500]}
+
     @classmethod
     def describe(cls) -> dict[str, Any]:
         """Name, description and parameter schema, as the API and the CLI list them."""

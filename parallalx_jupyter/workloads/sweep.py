@@ -194,6 +194,12 @@ class SweepWorkload(Workload):
     def job_name(self, params: dict[str, Any]) -> str:
         return f"sweep {getattr(params['objective'], '__name__', '')}".strip()
 
+    def summarize(self, result: Any) -> dict[str, Any]:
+        states = result.table["state"].value_counts().to_dict() if len(result.table) else {}
+        return {"best_params": result.best_params, "best_value": result.best_value,
+                "best_trial": result.best_trial, "trials": {str(k): int(v)
+                                                            for k, v in states.items()}}
+
     def run(self, ctx: JobContext, params: dict[str, Any]) -> SweepResult:
         import optuna
 

@@ -92,6 +92,10 @@ class TrainWorkload(Workload):
             job.subscribe(params["on_progress"], {"progress"})
         return job
 
+    def summarize(self, result: Any) -> dict[str, Any]:
+        return {"model": type(result).__name__,
+                "parameters": sum(p.numel() for p in result.parameters())}
+
     def run(self, ctx: JobContext, params: dict[str, Any]) -> Any:
         job = ctx.job
         assert isinstance(job, TrainingJob)

@@ -1,0 +1,160 @@
+"""`%parallalx workloads`, `%parallalx run` and `%parallalx jobs`: any workload, one job list.
+
+    %parallalx workloads                       # what is installed (entry points)
+    %parallalx run sweep objective=my_objective space=$space sampler=grid -o sweep_job
+    %parallalx jobs                            # every job of this device (all kernels, CLI)
+    %parallalx jobs cancel 3f9a0c1b2d4e
+
+`run` parameters are `key=value` words: JSON values (`epochs=3`, `space='{"lr": {...}}'`), or
+for Python-object parameters the name of a variable in the notebook (`objective=my_objective`)
+or a `package.module:attribute` reference. The job runs in this kernel, shows a live view and
+is stored in VAR (`-o`, default `job`); the panel and the CLI see it and can cancel it.
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+from typing import Any
+
+import ipywidgets as widgets
+
+from ..jobs.reporter import summarize
+from ..jobs.text import eta, jobs_table, workloads_table
+from .magics import Context, Result, argument, magic_error, subcommand
+from .training import _JOBS_LOCK, FINAL_STATES, JOBS, TrainingDashboard, sparkline
+
+
+class JobView(widgets.VBox):
+    """Live view of any workload's job: progress bar, message, loss/best-value plot, Cancel."""
+
+    def __init__(self, job: Any) -> None:
+        super().__init__()
+        self.job = job
+        self._lock = threading.Lock()
+        self._values: list[float] = []
+        self.title = widgets.HTML(html.escape(f"{job.workload} job {job.id}: {job.name}"))
+        self.bar = widgets.FloatProgress(value=0.0, min=0.0, max=1.0)
+        self.text = widgets.HTML("")
+        self.plot = widgets.HTML(sparkline([]))
+        self.cancel_button = widgets.Button(description="Cancel", button_style="warning")
+        self.cancel_button.on_click(lambda _b: self._cancel())
+        self.final = widgets.HTML("")
+        self.state = str(job.state)
+        self.children = (self.title, self.bar, self.text, self.plot, self.cancel_button,
+                         self.final)
+        self._unsubscribe = job.subscribe(self.on_record)
+        if job.progress:
+            self.on_record(dict(job.progress))
+        for rec in [e for e in list(job.events) if e.get("kind") == "state"][-1:]:
+            self.on_record(rec)
+
+    def on_record(self, rec: dict[str, Any]) -> None:
+        with self._lock:
+            if rec.get("kind") == "progress":
+                p = summarize(rec)
+                if p["fraction"] is not None:
+                    self.bar.value = p["fraction"]
+                if p["loss"] is not None:
+                    self._values.append(p["loss"])
+                    self.plot.value = sparkline(self._values)
+                parts = [p["message"] or (f"{p['step']}/{p['total']}" if p["total"] else "")]
+                if p["samples_per_s"] is not None:
+                    parts.append(f"{p['samples_per_s']:,.0f}/s")
+                parts.append(f"ETA {eta(p['eta_s'])}")
+                self.text.value = html.escape(" · ".join(x for x in parts if x))
+            elif rec.get("kind") == "state":
+                self.state = str(rec.get("state"))
+                if self.state in FINAL_STATES:
+                    style = {"finished": "success", "failed": "danger",
+                             "cancelled": "warning"}[self.state]
+                    self.bar.bar_style = style
+                    if self.state == "finished":
+                        self.bar.value = 1.0
+                    self.cancel_button.disabled = True
+                    error = str(rec.get("error") or "")[:2000]
+                    self.final.value = f"<b>{html.escape(self.state)}" + \
+                        (f": {html.escape(error)}" if error else "") + "</b>"
+
+    def _cancel(self) -> None:
+        if self.job.cancel():
+            self.cancel_button.disabled = True
+            self.final.value = "cancelling…"
+
+    def __repr__(self) -> str:
+        return f"JobView({self.job.workload} job {self.job.id}: {self.state})"
+
+
+def _param_value(ns: dict[str, Any], schema: dict[str, Any], key: str, value: Any) -> Any:
+    """For Python-object parameters, a bare name is a notebook variable."""
+    prop = (schema.get("properties") or {}).get(key) or {}
+    if prop.get("x-python") and isinstance(value, str) and value.isidentifier():
+        if value not in ns:
+            raise magic_error(f"run: parameter '{key}': no variable {value!r} in this notebook "
+                              "(or give package.module:attribute)")
+        return ns[value]
+    return value
+
+
+@subcommand("workloads", "workloads installed on this device (train, sweep, inference, ...)")
+def _workloads(ctx: Context, args: Any) -> Result:
+    """List the workloads the server finds (entry-point group `parallalx_jupyter.workloads`)."""
+    data = ctx.connection.call("GET", "workloads")
+    return Result(data, lambda: workloads_table(data))
+
+
+@subcommand("run", "run a workload in this kernel: run NAME key=value ...")
+@argument("workload", help="workload name (see `%%parallalx workloads`)")
+@argument("params", nargs="*", help="key=value parameters (JSON values; notebook variables "
+          "for Python objects)")
+@argument("--params-json", metavar="JSON", help="parameters as one JSON object")
+@argument("--name", help="name shown in the job list")
+@argument("--scheduler", metavar="ADDR", help="Dask scheduler address (default: a `client` "
+          "variable, the default Dask client, or this device's cluster)")
+def _run(ctx: Context, args: Any) -> Result:
+    """Start the workload in the background with a live view; the job is stored in VAR (-o,
+    default `job`) and listed by this device's server (panel, CLI, `%%parallalx jobs`)."""
+    from ..workloads import WorkloadError
+    from ..workloads.params import parse_params
+    from ..workloads.registry import get
+    from ..workloads.runner import start
+
+    var = args.output or "job"
+    args.output = None
+    ns = ctx.shell.user_ns
+    try:
+        workload = get(args.workload)
+        raw = parse_params(args.params, args.params_json)
+        params = {k: _param_value(ns, workload.parameters, k, v) for k, v in raw.items()}
+        job = start(workload, params, client=args.scheduler or ns.get("client"),
+                    name=args.name, report=ctx.job_reporting())
+    except WorkloadError as err:
+        raise magic_error(f"run: {err}") from None
+    except Exception as err:  # no cluster, unreachable scheduler
+        raise magic_error(f"run: {type(err).__name__}: {err}") from None
+    with _JOBS_LOCK:
+        JOBS[job.id] = job
+    ns[var] = job
+    view = TrainingDashboard(job) if job.workload == "train" else JobView(job)
+    return Result({"id": job.id, "workload": job.workload, "state": job.state}, lambda: view)
+
+
+@subcommand("jobs", "jobs of every workload on this device: list, cancel ID, remove ID")
+@argument("action", nargs="?", default="list", choices=("list", "cancel", "remove"))
+@argument("job", nargs="?", help="job ID (cancel, remove)")
+def _jobs(ctx: Context, args: Any) -> Result:
+    """The device's job list: jobs from every kernel, the CLI and the panel's view of them."""
+    import urllib.parse
+
+    conn = ctx.connection
+    if args.action == "list":
+        data = conn.call("GET", "jobs")
+        return Result(data, lambda: jobs_table(data))
+    if not args.job:
+        raise magic_error(f"jobs {args.action}: which job? (an ID from `%parallalx jobs`)")
+    job_id = urllib.parse.quote(args.job, safe="")
+    if args.action == "cancel":
+        data = conn.call("POST", f"jobs/{job_id}/cancel")
+        return Result(data, lambda: f"cancel requested for {data['workload']} job {data['id']}")
+    conn.call("DELETE", f"jobs/{job_id}")
+    return Result({"removed": args.job}, lambda: f"removed job {args.job}")

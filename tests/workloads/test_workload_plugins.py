@@ -1,0 +1,120 @@
+"""A third-party workload, installed with pip, shows up everywhere and runs to completion.
+
+docs/examples/parallalx-example-workload (the guide's example, workload ``pi``) is installed by
+the ``example_workload`` fixture; nothing in parallalx names it. It then appears in the REST
+API of a device server, in the CLI, and in the Python API, and runs on a real Dask cluster
+from the CLI (which reports it to the device's job list) and from Python.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from parallalx_jupyter.local_device import LocalDevice
+from parallalx_jupyter.workloads import WorkloadError, describe_all, run
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def cli(dev: Any, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PARALLALX_")}
+    return subprocess.run(
+        [sys.executable, "-m", "parallalx_jupyter.cli", "--url", dev.url, "--token", dev.token,
+         *args], capture_output=True, text=True, timeout=120, env=env,
+    )
+
+
+@pytest.fixture(scope="module")
+def shared_device(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalDevice]:
+    dev = LocalDevice(home=tmp_path_factory.mktemp("plugin-bad"), name="plugin-bad").start()
+    yield dev
+    dev.stop()
+
+
+@pytest.fixture(scope="module")
+def plain_cluster(example_workload) -> Iterator[Any]:
+    """Worker processes started after the install, so they can import the plugin's tasks."""
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                           dashboard_address=":0")
+    client = Client(cluster, set_as_default=False)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()
+
+
+def test_installed_workload_is_listed_by_api_cli_and_python(example_workload, make_device):
+    names = {w["name"]: w for w in describe_all()}
+    assert {"train", "sweep", "inference", "pi"} <= set(names)
+    assert names["pi"]["parameters"]["properties"]["samples"]["minimum"] == 1000
+
+    dev = make_device("plugin-host")  # started after the install: its PYTHONPATH has it
+    listed = {w["name"]: w for w in dev.api("GET", "workloads")}
+    assert listed["pi"]["description"].startswith("Estimate pi")
+    assert listed["pi"]["error"] is None and listed["train"]["error"] is None
+
+    out = cli(dev, "workloads")
+    assert out.returncode == 0, out.stderr
+    assert "pi" in out.stdout and "Estimate pi" in out.stdout and "sweep" in out.stdout
+
+
+def test_cli_runs_the_plugin_and_the_device_lists_the_job(example_workload, make_device,
+                                                          plain_cluster) -> None:
+    dev = make_device("plugin-cli")
+    address = plain_cluster.scheduler.address
+    out = cli(dev, "--json", "run", "pi", "samples=400000", "chunk=50000", "--scheduler", address,
+              "--name", "pi from the CLI")
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["state"] == "finished" and abs(summary["pi"] - 3.1416) < 0.02
+    jobs = [j for j in dev.api("GET", "jobs") if j["id"] == summary["job"]]
+    assert jobs and jobs[0]["state"] == "finished" and jobs[0]["workload"] == "pi"
+    assert jobs[0]["owner"]["kind"] == "cli" and jobs[0]["name"] == "pi from the CLI"
+    assert jobs[0]["progress"]["step"] == 400000
+
+    listed = cli(dev, "jobs")
+    assert listed.returncode == 0 and summary["job"] in listed.stdout
+    assert "finished" in listed.stdout
+    removed = cli(dev, "jobs", "remove", summary["job"])
+    assert removed.returncode == 0, removed.stderr
+    assert dev.api("GET", "jobs") == []
+
+
+def test_python_api_runs_the_plugin(example_workload, plain_cluster) -> None:
+    job = run("pi", samples=200_000, chunk=20_000, client=plain_cluster, report=False)
+    assert abs(job.result(timeout=120) - 3.1416) < 0.03
+    assert job.state == "finished" and job.progress["step"] == 200_000
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "nosuch"], "unknown workload 'nosuch'; available:"),
+        (["run", "pi", "samples=5"], "pi: parameter 'samples': 5 is less than the minimum"),
+        (["run", "pi", "colour=blue"], "pi: unknown parameter(s) colour"),
+        (["run", "pi", "samples"], "expected key=value"),
+        (["run", "pi", "--params-json", "[1]"], "--params must be a JSON object"),
+        (["jobs", "cancel", "nosuchjob"], "no job 'nosuchjob'"),
+        (["jobs", "cancel"], "which job?"),
+    ],
+)
+def test_cli_bad_input_is_one_clear_line(example_workload, shared_device, args, message) -> None:
+    out = cli(shared_device, *args)
+    assert out.returncode == 1, out
+    assert message in out.stderr, out.stderr
+    assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+
+
+def test_unknown_workload_from_python_is_one_line() -> None:
+    with pytest.raises(WorkloadError, match="unknown workload 'nope'"):
+        run("nope", client="tcp://127.0.0.1:1", report=False)
