@@ -112,3 +112,16 @@ def test_bad_input_is_one_line(ip, alpha, example_workload, line: str, message: 
         ip.run_line_magic("parallalx", line)
     text = str(info.value)
     assert text.startswith("parallalx: ") and message in text and "\n" not in text, text
+
+
+def test_sweeps_and_inference_notebook(tmp_path) -> None:
+    from test_notebook_training import _run_notebook
+
+    texts = "\n".join(_run_notebook("sweeps_and_inference.ipynb", tmp_path))
+    assert "workloads: inference, sweep, train" in texts.replace("pi, ", "")
+    best = next(t for t in texts.splitlines() if t.startswith("best:"))
+    assert float(best.split()[-1]) >= 0.9
+    assert "same as one local pass: True" in texts
+    acc = next(t for t in texts.splitlines() if t.startswith("test accuracy"))
+    assert float(acc.split()[-1]) >= 0.9
+    assert "magic job: torch.Size([" in texts
