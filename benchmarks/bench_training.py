@@ -16,6 +16,7 @@ import argparse
 import datetime as dt
 import functools
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -131,6 +132,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--strategies", nargs="+", default=["ddp", "local_sgd"])
+    ap.add_argument("--repeats", type=int, default=5,
+                    help="baseline and engine runs alternate this many times; medians of the "
+                    "paired ratios are reported (a 2-core machine is noisy: +-10%% per run)")
     args = ap.parse_args()
 
     from distributed import Client, LocalCluster
@@ -138,8 +142,6 @@ def main() -> None:
 
     single = single_process(args.steps)
     print(f"single process, global batch {BATCH}:      {single:8.0f} steps/s")
-    base = baseline(args.steps)
-    print(f"baseline (spawned processes, DDP, gloo): {base:8.0f} steps/s")
     sec = Security.temporary()  # local-only benchmark cluster; never shipped to other devices
     repo = str(Path(__file__).resolve().parents[1])
     with LocalCluster(
@@ -150,14 +152,27 @@ def main() -> None:
         host="127.0.0.1",
         security=sec,
         dashboard_address=None,
-        env={"OMP_NUM_THREADS": "1", "PYTHONPATH": repo},
+        # as parallalx's own workers (cluster/worker_main.py): no statistical profiler
+        env={"OMP_NUM_THREADS": "1", "PYTHONPATH": repo,
+             "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False"},
     ) as cluster, Client(cluster, security=sec) as client:  # fmt: skip
+        report = None
         for strategy in args.strategies:
-            rate, wall, report = engine(client, strategy, args.steps)
+            ratios, rates, bases = [], [], []
+            for _ in range(args.repeats):
+                base = baseline(args.steps)
+                rate, wall, report = engine(client, strategy, args.steps)
+                bases.append(base)
+                rates.append(rate)
+                ratios.append(rate / base)
+                print(f"  baseline {base:6.0f} steps/s | engine {strategy} {rate:6.0f} steps/s "
+                      f"| ratio {rate / base:.2f} | wall {wall:.1f}s", flush=True)
+            med = statistics.median
             print(
-                f"engine {strategy:<10} (Dask over TLS):  {rate:8.0f} steps/s  "
-                f"ratio {rate / base:.2f}  vs single {rate / single:.2f}x  "
-                f"wall {wall:.1f}s for {args.steps} steps"
+                f"engine {strategy:<10} (Dask over TLS): median {med(rates):6.0f} steps/s vs "
+                f"baseline {med(bases):6.0f}: median ratio {med(ratios):.2f} "
+                f"(range {min(ratios):.2f}-{max(ratios):.2f}); vs single "
+                f"{med(rates) / single:.2f}x"
             )
         print(report)
 

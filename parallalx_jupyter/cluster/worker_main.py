@@ -111,7 +111,10 @@ async def _run(cfg: dict, parent_watch: bool) -> int:
     status_file = cfg.get("status_file")
     stopping = guard.stop_requested(parent_watch)
 
-    with dask.config.set({"distributed.comm.require-encryption": True}):
+    # The statistical profiler samples every thread every 10 ms; the work of a parallalx job
+    # runs in rank subprocesses it cannot see, so on a small machine it only takes CPU from them.
+    with dask.config.set({"distributed.comm.require-encryption": True,
+                          "distributed.worker.profile.enabled": False}):
         worker = worker_cls(
             cfg["scheduler_address"],
             name=cfg.get("name") or cfg["device_id"],

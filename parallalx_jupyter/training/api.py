@@ -10,6 +10,7 @@ device's own parallalx cluster as the main device.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,9 @@ class TrainingJob(Job):
 
     * ``preflight``: the latest :class:`PreflightReport` (one per attempt);
     * ``restarts``: how often the group was re-formed after losing a worker;
-    * ``checkpoint_path``: the newest checkpoint written for this job.
+    * ``checkpoint_path``: the newest checkpoint written for this job;
+    * ``timeline``: seconds from the ``train()`` call to each phase of the latest attempt
+      (probe, ship, rendezvous, rank process, process group, build, preflight, first step).
 
     ``result()`` is the trained model as a CPU module in this process.
     """
@@ -40,6 +43,8 @@ class TrainingJob(Job):
     ) -> None:
         self.preflight: PreflightReport | None = None
         self.restarts = 0
+        self.timeline: dict[str, float] = {}
+        self.created_at = time.time()
         self._store = store
         super().__init__(job_id, "train", name, hub)
 
@@ -49,6 +54,10 @@ class TrainingJob(Job):
             self.preflight = PreflightReport.from_dict(rec["report"])
         elif kind == "restart":
             self.restarts += 1
+        elif kind == "timeline":
+            marks = rec.get("marks") or {}
+            self.timeline = {k: round(v - self.created_at, 4)
+                             for k, v in sorted(marks.items(), key=lambda kv: kv[1])}
 
     @property
     def checkpoint_path(self) -> Path | None:

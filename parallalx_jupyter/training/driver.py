@@ -78,6 +78,8 @@ class Driver:
         self.probe_timeout = probe_timeout
         self.only_workers = set(workers) if workers else None
         self.watch = WorkerWatch(client, stale_after_s=heartbeat_timeout)
+        #: wall-clock times of the phases of an attempt (merged with rank 0's: ``timeline``)
+        self.marks: dict[str, float] = {}
         self.aggregator = ProgressAggregator(job.job_id, total_steps=0)
         self.excluded: set[str] = set()
         self.preflight: PreflightReport | None = None
@@ -148,6 +150,9 @@ class Driver:
                 report=msg["report"],
                 text=str(self.preflight),
             )
+        elif kind == "timeline":
+            marks = {**self.marks, **msg.get("marks", {})}
+            self._emit("timeline", attempt=msg.get("attempt"), marks=marks)
         elif kind in ("checkpoint", "final"):
             path = self.store.put(msg["data"], int(msg["global_step"]))
             if kind == "final":
@@ -254,7 +259,11 @@ class Driver:
             self.client.cancel([f for f in self._cleanup if f.status == "pending"], force=True)
         self._cleanup.clear()
 
+    def _mark(self, name: str) -> None:
+        self.marks[name] = time.time()
+
     def _loop(self) -> bytes:
+        self._mark("driver_start")
         driver_env = probe_environment()
         attempt = 0
         fixed: tuple[str, int] | None = None
@@ -264,6 +273,7 @@ class Driver:
             candidates = self._candidates()
             self._require(candidates, "on the cluster")
             envs = self._probe(candidates, attempt)
+            self._mark("probed")
             self._require(list(envs), "after probing the workers")
             check_versions(envs, driver_env)
             workers = order_workers(list(envs), prefer_host=host_of(self.client.scheduler.address))
@@ -369,10 +379,13 @@ class Driver:
                     error=exc,
                     detail=f"could not ship the job: {exc!r}",
                 )
+            self._mark("shipped")
             port, failure = self._open_rendezvous(attempt, workers)
             if failure is not None:
                 return failure
+            self._mark("rendezvous")
             futures = submit_ranks(self.client, run_rank, workers, make_spec, payload_future)
+            self._mark("submitted")
             return self._monitor(futures, workers)
         finally:
             if futures:

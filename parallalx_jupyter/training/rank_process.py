@@ -61,6 +61,7 @@ from .spec import (
     unpack_user_objects,
     zero_loss,
 )
+from .stop_vote import StopVote
 from .strategies import EXACT, make_strategy
 
 _COMM_MARKERS = (
@@ -176,6 +177,7 @@ class ChildChannel:
 
 def child_main(spec: RankSpec, payload: AttemptPayload, control: Any, events: Any) -> None:
     """Entry point of a rank process: train, report, and leave without running destructors."""
+    marks = {"rank_process": time.time()}
     channel = ChildChannel(control, events)
     code = EXIT_OK
     try:
@@ -185,7 +187,8 @@ def child_main(spec: RankSpec, payload: AttemptPayload, control: Any, events: An
             torch.set_num_threads(payload.job.torch_threads)
         set_gloo_interface(spec.master_host)
         with process_group(spec):
-            summary = RankTrainer(spec, payload, channel).run()
+            marks["process_group"] = time.time()
+            summary = RankTrainer(spec, payload, channel, marks).run()
         outcome: tuple[str, Any] = ("done", summary)
     except BaseException as exc:  # noqa: BLE001 - everything is reported, nothing re-raised
         outcome = ("error", portable_error(exc, spec.rank))
@@ -201,25 +204,24 @@ def child_main(spec: RankSpec, payload: AttemptPayload, control: Any, events: An
 class RankTrainer:
     """The training loop of one rank (inside its rank process)."""
 
-    def __init__(self, spec: RankSpec, payload: AttemptPayload, channel: ChildChannel) -> None:
+    def __init__(
+        self,
+        spec: RankSpec,
+        payload: AttemptPayload,
+        channel: ChildChannel,
+        marks: dict[str, float] | None = None,
+    ) -> None:
         self.spec = spec
         self.payload = payload
         self.job = payload.job
         self.channel = channel
         self.rank = spec.rank
         self.world = spec.world_size
+        self.marks: dict[str, float] = marks if marks is not None else {}
 
     # ------------------------------------------------------------------ helpers
     def _user(self, what: str) -> contextlib.AbstractContextManager[None]:
         return user_code(what, self.rank, self.spec.worker)
-
-    def _agree_to_stop(self, device: Any) -> bool:
-        import torch
-        import torch.distributed as dist
-
-        flag = torch.tensor([1.0 if self.channel.stop_requested() else 0.0], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item() > 0)
 
     # ------------------------------------------------------------------ phases
     def _build(self, device: Any) -> tuple[Any, Any, Any]:
@@ -247,6 +249,7 @@ class RankTrainer:
         import torch.distributed as dist
 
         check_connectivity(device)
+        self.marks["pf_connected"] = time.time()
         memory = (
             torch.cuda.get_device_properties(device).total_memory
             if device.type == "cuda"
@@ -291,7 +294,9 @@ class RankTrainer:
         with torch.no_grad():
             for b, saved in zip(model.buffers(), buffers, strict=True):
                 b.copy_(saved)
+        self.marks["pf_step_cost"] = time.time()
         latency, bandwidth = measure_link(device)
+        self.marks["pf_link"] = time.time()
         mine = {
             "worker": self.spec.worker,
             "host": host_of(self.spec.worker),
@@ -378,6 +383,7 @@ class RankTrainer:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         model, dataset, loss_fn = self._build(device)
+        self.marks["built"] = time.time()
         self._dataset_len = len(dataset)
         resume = unpack(self.payload.resume) if self.payload.resume else None
         if resume is None:
@@ -400,6 +406,7 @@ class RankTrainer:
                     )
 
         report = self._preflight(model, dataset, loss_fn, device)
+        self.marks["preflight"] = time.time()
         if self.rank == 0:
             self.channel.ship(
                 {"kind": "preflight", "attempt": self.spec.attempt, "report": report.to_dict()}
@@ -458,11 +465,12 @@ class RankTrainer:
         )
         position = (epoch, step)
         cancelled = False
+        vote = StopVote(job.control_every, self.channel.stop_requested)
         wrapped.train()
         for ep, st in plan.positions(epoch, step, job.epochs):
             if global_step >= total:
                 break
-            if global_step % max(1, job.control_every) == 0 and self._agree_to_stop(device):
+            if vote.should_stop(global_step):
                 cancelled = True
                 break
             t0 = time.perf_counter()
@@ -477,11 +485,16 @@ class RankTrainer:
                 t1 = time.perf_counter()
                 loss = loss_fn(out, target) if mine else zero_loss(out)
                 scale = plan.loss_scale(st, self.rank) if exact else (1.0 if mine else 0.0)
-                (loss * scale).backward()
+                (loss if scale == 1.0 else loss * scale).backward()
                 if exact or mine:
                     optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             comm = strategy.after_step(wrapped, global_step, mine, sum(sizes))
+            if "first_step" not in self.marks:
+                self.marks["first_step"] = time.time()
+                if self.rank == 0:
+                    self.channel.ship({"kind": "timeline", "attempt": self.spec.attempt,
+                                       "marks": dict(self.marks)})
             global_step += 1
             position = (ep, st + 1) if st + 1 < plan.steps_per_epoch else (ep + 1, 0)
             metrics.record(
@@ -506,6 +519,7 @@ class RankTrainer:
                         global_step,
                         report,
                     )
+        vote.close()
         metrics.flush(epoch=position[0], global_step=global_step, total_steps=total)
         self._checkpoint(
             "final",

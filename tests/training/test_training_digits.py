@@ -55,3 +55,5 @@ def test_digits_mlp_reaches_95_percent(cluster2) -> None:
     assert seen and seen[-1]["global_step"] == job.progress["total_steps"] == 15 * 23
     assert job.history and all(h["kind"] == "progress" for h in job.history)
     assert {r["rank"] for r in job.progress["ranks"]} == {0, 1}
+    t = job.timeline  # phases of the attempt, in order, seconds after the train() call
+    assert 0 < t["probed"] < t["submitted"] < t["preflight"] < t["first_step"] < elapsed
