@@ -166,6 +166,7 @@ def measure_step_cost(
     n2: int,
     steps: int = 3,
     barrier: Callable[[], None] | None = None,
+    budget_s: float = 0.5,
 ) -> dict[str, float]:
     """Fit ``time(n) = overhead + n * per_sample`` from timed steps at two batch sizes.
 
@@ -179,14 +180,17 @@ def measure_step_cost(
     while another is still in its one-off start-up (cuBLAS handles, allocator growth): on a GPU
     shared by two ranks that made one rank look 75x slower than the other.
     """
-    step(n1)
+    warm = step(n1)[1]
     if n2 > n1:
-        step(n2)
+        warm = max(warm, step(n2)[1])
     if barrier is not None:
         barrier()
+    # Time-boxed: a big model's step can take a second; about half a second per size is plenty
+    # (each rank times on its own, nothing collective in between, so counts may differ).
+    repeats = max(2, min(steps, int(budget_s / max(warm, 1e-9))))
 
     def timed(n: int) -> tuple[float, float]:
-        runs = [step(n) for _ in range(max(1, steps))]
+        runs = [step(n) for _ in range(repeats)]
         return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
 
     f1, t1 = timed(n1)

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from IPython.core.error import UsageError
+from local_dask import local_dask_client
 
 from parallalx_jupyter.notebook.jobs import JobView
 from parallalx_jupyter.notebook.training import TrainingDashboard
@@ -18,16 +19,9 @@ pytestmark = pytest.mark.timeout(180)
 
 @pytest.fixture(scope="module")
 def dask_client(example_workload) -> Iterator[Any]:
-    from distributed import Client, LocalCluster
-
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                           dashboard_address=":0")
-    client = Client(cluster, set_as_default=False)
-    try:
+    """Workers start after the example workload is installed, so they can import it."""
+    with local_dask_client() as client:
         yield client
-    finally:
-        client.close()
-        cluster.close()
 
 
 def _wait(pred, timeout: float) -> None:

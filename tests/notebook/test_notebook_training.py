@@ -10,6 +10,7 @@ from pathlib import Path
 import nbformat
 import pytest
 from IPython.core.error import UsageError
+from local_dask import local_dask_client
 from nbclient import NotebookClient
 
 from parallalx_jupyter.notebook import training as training_module
@@ -38,17 +39,8 @@ client = dask_client
 
 @pytest.fixture(scope="module")
 def local_cluster():
-    from distributed import Client, LocalCluster
-
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                           dashboard_address=":0")
-    client = Client(cluster, set_as_default=False)
-    client.wait_for_workers(2, timeout=60)
-    try:
+    with local_dask_client() as client:
         yield client
-    finally:
-        client.close()
-        cluster.close()
 
 
 def _wait(pred, timeout: float) -> None:

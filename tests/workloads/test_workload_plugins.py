@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from local_dask import local_dask_client
 
 from parallalx_jupyter.local_device import LocalDevice
 from parallalx_jupyter.workloads import WorkloadError, describe_all, run
@@ -41,16 +42,8 @@ def shared_device(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalDev
 @pytest.fixture(scope="module")
 def plain_cluster(example_workload) -> Iterator[Any]:
     """Worker processes started after the install, so they can import the plugin's tasks."""
-    from distributed import Client, LocalCluster
-
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                           dashboard_address=":0")
-    client = Client(cluster, set_as_default=False)
-    try:
+    with local_dask_client() as client:
         yield client
-    finally:
-        client.close()
-        cluster.close()
 
 
 def test_installed_workload_is_listed_by_api_cli_and_python(example_workload, make_device):
