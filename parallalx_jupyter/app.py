@@ -25,6 +25,7 @@ from .environments.service import EnvironmentService
 from .files import write_private
 from .identity import DeviceIdentity
 from .jobs.registry import JobRegistry
+from .jobs.spawner import JobSpawner
 from .manager import DeviceManager, PairingSettings
 from .server import events
 from .server.handlers import handlers
@@ -209,9 +210,11 @@ class ParallalxApp(ExtensionApp):
             identity.display_id, self.device_name, self.peer_ip, self.listener.port,
         )
         self.jobs = JobRegistry(self.store, emit, stale_after=self.job_stale_after)
+        self.spawner = JobSpawner(self.jobs, home)
         self.settings.update({"parallalx_manager": self.manager, "parallalx_app": self,
                               "parallalx_environments": self.environments,
-                              "parallalx_jobs": self.jobs})
+                              "parallalx_jobs": self.jobs,
+                              "parallalx_spawner": self.spawner})
 
     def initialize_handlers(self) -> None:
         self.handlers.extend(handlers())
@@ -227,8 +230,12 @@ class ParallalxApp(ExtensionApp):
             "peer_port": self.listener.port if self.listener else None,
         }
         write_private(home / SERVER_INFO_FILE, json.dumps(info))
+        self.spawner.server_url = info["url"]
+        self.spawner.token = info["token"]
 
     async def stop_extension(self) -> None:
+        if getattr(self, "spawner", None) is not None:
+            await self.spawner.stop()
         if self.manager is not None:
             await self.manager.stop()
         if self.listener is not None:

@@ -239,7 +239,8 @@ def cmd_run(args: argparse.Namespace) -> Any:
         params = workload.validate(parse_params(args.params, args.params_json))
         url, token = args.server
         job = start(workload, params, client=_run_client(args), name=args.name,
-                    report=ApiClient(url, token, timeout=10))
+                    report=ApiClient(url, token, timeout=10), job_id=args.job_id,
+                    adopt=args.job_id is not None)
     except WorkloadError as err:
         raise CliError(str(err)) from None
     except Exception as err:  # no cluster, cannot connect: one line
@@ -380,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="name shown in the job list")
     p.add_argument("--scheduler", metavar="ADDR",
                    help="a Dask scheduler address (default: this device's cluster)")
+    p.add_argument("--job-id", help=argparse.SUPPRESS)  # a job the server registered for us
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("jobs", help="jobs of every workload: list, cancel, remove")

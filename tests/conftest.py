@@ -58,3 +58,11 @@ def example_workload(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]
         os.environ.pop("PYTHONPATH", None)
     else:
         os.environ["PYTHONPATH"] = old
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Browser tests run last, whatever folders sort after tests/ui: Playwright's sync API
+    leaves an event loop running in this process, and a later test whose fixtures close an
+    event loop would then fail in teardown ("Cannot close a running event loop")."""
+    ui = Path(__file__).parent / "ui"
+    items.sort(key=lambda item: Path(str(item.path)).is_relative_to(ui))

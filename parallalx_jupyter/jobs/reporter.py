@@ -97,11 +97,15 @@ class JobReporter:
             target=self._run, name=f"parallalx-report-{job.id}", daemon=True
         )
 
-    def start(self) -> JobReporter:
-        """Register the job (synchronously: a refusal is known at once), then report."""
-        owner = {"kind": owner_kind(), "pid": os.getpid(), "host": socket.gethostname()[:255]}
-        self.client.call("POST", "jobs", {"id": self.job.id, "workload": self.job.workload,
-                                          "name": self.job.name[:200], "owner": owner})
+    def start(self, adopt: bool = False) -> JobReporter:
+        """Register the job (synchronously: a refusal is known at once), then report.
+
+        ``adopt``: the server registered it already (a job it started, ``jobs.spawner``)."""
+        if not adopt:
+            owner = {"kind": owner_kind(), "pid": os.getpid(),
+                     "host": socket.gethostname()[:255]}
+            self.client.call("POST", "jobs", {"id": self.job.id, "workload": self.job.workload,
+                                              "name": self.job.name[:200], "owner": owner})
         self.registered = True
         self.job.subscribe(self._on_record)
         self._thread.start()
@@ -180,7 +184,9 @@ class JobReporter:
         self._thread.join(timeout)
 
 
-def attach_reporter(job: Job, report: bool | Any = True) -> JobReporter | None:
+def attach_reporter(
+    job: Job, report: bool | Any = True, adopt: bool = False
+) -> JobReporter | None:
     """Report ``job`` to this device's server if one is found; None when it stays local.
 
     ``report``: True (find the server like the notebook does: this kernel's server,
@@ -200,7 +206,7 @@ def attach_reporter(job: Job, report: bool | Any = True) -> JobReporter | None:
             return None
         client = ApiClient(ref.url, ref.token, timeout=10)
     try:
-        return JobReporter(job, client).start()
+        return JobReporter(job, client).start(adopt=adopt)
     except ClientError as err:
         log.info("job %s is not in the device's job list: %s", job.id, err)
         return None

@@ -23,6 +23,7 @@ from ..cluster.service import ClusterError, ClusterService
 from ..environments.errors import EnvironmentStepError
 from ..environments.service import EnvironmentService
 from ..jobs.registry import JobRegistry
+from ..jobs.spawner import JobSpawner
 from ..manager import ApiError, DeviceManager
 from ..pairing import ProtocolError, validate
 
@@ -369,6 +370,26 @@ class WorkloadsHandler(ParallalxHandler):
         self.write_json(json.loads(json.dumps(rows, default=str)))
 
 
+RUN_SPEC = {
+    "params": (lambda v: isinstance(v, dict), False, "an object of parameters (JSON values; "
+               "Python objects as 'package.module:attribute')"),
+    "name": (_is_optional_str, False, "a string or null"),
+    "scheduler": (lambda v: v is None or (isinstance(v, str) and 0 < len(v) <= 512), False,
+                  "a Dask scheduler address or null"),
+}
+
+
+class WorkloadRunHandler(ParallalxHandler):
+    """Start a workload as a job of this server (a child process that reports like any owner)."""
+
+    @web.authenticated
+    @authorized
+    async def post(self, workload: str) -> None:
+        body = self.json_body(RUN_SPEC)
+        spawner: JobSpawner = self.settings["parallalx_spawner"]
+        self.write_json(await spawner.run(workload, body), 202)
+
+
 class OpenAPIHandler(ParallalxHandler):
     @web.authenticated
     @authorized
@@ -397,6 +418,7 @@ def route_table() -> list[tuple[str, type[ParallalxHandler]]]:
         (r"/cluster", ClusterHandler),
         (r"/cluster/(start|stop|add-self)", ClusterActionHandler),
         (r"/workloads", WorkloadsHandler),
+        (rf"/workloads/{_ID}/run", WorkloadRunHandler),
         (r"/jobs", JobsHandler),
         (rf"/jobs/{_ID}", JobHandler),
         (rf"/jobs/{_ID}/(progress|cancel)", JobActionHandler),

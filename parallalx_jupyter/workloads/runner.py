@@ -24,19 +24,22 @@ def start(
     security: Any = None,
     name: str | None = None,
     report: Any = True,
+    job_id: str | None = None,
+    adopt: bool = False,
 ) -> Job:
     """Run ``workload`` with ``params`` on a Dask cluster in the background; returns its Job.
 
     ``client``: a ``distributed.Client``, a scheduler address (with ``security=`` for TLS), or
     None for the default client or this device's own cluster. ``report``: put the job in this
-    device's job list (True: if its server is found; False: keep it local).
+    device's job list (True: if its server is found; False: keep it local). ``job_id`` and
+    ``adopt``: run a job the server registered already (``POST workloads/{name}/run``).
     """
     wl = get(workload) if isinstance(workload, str) else workload
     checked = wl.validate(params)
-    job_id = uuid.uuid4().hex[:12]
+    job_id = job_id or uuid.uuid4().hex[:12]
     job = wl.make_job(job_id, (name or wl.job_name(checked))[:200], checked)
     dask_client, owned = resolve_client(client, security)
-    reporter = attach_reporter(job, report)
+    reporter = attach_reporter(job, report, adopt=adopt)
 
     def body() -> None:
         ctx = JobContext(job, dask_client)

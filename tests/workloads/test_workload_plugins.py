@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from local_dask import local_dask_client
 
-from parallalx_jupyter.local_device import LocalDevice
+from parallalx_jupyter.local_device import DeviceError, LocalDevice, wait_for
 from parallalx_jupyter.workloads import WorkloadError, describe_all, run
 
 pytestmark = pytest.mark.timeout(240)
@@ -111,3 +111,42 @@ def test_cli_bad_input_is_one_clear_line(example_workload, shared_device, args, 
 def test_unknown_workload_from_python_is_one_line() -> None:
     with pytest.raises(WorkloadError, match="unknown workload 'nope'"):
         run("nope", client="tcp://127.0.0.1:1", report=False)
+
+
+def test_rest_api_runs_a_workload_as_a_server_job(example_workload, make_device,
+                                                   plain_cluster) -> None:
+    dev = make_device("plugin-rest")
+    address = plain_cluster.scheduler.address
+
+    def job(job_id: str) -> dict[str, Any]:
+        return dev.api("GET", f"jobs/{job_id}")
+
+    started = dev.api("POST", "workloads/pi/run", {
+        "params": {"samples": 200_000, "chunk": 20_000}, "scheduler": address,
+        "name": "pi over REST"})
+    assert started["state"] == "pending" and started["owner"]["kind"] == "server"
+    assert started["name"] == "pi over REST"
+    wait_for(lambda: job(started["id"])["state"] == "finished", 90)
+    done = job(started["id"])
+    assert done["progress"]["step"] == 200_000 and "pi ~ 3.1" in done["progress"]["message"]
+
+    long = dev.api("POST", "workloads/pi/run", {
+        "params": {"samples": 10**8, "chunk": 100_000}, "scheduler": address})
+    wait_for(lambda: (job(long["id"])["progress"]["step"] or 0) > 0, 60)
+    dev.api("POST", f"jobs/{long['id']}/cancel")
+    wait_for(lambda: job(long["id"])["state"] == "cancelled", 60)
+
+    # this device has no cluster of its own: the job's process fails, the job says why
+    orphan = dev.api("POST", "workloads/pi/run", {"params": {}})
+    wait_for(lambda: job(orphan["id"])["state"] == "failed", 60)
+    assert "no cluster has been started on this device" in job(orphan["id"])["error"]
+
+    for path, body, status, message in [
+        ("workloads/nosuch/run", {}, 404, "unknown workload 'nosuch'"),
+        ("workloads/pi/run", {"params": {"samples": 5}}, 400, "parameter 'samples'"),
+        ("workloads/pi/run", {"params": [1]}, 400, "field 'params'"),
+        ("workloads/pi/run", {"colour": 1}, 400, "unexpected field"),
+    ]:
+        with pytest.raises(DeviceError) as info:
+            dev.api("POST", path, body)
+        assert info.value.status == status and message in str(info.value), str(info.value)
