@@ -119,6 +119,7 @@ def _train_digits(main: LocalDevice, others: list[LocalDevice], as_json: bool) -
     import torch
     from torch import nn
 
+    from .client import ApiClient
     from .cluster.connect import main_client
     from .training import train
 
@@ -136,15 +137,18 @@ def _train_digits(main: LocalDevice, others: list[LocalDevice], as_json: bool) -
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
         t_train = time.perf_counter()
+        # the job is listed by the main device's server (its panel and `parallalx jobs`)
         job = train(model, (x_tr, y_tr), nn.CrossEntropyLoss(),
                     functools.partial(torch.optim.Adam, lr=3e-3), epochs=15, batch_size=64,
-                    client=client, workers=sorted(device_of), torch_threads=1)
+                    client=client, workers=sorted(device_of), torch_threads=1,
+                    name="demo: digits MLP", report=ApiClient(main.url, main.token))
         trained = job.result(timeout=120)
         train_s = time.perf_counter() - t_train
     finally:
         client.close()
     with torch.no_grad():
         accuracy = float((trained(x_te).argmax(1) == y_te).float().mean())
+    listed = main.api("GET", f"jobs/{job.id}")  # what its panel and `parallalx jobs` show
     samples = job.progress.get("samples_by_worker", {})
     total = sum(samples.values()) or 1
     contribution = [{"device": device_of.get(w, w), "worker": w, "samples": int(n),
@@ -157,6 +161,7 @@ def _train_digits(main: LocalDevice, others: list[LocalDevice], as_json: bool) -
         "test_samples": len(x_te),
         "steps": job.progress.get("global_step"),
         "restarts": job.restarts,
+        "job": {k: listed[k] for k in ("id", "state", "workload", "name")},
         "training_seconds": round(train_s, 2),
         "seconds": round(time.perf_counter() - t0, 2),
     }
@@ -165,6 +170,8 @@ def _train_digits(main: LocalDevice, others: list[LocalDevice], as_json: bool) -
         _say(as_json, f"  {c['device']:<12} {c['samples']:>7} samples  {100 * c['share']:5.1f} %")
     _say(as_json, f"test accuracy {accuracy:.3f} on {len(x_te)} held-out digits; trained "
                   f"{out['steps']} steps in {train_s:.1f} s ({out['seconds']} s with joining)")
+    _say(as_json, f"{main.name}'s job list: {listed['workload']} job {listed['id']} "
+                  f"{listed['state']} (its JupyterLab panel shows it; `parallalx jobs` too)")
     return out
 
 

@@ -21,3 +21,4 @@ def test_demo_pairs_devices_and_trains_digits_on_every_worker_device() -> None:
     assert contributed == workers
     assert abs(sum(c["share"] for c in training["contribution"]) - 1.0) < 1e-3
     assert training["preflight"]["world_size"] == 2
+    assert training["job"]["state"] == "finished" and training["job"]["workload"] == "train"
