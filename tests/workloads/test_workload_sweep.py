@@ -127,3 +127,19 @@ def test_unknown_workload_is_one_clear_line() -> None:
         start("sweeep", {}, client="tcp://127.0.0.1:1", report=False)
 
 
+
+
+def test_a_lost_device_only_costs_its_running_trials(cluster3) -> None:
+    space = {"x": {"type": "categorical", "choices": [5, 4, 3, 2, 1, 0]}}
+    job = start("sweep", {"objective": slow_objective, "space": space, "sampler": "grid",
+                          "direction": "minimize", "pruner": "none"},
+                client=cluster3.client, report=False)
+    deadline = time.monotonic() + 60
+    while not any(e.get("kind") == "trial" for e in job.events) and not job.done():
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    cluster3.signal("w0", 9)  # SIGKILL one device while trials run on it
+    result = job.result(timeout=180)
+    assert result.best_params == {"x": 0} and result.best_value == 0
+    done = result.table[result.table["state"] == "COMPLETE"]
+    assert sorted(done["params_x"]) == [0, 1, 2, 3, 4, 5]  # every grid point, once
