@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .client import ApiClient, ClientError, ServerNotFound, find_server, match_device
+from .jobs.text import table as _table
 
 EXIT_API = 1
 
@@ -40,16 +41,6 @@ def _ago(ts: float | None) -> str:
     if delta > 0:
         return f"in {int(delta // 60)}m{int(delta % 60):02d}s"
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
-
-
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    if not rows:
-        return "(none)"
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(str(h).ljust(w) for h, w in zip(header, widths, strict=True))]
-    for row in rows:
-        lines.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
-    return "\n".join(lines)
 
 
 def _show_request(r: dict[str, Any]) -> str:

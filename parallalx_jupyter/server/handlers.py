@@ -39,18 +39,21 @@ class ParallalxHandler(ExtensionHandlerMixin, APIHandler):
     def manager(self) -> DeviceManager:
         return self.settings["parallalx_manager"]
 
-    def json_body(self, spec: dict[str, Any]) -> dict[str, Any]:
-        """The request body as a JSON object checked against `spec`; empty body means {}."""
+    def raw_json(self) -> Any:
+        """The request body as JSON (any shape); an empty body means {}."""
         raw = self.request.body
         if not raw or not raw.strip():
-            data: Any = {}
-        else:
-            try:
-                data = json.loads(raw)
-            except ValueError as err:
-                raise ApiError(400, f"body is not valid JSON: {err}") from None
-            except RecursionError:  # deeply nested arrays/objects: refuse, don't 500
-                raise ApiError(400, "body is not valid JSON: nested too deeply") from None
+            return {}
+        try:
+            return json.loads(raw)
+        except ValueError as err:
+            raise ApiError(400, f"body is not valid JSON: {err}") from None
+        except RecursionError:  # deeply nested arrays/objects: refuse, don't 500
+            raise ApiError(400, "body is not valid JSON: nested too deeply") from None
+
+    def json_body(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """The request body as a JSON object checked against `spec`; empty body means {}."""
+        data = self.raw_json()
         try:
             return validate(data, spec, "body")
         except ProtocolError as err:
@@ -305,15 +308,6 @@ class JobsHandlerBase(ParallalxHandler):
     def jobs(self) -> JobRegistry:
         return self.settings["parallalx_jobs"]
 
-    def body_json(self) -> Any:
-        """The raw JSON body (the registry checks its shape)."""
-        try:
-            return json.loads(self.request.body or b"{}")
-        except ValueError as err:
-            raise ApiError(400, f"body is not valid JSON: {err}") from None
-        except RecursionError:
-            raise ApiError(400, "body is not valid JSON: nested too deeply") from None
-
 
 class JobsHandler(JobsHandlerBase):
     """The job list (every workload, every surface); POST registers a job run by the caller."""
@@ -326,7 +320,7 @@ class JobsHandler(JobsHandlerBase):
     @web.authenticated
     @authorized
     async def post(self) -> None:
-        self.write_json(await self.jobs.register(self.body_json()), 201)
+        self.write_json(await self.jobs.register(self.raw_json()), 201)
 
 
 class JobHandler(JobsHandlerBase):
@@ -352,7 +346,7 @@ class JobActionHandler(JobsHandlerBase):
     @authorized
     async def post(self, job_id: str, action: str) -> None:
         if action == "progress":
-            self.write_json(await self.jobs.update(job_id, self.body_json()))
+            self.write_json(await self.jobs.update(job_id, self.raw_json()))
         else:
             self.json_body({})
             self.write_json(await self.jobs.cancel(job_id))
