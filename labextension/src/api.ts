@@ -18,6 +18,8 @@ import {
   IPairedDevice,
   IRejectBody,
   IRequest,
+  IWorkload,
+  IWorkloadRunBody,
   RequestDirection,
   parseKernelChoices
 } from './models';
@@ -240,6 +242,19 @@ export class ParallalxAPI {
   /** Remove an ended job from the history (409 while it still runs). */
   async deleteJob(id: string): Promise<void> {
     await this._call<unknown>(`jobs/${seg(id)}`, { method: 'DELETE' });
+  }
+
+  /** Workloads installed on the server (those that cannot be loaded carry their `error`). */
+  listWorkloads(): Promise<IWorkload[]> {
+    return this._call<IWorkload[]>('workloads', { method: 'GET' });
+  }
+
+  /**
+   * Start a workload as a job of the server; resolves to the registered job (`pending`).
+   * 404: unknown workload; 400: bad parameters (the server's one-line message).
+   */
+  runWorkload(name: string, body: IWorkloadRunBody): Promise<IJob> {
+    return this._post<IJob>(`workloads/${seg(name)}/run`, body);
   }
 
   /**

@@ -18,6 +18,8 @@ import {
   IPairedDevice,
   IRequest,
   IParallalxEvent,
+  IWorkload,
+  IWorkloadRunBody,
   jobEnded,
   maxPollDelay,
   nextPollDelay,
@@ -47,6 +49,8 @@ export type IModelAPI = Pick<
   | 'listJobs'
   | 'cancelJob'
   | 'deleteJob'
+  | 'listWorkloads'
+  | 'runWorkload'
 >;
 
 /** Re-read the device (its memory figures change) at most this often, unless forced. */
@@ -135,6 +139,14 @@ export class ParallalxModel implements IDisposable {
   /** True while a cancel or remove of this job is on its way to the server. */
   jobBusy(id: string): boolean {
     return this._jobsBusy.has(id);
+  }
+  /** Workloads installed on the server; null until `loadWorkloads` got an answer. */
+  get workloads(): readonly IWorkload[] | null {
+    return this._workloads;
+  }
+  /** Why the workloads could not be read, or null. */
+  get workloadsError(): string | null {
+    return this._workloadsError;
   }
   /** The last refresh's error message, null when it worked. */
   get error(): string | null {
@@ -277,6 +289,48 @@ export class ParallalxModel implements IDisposable {
       await this.api.deleteJob(id);
       this._setJobs(this._jobs.filter(j => j.id !== id));
     });
+  }
+
+  /**
+   * Fetch the installed workloads (the run form asks when it opens; they are not polled). A
+   * failure is kept in `workloadsError`; an older answer never replaces a newer one.
+   */
+  async loadWorkloads(): Promise<void> {
+    const seq = ++this._workloadsSeq;
+    let workloads = this._workloads;
+    let error: string | null = null;
+    try {
+      workloads = await this.api.listWorkloads();
+    } catch (err) {
+      error = err instanceof Error ? err.message : String(err);
+    }
+    if (this._isDisposed || seq !== this._workloadsSeq) {
+      return;
+    }
+    if (
+      error !== this._workloadsError ||
+      JSON.stringify(workloads) !== JSON.stringify(this._workloads)
+    ) {
+      this._workloads = workloads;
+      this._workloadsError = error;
+      this._changed.emit();
+    }
+  }
+
+  /**
+   * Start a workload as a job of the server. The job shows at once (`pending`, from the
+   * server's answer), then the lists refresh and polling goes back to its base rate. Throws the
+   * server's refusal (APIError with its one-line message: unknown workload, bad parameters).
+   */
+  async runWorkload(name: string, body: IWorkloadRunBody): Promise<IJob> {
+    this._activity = true;
+    const job = await this.api.runWorkload(name, body);
+    if (!this._isDisposed) {
+      this._putJob(job);
+      this._changed.emit();
+      void this.refresh();
+    }
+    return job;
   }
 
   /** Accept an incoming request; `kernel` is the chosen kernelspec name or null (default). */
@@ -619,6 +673,9 @@ export class ParallalxModel implements IDisposable {
   private _jobsTimer: ReturnType<typeof setTimeout> | null = null;
   private _jobsInflight: Promise<void> | null = null;
   private _jobsAgain = false;
+  private _workloads: IWorkload[] | null = null;
+  private _workloadsError: string | null = null;
+  private _workloadsSeq = 0;
   private _loaded = false;
   private _uiChanged = false;
   private _activity = false;

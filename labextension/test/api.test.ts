@@ -104,6 +104,54 @@ describe('ParallalxAPI', () => {
     expect(JSON.parse(calls[2].body ?? '')).toEqual({});
   });
 
+  it('workloads: list and run (202 with the job)', async () => {
+    const { settings, calls } = fakeServer('http://h:8888/user/someone/', call =>
+      call.method === 'GET'
+        ? { body: [{ id: 'pi', name: 'pi', description: 'Estimate pi', parameters: {}, error: null }] }
+        : { status: 202, body: { id: 'job-1', state: 'pending', owner: { kind: 'server' } } }
+    );
+    const api = new ParallalxAPI(settings);
+    const workloads = await api.listWorkloads();
+    expect(workloads.map(w => w.name)).toEqual(['pi']);
+    const job = await api.runWorkload('pi', {
+      params: { samples: 200000 },
+      name: 'my pi',
+      scheduler: 'tcp://127.0.0.1:8786'
+    });
+    expect(job.state).toBe('pending');
+    expect(job.owner.kind).toBe('server');
+    await api.runWorkload('a b/c', { params: {} });
+    const seen = calls.map(c => `${c.method} ${c.url.replace(/[?&]\d{10,}$/, '')}`);
+    expect(seen).toEqual([
+      'GET http://h:8888/user/someone/parallalx/api/workloads',
+      'POST http://h:8888/user/someone/parallalx/api/workloads/pi/run',
+      'POST http://h:8888/user/someone/parallalx/api/workloads/a%20b%2Fc/run'
+    ]);
+    expect(calls[1].headers.get('Content-Type')).toBe('application/json');
+    expect(JSON.parse(calls[1].body ?? '')).toEqual({
+      params: { samples: 200000 },
+      name: 'my pi',
+      scheduler: 'tcp://127.0.0.1:8786'
+    });
+    expect(JSON.parse(calls[2].body ?? '')).toEqual({ params: {} });
+  });
+
+  it("workloads: bad parameters and unknown workloads are refused with the server's line", async () => {
+    const { settings } = fakeServer('http://h/', call =>
+      call.url.includes('/nosuch/')
+        ? { status: 404, body: { error: "unknown workload 'nosuch'; available: pi" } }
+        : { status: 400, body: { error: "pi: parameter 'samples': 5 is less than the minimum of 1000" } }
+    );
+    const api = new ParallalxAPI(settings);
+    const bad = await api.runWorkload('pi', { params: { samples: 5 } }).catch(e => e);
+    expect(bad).toBeInstanceOf(APIError);
+    expect(bad.status).toBe(400);
+    expect(bad.message).toBe("pi: parameter 'samples': 5 is less than the minimum of 1000");
+    const unknown = await api.runWorkload('nosuch', { params: {} }).catch(e => e);
+    expect(unknown.status).toBe(404);
+    expect(unknown.message).toBe("unknown workload 'nosuch'; available: pi");
+  });
+
   it('jobs: a cancel of an ended job is refused with the server message', async () => {
     const { settings } = fakeServer('http://h/', () => ({ status: 409, body: { error: 'job job-1 already ended' } }));
     const error = await new ParallalxAPI(settings).cancelJob('job-1').catch(e => e);

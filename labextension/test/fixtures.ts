@@ -1,4 +1,4 @@
-import type { IDevice, IJob, IPairedDevice, IRequest } from '../src/models';
+import type { IDevice, IJob, IPairedDevice, IRequest, IWorkload } from '../src/models';
 
 export function makeRequest(overrides: Partial<IRequest> = {}): IRequest {
   return {
@@ -90,6 +90,26 @@ export function makeJob(overrides: Partial<IJob> = {}): IJob {
     loss_history: [2.3, 1.1, 0.5],
     error: null,
     cancel_requested: false,
+    ...overrides
+  };
+}
+
+/** The docs' example workload `pi`, as GET workloads lists it. */
+export function makeWorkload(overrides: Partial<IWorkload> = {}): IWorkload {
+  return {
+    id: 'pi',
+    name: 'pi',
+    description: 'Estimate pi by Monte Carlo sampling, chunks spread over the devices',
+    parameters: {
+      type: 'object',
+      additionalProperties: false,
+      properties: {
+        samples: { type: 'integer', minimum: 1000, maximum: 10 ** 10, default: 1_000_000 },
+        chunk: { type: 'integer', minimum: 100, default: 100_000, description: 'points per task' },
+        seed: { type: 'integer', default: 0 }
+      }
+    },
+    error: null,
     ...overrides
   };
 }

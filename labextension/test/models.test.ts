@@ -2,6 +2,12 @@ import { describe, expect, it } from 'vitest';
 
 import {
   SCHEMA_PREFIX,
+  buildRunBody,
+  defaultParams,
+  defaultParamsText,
+  describeWorkloadParams,
+  pickWorkload,
+  workloadRunnable,
   describeAsks,
   describeJobProgress,
   describeJobState,
@@ -35,7 +41,7 @@ import {
   sortJobs,
   sparklinePoints
 } from '../src/models';
-import { makeDevice, makeJob, makePaired, makeRequest } from './fixtures';
+import { makeDevice, makeJob, makePaired, makeRequest, makeWorkload } from './fixtures';
 
 describe('parseEvent', () => {
   it('keeps our events and strips the envelope', () => {
@@ -380,5 +386,95 @@ describe('job formatting', () => {
     expect(formatLoss(123456)).toBe('1.23e+5');
     expect(formatLoss(null)).toBe('');
     expect(formatLoss(NaN)).toBe('');
+  });
+});
+
+describe('run a workload', () => {
+  const broken = makeWorkload({ id: 'broken', name: 'broken', error: "ModuleNotFoundError: No module named 'torch'" });
+  const model = makeWorkload({
+    id: 'train',
+    name: 'train',
+    description: 'Train a model',
+    parameters: {
+      type: 'object',
+      required: ['model'],
+      properties: {
+        model: { 'x-python': true, description: 'the network' },
+        optimizer: { type: 'string', enum: ['sgd', 'adam'], default: 'adam' },
+        lr: { type: ['number', 'null'], default: null },
+        epochs: { type: 'integer', minimum: 1 }
+      }
+    }
+  });
+
+  it('defaults: the parameters that have one, in order, as pretty JSON', () => {
+    expect(defaultParams(makeWorkload())).toEqual({ samples: 1_000_000, chunk: 100_000, seed: 0 });
+    expect(Object.keys(defaultParams(makeWorkload()))).toEqual(['samples', 'chunk', 'seed']);
+    expect(defaultParamsText(makeWorkload())).toBe(
+      '{\n  "samples": 1000000,\n  "chunk": 100000,\n  "seed": 0\n}'
+    );
+    // a null default is a default; no default (model, epochs) is left out
+    expect(defaultParams(model)).toEqual({ optimizer: 'adam', lr: null });
+    expect(defaultParamsText(null)).toBe('{}');
+    expect(defaultParams(makeWorkload({ parameters: {} }))).toEqual({});
+    expect(defaultParams(makeWorkload({ parameters: { properties: [] as never } }))).toEqual({});
+  });
+
+  it('the default text is a valid request as it stands', () => {
+    const built = buildRunBody(defaultParamsText(makeWorkload()));
+    expect(built).toEqual({ body: { params: { samples: 1_000_000, chunk: 100_000, seed: 0 } } });
+  });
+
+  it('builds the body: params object, trimmed name and scheduler, blanks left out', () => {
+    expect(buildRunBody('{"samples": 200000, "chunk": 20000}', '  my pi ', ' tcp://127.0.0.1:8786 ')).toEqual({
+      body: {
+        params: { samples: 200000, chunk: 20000 },
+        name: 'my pi',
+        scheduler: 'tcp://127.0.0.1:8786'
+      }
+    });
+    expect(buildRunBody('{}', '', '   ')).toEqual({ body: { params: {} } });
+    expect(buildRunBody('   ')).toEqual({ body: { params: {} } });
+    expect(buildRunBody('{"model": "pkg.mod:Net"}', null, undefined)).toEqual({
+      body: { params: { model: 'pkg.mod:Net' } }
+    });
+  });
+
+  it('refuses what is not a JSON object, without a body', () => {
+    const invalid = buildRunBody('{"samples": 200000,', 'x');
+    expect(invalid.body).toBeUndefined();
+    expect(invalid.error).toMatch(/^Parameters are not valid JSON: /);
+    for (const text of ['[1]', '5', 'null', '"samples"']) {
+      const built = buildRunBody(text);
+      expect(built.body).toBeUndefined();
+      expect(built.error).toMatch(/^Parameters must be a JSON object/);
+    }
+  });
+
+  it('picks the current workload while it can run, else the first that can', () => {
+    const pi = makeWorkload();
+    expect(workloadRunnable(pi)).toBe(true);
+    expect(workloadRunnable(broken)).toBe(false);
+    expect(pickWorkload([broken, pi, model], null)?.name).toBe('pi');
+    expect(pickWorkload([broken, pi, model], 'train')?.name).toBe('train');
+    expect(pickWorkload([broken, pi, model], 'broken')?.name).toBe('pi');
+    expect(pickWorkload([pi], 'gone')?.name).toBe('pi');
+    expect(pickWorkload([broken], null)).toBeNull();
+    expect(pickWorkload([], 'pi')).toBeNull();
+  });
+
+  it('describes the parameters, Python objects included', () => {
+    expect(describeWorkloadParams(makeWorkload())).toEqual([
+      'samples: integer, ≥ 1000, ≤ 10000000000 (default 1000000)',
+      'chunk: integer, ≥ 100 (default 100000) — points per task',
+      'seed: integer (default 0)'
+    ]);
+    expect(describeWorkloadParams(model)).toEqual([
+      'model: Python object as package.module:attribute, required — the network',
+      'optimizer: string, one of "sgd", "adam" (default "adam")',
+      'lr: number | null (default null)',
+      'epochs: integer, ≥ 1'
+    ]);
+    expect(describeWorkloadParams(null)).toEqual([]);
   });
 });

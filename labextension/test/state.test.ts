@@ -1,9 +1,18 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 
 import { APIError } from '../src/api';
-import { IClusterState, IDevice, IJob, IPairedDevice, IRequest, SCHEMA_PREFIX } from '../src/models';
+import {
+  IClusterState,
+  IDevice,
+  IJob,
+  IPairedDevice,
+  IRequest,
+  IWorkload,
+  IWorkloadRunBody,
+  SCHEMA_PREFIX
+} from '../src/models';
 import { IModelAPI, JOBS_MIN_INTERVAL_MS, ParallalxModel } from '../src/state';
-import { makeDevice, makeJob, makePaired, makeRequest } from './fixtures';
+import { makeDevice, makeJob, makePaired, makeRequest, makeWorkload } from './fixtures';
 
 /** An in-memory server behind the model. */
 class FakeAPI implements IModelAPI {
@@ -136,6 +145,36 @@ class FakeAPI implements IModelAPI {
       throw new APIError('the job still runs', 409);
     }
     this.jobs = this.jobs.filter(j => j.id !== id);
+  };
+  workloads: IWorkload[] = [makeWorkload()];
+  workloadsFail: Error | null = null;
+  listWorkloads = async () => {
+    this._check('workloads');
+    if (this.workloadsFail) {
+      throw this.workloadsFail;
+    }
+    return structuredClone(this.workloads);
+  };
+  runWorkload = async (name: string, body: IWorkloadRunBody) => {
+    this._check(`workloads/${name}/run ${JSON.stringify(body)}`);
+    if (!this.workloads.some(w => w.name === name)) {
+      throw new APIError(`unknown workload '${name}'`, 404);
+    }
+    if (typeof body.params.samples === 'number' && body.params.samples < 1000) {
+      throw new APIError(`pi: parameter 'samples': ${body.params.samples} is less than the minimum of 1000`, 400);
+    }
+    const job = makeJob({
+      id: `run-${this.jobs.length + 1}`,
+      workload: name,
+      name: body.name ?? `${name} job`,
+      state: 'pending',
+      owner: { kind: 'server', pid: 77, host: 'main' },
+      created_at: 2000 + this.jobs.length,
+      progress: { step: null, total: null, fraction: null, loss: null, samples_per_s: null, eta_s: null, workers: null, message: null },
+      loss_history: []
+    });
+    this.jobs.push(job);
+    return structuredClone(job);
   };
 }
 
@@ -468,5 +507,48 @@ describe('ParallalxModel', () => {
       await vi.advanceTimersByTimeAsync(model.currentPollDelay);
     }
     expect(model.currentPollDelay).toBeGreaterThan(1000);
+  });
+  it('workloads: loaded on demand (not polled), a failure kept apart', async () => {
+    await model.start();
+    expect(model.workloads).toBeNull();
+    expect(api.calls).not.toContain('workloads');
+    let changes = 0;
+    model.changed.connect(() => changes++);
+    await model.loadWorkloads();
+    expect(model.workloads?.map(w => w.name)).toEqual(['pi']);
+    expect(model.workloadsError).toBeNull();
+    expect(changes).toBe(1);
+    await model.loadWorkloads(); // the same answer: no re-render
+    expect(changes).toBe(1);
+    api.workloadsFail = new APIError('Forbidden', 403);
+    await model.loadWorkloads();
+    expect(model.workloadsError).toBe('Forbidden');
+    expect(model.workloads?.map(w => w.name)).toEqual(['pi']); // the last good list stays
+    expect(model.error).toBeNull();
+    await vi.advanceTimersByTimeAsync(model.currentPollDelay);
+    expect(countCalls(api, 'workloads')).toBe(3);
+  });
+
+  it('run a workload: the pending job shows at once and the lists refresh', async () => {
+    await model.start();
+    const before = countCalls(api, 'requests');
+    const job = await model.runWorkload('pi', { params: { samples: 200000 }, name: 'my pi' });
+    expect(job.state).toBe('pending');
+    expect(job.owner.kind).toBe('server');
+    expect(model.jobs.map(j => j.id)).toEqual([job.id]);
+    expect(model.jobs[0].name).toBe('my pi');
+    await vi.advanceTimersByTimeAsync(0);
+    expect(countCalls(api, 'requests')).toBe(before + 1);
+    expect(model.currentPollDelay).toBe(1000);
+  });
+
+  it("run a workload: the server's refusal is thrown and nothing is added", async () => {
+    await model.start();
+    const error = await model.runWorkload('pi', { params: { samples: 5 } }).catch(e => e);
+    expect(error).toBeInstanceOf(APIError);
+    expect(error.status).toBe(400);
+    expect(error.message).toBe("pi: parameter 'samples': 5 is less than the minimum of 1000");
+    await expect(model.runWorkload('nosuch', { params: {} })).rejects.toThrow("unknown workload 'nosuch'");
+    expect(model.jobs).toEqual([]);
   });
 });

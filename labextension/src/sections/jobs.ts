@@ -3,9 +3,13 @@ import { Notification } from '@jupyterlab/apputils';
 import { button, h, row } from '../dom';
 import {
   IJob,
+  IWorkload,
+  buildRunBody,
+  defaultParamsText,
   describeJobProgress,
   describeJobState,
   describeOwner,
+  describeWorkloadParams,
   formatEta,
   formatLoss,
   formatRate,
@@ -13,7 +17,9 @@ import {
   jobCancellable,
   jobEnded,
   jobFraction,
-  sparklinePoints
+  pickWorkload,
+  sparklinePoints,
+  workloadRunnable
 } from '../models';
 import { ParallalxModel } from '../state';
 import { Section } from './section';
@@ -26,10 +32,11 @@ const SPARK_WIDTH = 120;
 const SPARK_HEIGHT = 24;
 
 /**
- * "Jobs": one card per job (newest first) with its name, workload, state, a progress bar,
- * throughput, ETA, the loss and a loss sparkline, the error of a failed job; Cancel while it
- * runs, Remove once it ended. Cards are kept per job and updated in place, since a running job
- * re-renders them up to twice a second (buttons keep their focus and never move under a click).
+ * "Jobs": a "Run a workload…" form (collapsed until asked for), then one card per job (newest
+ * first) with its name, workload, state, a progress bar, throughput, ETA, the loss and a loss
+ * sparkline, the error of a failed job; Cancel while it runs, Remove once it ended. Cards are
+ * kept per job and updated in place, since a running job re-renders them up to twice a second
+ * (buttons keep their focus and never move under a click).
  */
 export class JobsSection extends Section {
   constructor(model: ParallalxModel) {
@@ -38,6 +45,7 @@ export class JobsSection extends Section {
     this._list = h('div', { class: 'jp-Parallalx-jobs' });
     this._empty = h('div', { class: 'jp-Parallalx-empty jp-Parallalx-noJobs' }, NO_JOBS_TEXT);
     this._error = h('div', { class: 'jp-Parallalx-error jp-Parallalx-jobsError' });
+    this._runForm = new RunWorkloadForm(model);
     this.render();
   }
 
@@ -47,9 +55,10 @@ export class JobsSection extends Section {
       return;
     }
     if (!this._built) {
-      this.node.replaceChildren(this._error, this._empty, this._list);
+      this.node.replaceChildren(this._runForm.node, this._error, this._empty, this._list);
       this._built = true;
     }
+    this._runForm.update();
     const jobs = this.model.jobs;
     const why = this.model.jobsError;
     this._error.textContent = why ? `Jobs not available: ${why}` : '';
@@ -107,8 +116,215 @@ export class JobsSection extends Section {
   private readonly _list: HTMLElement;
   private readonly _empty: HTMLElement;
   private readonly _error: HTMLElement;
+  private readonly _runForm: RunWorkloadForm;
   private readonly _cards = new Map<string, JobCard>();
   private _built = false;
+}
+
+/**
+ * "Run a workload": a workload picker (from GET workloads, asked when the form opens; those that
+ * cannot be loaded are listed disabled with their error), its description, the parameters as a
+ * JSON object (pre-filled with the defaults), an optional job name and scheduler address, and
+ * Run. Refusals (invalid JSON here, the server's 4xx message) show inline as text.
+ */
+class RunWorkloadForm {
+  constructor(model: ParallalxModel) {
+    this._model = model;
+    this._toggle = button('Run a workload…', 'jp-Parallalx-runToggle', () => this._setOpen(!this._open), 'Start an installed workload as a job of this server');
+    this._toggle.setAttribute('aria-expanded', 'false');
+    this._status = h('div', { class: 'jp-Parallalx-empty jp-Parallalx-workloadsStatus' });
+    this._select = h('select', {
+      class: 'jp-Parallalx-workloadSelect',
+      attrs: { 'aria-label': 'Workload' }
+    });
+    this._select.addEventListener('change', () => this._choose(this._select.value));
+    this._description = h('div', { class: 'jp-Parallalx-hint jp-Parallalx-workloadDescription' });
+    this._params = h('textarea', {
+      class: 'jp-Parallalx-workloadParams',
+      attrs: { 'aria-label': 'Parameters (a JSON object)', spellcheck: 'false', rows: '4' }
+    });
+    this._paramsHelp = h('ul', { class: 'jp-Parallalx-hint jp-Parallalx-workloadParamsHelp' });
+    this._name = h('input', {
+      class: 'jp-mod-styled jp-Parallalx-runName',
+      attrs: { type: 'text', maxlength: '200', placeholder: 'optional', 'aria-label': 'Job name (optional)' }
+    });
+    this._scheduler = h('input', {
+      class: 'jp-mod-styled jp-Parallalx-runScheduler',
+      attrs: {
+        type: 'text',
+        maxlength: '512',
+        placeholder: "this device's cluster",
+        spellcheck: 'false',
+        'aria-label': 'Dask scheduler address (optional)'
+      }
+    });
+    this._run = button('Run', 'jp-mod-accept jp-Parallalx-runWorkload', () => this._submit(), 'Start the workload as a job of this server');
+    this._error = h('div', { class: 'jp-Parallalx-error jp-Parallalx-runError', attrs: { role: 'alert' } });
+    this._error.hidden = true;
+    this._started = h('div', { class: 'jp-Parallalx-hint jp-Parallalx-runStarted' });
+    this._started.hidden = true;
+    this._fields = h(
+      'div',
+      { class: 'jp-Parallalx-runFields' },
+      row('Workload', this._select, 'jp-Parallalx-workloadRow'),
+      this._description,
+      row('Parameters', this._params, 'jp-mod-block jp-Parallalx-paramsRow'),
+      this._paramsHelp,
+      row('Job name', this._name, 'jp-Parallalx-runNameRow'),
+      row('Scheduler', this._scheduler, 'jp-Parallalx-runSchedulerRow'),
+      h('div', { class: 'jp-Parallalx-actions' }, this._run)
+    );
+    this._form = h(
+      'div',
+      { class: 'jp-Parallalx-card jp-Parallalx-runForm', attrs: { role: 'group', 'aria-label': 'Run a workload' } },
+      this._status,
+      this._fields,
+      this._error,
+      this._started
+    );
+    this._form.hidden = true;
+    this.node = h('div', { class: 'jp-Parallalx-run' }, h('div', { class: 'jp-Parallalx-actions' }, this._toggle), this._form);
+  }
+
+  readonly node: HTMLElement;
+
+  /** Bring the form in line with the model's workloads (never touching what the user typed). */
+  update(): void {
+    const workloads = this._model.workloads;
+    const why = this._model.workloadsError;
+    let status = '';
+    if (workloads === null) {
+      status = why ? `Workloads not available: ${why}` : 'Loading workloads…';
+    } else if (why) {
+      status = `Could not refresh the workloads: ${why}`;
+    } else if (workloads.length === 0) {
+      status = 'No workloads are installed on this server.';
+    } else if (!workloads.some(workloadRunnable)) {
+      status = 'No installed workload can be loaded.';
+    }
+    setText(this._status, status);
+    this._status.hidden = !status;
+    this._status.classList.toggle('jp-Parallalx-error', why !== null);
+    this._fields.hidden = workloads === null || workloads.length === 0;
+
+    const key = JSON.stringify(workloads);
+    if (workloads !== null && key !== this._key) {
+      this._key = key;
+      this._workloads = workloads;
+      this._select.replaceChildren(
+        ...workloads.map(w => {
+          const runnable = workloadRunnable(w);
+          const option = h(
+            'option',
+            { attrs: { value: w.name }, title: runnable ? w.description : (w.error ?? '') },
+            runnable ? w.name : `${w.name} (cannot be loaded)`
+          );
+          option.disabled = !runnable;
+          return option;
+        })
+      );
+      const picked = pickWorkload(workloads, this._selected);
+      if (picked && picked.name === this._selected) {
+        this._select.value = picked.name;
+        this._describe(picked);
+      } else {
+        this._choose(picked?.name ?? null);
+      }
+    }
+    this._run.disabled = this._busy || this._current() === null;
+  }
+
+  private _setOpen(open: boolean): void {
+    this._open = open;
+    this._form.hidden = !open;
+    this._toggle.setAttribute('aria-expanded', String(open));
+    this._toggle.classList.toggle('jp-mod-active', open);
+    if (open) {
+      // Asked each time the form opens: a workload installed meanwhile shows up.
+      void this._model.loadWorkloads();
+    }
+  }
+
+  /** The runnable workload selected now, or null. */
+  private _current(): IWorkload | null {
+    const current = this._workloads.find(w => w.name === this._selected);
+    return current && workloadRunnable(current) ? current : null;
+  }
+
+  /** Select a workload: its description, and its defaults in the parameters box. */
+  private _choose(name: string | null): void {
+    this._selected = name;
+    const workload = this._current();
+    this._select.value = workload?.name ?? '';
+    this._describe(workload);
+    const text = defaultParamsText(workload);
+    this._params.value = text;
+    this._params.rows = Math.min(12, Math.max(3, text.split('\n').length));
+    this._showError('');
+    this._started.hidden = true;
+    this._run.disabled = this._busy || workload === null;
+  }
+
+  private _describe(workload: IWorkload | null): void {
+    setText(this._description, workload?.description ?? '');
+    this._description.hidden = !workload?.description;
+    const lines = describeWorkloadParams(workload);
+    this._paramsHelp.replaceChildren(...lines.map(line => h('li', null, line)));
+    this._paramsHelp.hidden = lines.length === 0;
+  }
+
+  private async _submit(): Promise<void> {
+    const workload = this._current();
+    if (!workload || this._busy) {
+      return;
+    }
+    this._started.hidden = true;
+    const built = buildRunBody(this._params.value, this._name.value, this._scheduler.value);
+    if (!built.body) {
+      this._showError(built.error);
+      return;
+    }
+    this._busy = true;
+    this._run.disabled = true;
+    setText(this._run, 'Starting…');
+    this._showError('');
+    try {
+      const job = await this._model.runWorkload(workload.name, built.body);
+      setText(this._started, `Started “${job.name}”: it is listed below.`);
+      this._started.hidden = false;
+    } catch (error) {
+      this._showError(error instanceof Error ? error.message : String(error));
+    } finally {
+      this._busy = false;
+      setText(this._run, 'Run');
+      this._run.disabled = this._current() === null;
+    }
+  }
+
+  private _showError(message: string): void {
+    setText(this._error, message);
+    this._error.hidden = !message;
+  }
+
+  private readonly _model: ParallalxModel;
+  private readonly _toggle: HTMLButtonElement;
+  private readonly _form: HTMLElement;
+  private readonly _fields: HTMLElement;
+  private readonly _status: HTMLElement;
+  private readonly _select: HTMLSelectElement;
+  private readonly _description: HTMLElement;
+  private readonly _params: HTMLTextAreaElement;
+  private readonly _paramsHelp: HTMLElement;
+  private readonly _name: HTMLInputElement;
+  private readonly _scheduler: HTMLInputElement;
+  private readonly _run: HTMLButtonElement;
+  private readonly _error: HTMLElement;
+  private readonly _started: HTMLElement;
+  private _workloads: readonly IWorkload[] = [];
+  private _selected: string | null = null;
+  private _key = '';
+  private _open = false;
+  private _busy = false;
 }
 
 interface IJobActions {
