@@ -68,8 +68,8 @@ def summarize(rec: Record) -> dict[str, Any]:
 def owner_kind() -> str:
     if os.environ.get("PARALLALX_JOB_OWNER") in ("cli", "server"):
         return os.environ["PARALLALX_JOB_OWNER"]
-    ipython = sys.modules.get("IPython")
-    if ipython is not None and getattr(ipython, "get_ipython", lambda: None)() is not None:
+    kernelapp = sys.modules.get("ipykernel.kernelapp")  # a Jupyter kernel, not just IPython
+    if kernelapp is not None and kernelapp.IPKernelApp.initialized():
         return "kernel"
     return "python"
 

@@ -3,7 +3,6 @@ real Dask LocalCluster and the example workload package installed through its en
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,6 +10,7 @@ import pytest
 from IPython.core.error import UsageError
 from local_dask import local_dask_client
 
+from parallalx_jupyter.local_device import wait_for
 from parallalx_jupyter.notebook.jobs import JobView
 from parallalx_jupyter.notebook.training import TrainingDashboard
 
@@ -22,13 +22,6 @@ def dask_client(example_workload) -> Iterator[Any]:
     """Workers start after the example workload is installed, so they can import it."""
     with local_dask_client() as client:
         yield client
-
-
-def _wait(pred, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
 
 
 def test_workloads_lists_the_installed_ones(ip, alpha, capsys) -> None:
@@ -51,9 +44,9 @@ def test_run_shows_a_live_view_and_the_job_is_in_the_device_list(
     view = next(s for s in ip.shown if isinstance(s, JobView))
     assert view.job is job
     assert abs(job.result(timeout=120) - 3.1416) < 0.03
-    _wait(lambda: view.state == "finished" and view.bar.value == 1.0, 10)
+    wait_for(lambda: view.state == "finished" and view.bar.value == 1.0, 10)
     assert "pi ~" in view.text.value and view.cancel_button.disabled
-    _wait(lambda: any(j["id"] == job.id and j["state"] == "finished"
+    wait_for(lambda: any(j["id"] == job.id and j["state"] == "finished"
                       for j in alpha.api("GET", "jobs")), 10)
     capsys.readouterr()
     ip.run_line_magic("parallalx", "jobs")
@@ -78,13 +71,13 @@ def test_jobs_cancel_reaches_a_training_job_in_this_kernel(ip, alpha, dask_clien
                                    "optimizer=optimizer epochs=2000 batch_size=16 -o tj")
     job = ip.user_ns["tj"]
     assert any(isinstance(s, TrainingDashboard) and s.job is job for s in ip.shown)
-    _wait(lambda: any(j["id"] == job.id and (j["progress"]["step"] or 0) > 0
+    wait_for(lambda: any(j["id"] == job.id and (j["progress"]["step"] or 0) > 0
                       for j in alpha.api("GET", "jobs")), 90)
     ip.run_line_magic("parallalx", f"jobs cancel {job.id}")
     with pytest.raises(Exception):  # noqa: B017 - TrainingCancelledError
         job.result(timeout=60)
     assert job.state == "cancelled"
-    _wait(lambda: alpha.api("GET", f"jobs/{job.id}")["state"] == "cancelled", 10)
+    wait_for(lambda: alpha.api("GET", f"jobs/{job.id}")["state"] == "cancelled", 10)
 
 
 @pytest.mark.parametrize(
