@@ -140,8 +140,11 @@ def inner(args: argparse.Namespace) -> None:
 
 # --------------------------------------------------------------------------- outside
 def host(i: int, *cmd: str, log: Path) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1",
-               DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED="False")
+    sys.path.insert(0, str(REPO))
+    from parallalx_jupyter.cluster.quiet import quiet_dask_env
+
+    # scheduler and workers configured like parallalx's own (cluster/quiet.py)
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", **quiet_dask_env())
     return subprocess.Popen([str(NETNS), "run", str(i), *cmd], env=env,
                             stdout=log.open("wb"), stderr=subprocess.STDOUT)
 

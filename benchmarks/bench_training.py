@@ -137,6 +137,7 @@ def main() -> None:
                     "paired ratios are reported (a 2-core machine is noisy: +-10%% per run)")
     args = ap.parse_args()
 
+    import dask
     from distributed import Client, LocalCluster
     from distributed.security import Security
 
@@ -144,6 +145,11 @@ def main() -> None:
     print(f"single process, global batch {BATCH}:      {single:8.0f} steps/s")
     sec = Security.temporary()  # local-only benchmark cluster; never shipped to other devices
     repo = str(Path(__file__).resolve().parents[1])
+    # the scheduler (in this process) and the workers configured like parallalx's own
+    # (cluster/quiet.py): Dask's periodic work slowed down, no statistical profiler
+    from parallalx_jupyter.cluster.quiet import QUIET_DASK_CONFIG, quiet_dask_env
+
+    dask.config.set(QUIET_DASK_CONFIG)
     with LocalCluster(
         n_workers=2,
         threads_per_worker=1,
@@ -152,9 +158,7 @@ def main() -> None:
         host="127.0.0.1",
         security=sec,
         dashboard_address=None,
-        # as parallalx's own workers (cluster/worker_main.py): no statistical profiler
-        env={"OMP_NUM_THREADS": "1", "PYTHONPATH": repo,
-             "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False"},
+        env={"OMP_NUM_THREADS": "1", "PYTHONPATH": repo, **quiet_dask_env()},
     ) as cluster, Client(cluster, security=sec) as client:  # fmt: skip
         report = None
         for strategy in args.strategies:

@@ -55,6 +55,7 @@ from ._guard import (
     PeerIdentity,
     stop_requested,
 )
+from .quiet import QUIET_DASK_CONFIG
 from .supervisor import ProcessSupervisor, child_env
 from .tls import ClusterCredentials, RevocationList, write_private
 
@@ -388,6 +389,7 @@ async def start_scheduler(config: SchedulerConfig):
         kwargs["worker_ttl"] = config.worker_ttl
     with dask.config.set(
         {
+            **QUIET_DASK_CONFIG,
             "distributed.comm.require-encryption": True,
             "distributed.scheduler.http.routes": routes,
         }

@@ -4,9 +4,9 @@
 
 The interpreter may be any environment that has ``distributed`` (the device user's chosen
 kernel/venv) - ``parallalx_jupyter`` need not be installed there. This file therefore imports
-only the standard library, ``dask``/``distributed``, and ``_guard.py`` (loaded by file path from
-its own directory). Its directory is removed from ``sys.path`` so that sibling modules
-(``scheduler.py``, ``tls.py``, ...) can never shadow anything in the worker environment.
+only the standard library, ``dask``/``distributed``, ``_guard.py`` and ``quiet.py`` (loaded by
+file path from its own directory). Its directory is removed from ``sys.path`` so that sibling
+modules (``scheduler.py``, ``tls.py``, ...) can never shadow anything in the worker environment.
 
 What it does:
 
@@ -45,15 +45,19 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.getcwd()) != _HERE
 logger = logging.getLogger("parallalx_jupyter.cluster.worker_main")
 
 
-def _load_guard():
-    name = "parallalx_cluster_guard"
+def _load_sibling(filename: str, name: str):
+    """Load a dependency-free module of this directory by path (see the module docstring)."""
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, os.path.join(_HERE, "_guard.py"))
+    spec = importlib.util.spec_from_file_location(name, os.path.join(_HERE, filename))
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def _load_guard():
+    return _load_sibling("_guard.py", "parallalx_cluster_guard")
 
 
 def _write_status(path: str | None, **status) -> None:
@@ -111,10 +115,11 @@ async def _run(cfg: dict, parent_watch: bool) -> int:
     status_file = cfg.get("status_file")
     stopping = guard.stop_requested(parent_watch)
 
-    # The statistical profiler samples every thread every 10 ms; the work of a parallalx job
-    # runs in rank subprocesses it cannot see, so on a small machine it only takes CPU from them.
-    with dask.config.set({"distributed.comm.require-encryption": True,
-                          "distributed.worker.profile.enabled": False}):
+    # Dask's own periodic work (profiler, ticks, monitors) slowed down: the work of a parallalx
+    # job runs in rank subprocesses next to this worker, on the same cores (see quiet.py).
+    quiet = _load_sibling("quiet.py", "parallalx_cluster_quiet")
+    with dask.config.set({**quiet.QUIET_DASK_CONFIG,
+                          "distributed.comm.require-encryption": True}):
         worker = worker_cls(
             cfg["scheduler_address"],
             name=cfg.get("name") or cfg["device_id"],

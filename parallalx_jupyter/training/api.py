@@ -33,7 +33,8 @@ class TrainingJob(Job):
     * ``restarts``: how often the group was re-formed after losing a worker;
     * ``checkpoint_path``: the newest checkpoint written for this job;
     * ``timeline``: seconds from the ``train()`` call to each phase of the latest attempt
-      (probe, ship, rendezvous, rank process, process group, build, preflight, first step).
+      (probe, ship, rendezvous, rank process, process group, build, preflight, first step;
+      at the end also the last step, the final state packed on rank 0 and received here).
 
     ``result()`` is the trained model as a CPU module in this process.
     """

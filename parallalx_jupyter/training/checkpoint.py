@@ -106,10 +106,13 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------- rank side
-def gather_state(model: Any, optimizer: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+def gather_state(
+    model: Any, optimizer: Any, with_optimizer: bool = True
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Full model and optimizer state dicts on rank 0 (collective: every rank must call).
 
     Other ranks get empty dicts. Keys are the original parameter names, whatever the wrapper.
+    ``with_optimizer=False`` (the same on every rank) leaves the optimizer state out.
     """
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
@@ -119,6 +122,8 @@ def gather_state(model: Any, optimizer: Any) -> tuple[dict[str, Any], dict[str, 
 
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
     msd = get_model_state_dict(model, options=opts)
+    if not with_optimizer:
+        return msd, {}
     osd = get_optimizer_state_dict(model, optimizer, options=opts)
     return msd, osd
 

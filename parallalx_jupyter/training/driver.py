@@ -157,6 +157,9 @@ class Driver:
             path = self.store.put(msg["data"], int(msg["global_step"]))
             if kind == "final":
                 self._final = msg
+                # the end of the run joins the timeline: last step, state packed, received
+                marks = {**self.marks, **msg.get("marks", {}), "final_received": time.time()}
+                self._emit("timeline", attempt=msg.get("attempt"), marks=marks)
             self._emit(
                 "checkpoint",
                 attempt=msg.get("attempt"),

@@ -377,7 +377,8 @@ def build_report(
     if name == "local_sgd":
         h = int(local_sgd_every or h or 8)
     comm = {
-        s: comm_seconds(s, param_bytes, world, latency_s, bandwidth_Bps, h or 8) for s in STRATEGIES
+        s: comm_seconds(s, param_bytes, world, latency_s, bandwidth_Bps, h or 8, compute_s)
+        for s in STRATEGIES
     }
     reports = [
         DeviceReport(

@@ -36,6 +36,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
+from multiprocessing.connection import wait
 from typing import Any
 
 from .errors import RankInfraError
@@ -50,6 +51,7 @@ from .rank_process import EXIT_ORPHANED, child_main, is_comm_error
 from .spec import AttemptPayload
 
 STOP_GRACE_S = 30.0  # after "stop": time to reach a control step, checkpoint and exit
+CANCEL_CHECK_S = 0.1  # how often an idle relay looks whether its Dask task was cancelled
 CHUNK_BYTES = 512 * 1024  # per event: keeps every scheduler message small
 
 
@@ -113,7 +115,10 @@ def _relay(spec: RankSpec, payload: AttemptPayload, worker: Any, key: Any, job: 
         stop_sent_at: float | None = None
         try:
             while True:
-                if events_r.poll(0.05):
+                # Woken by a message or the process's exit, not by polling: this thread shares
+                # the device's cores with the rank it relays for.
+                ready = wait([events_r, proc.sentinel], timeout=CANCEL_CHECK_S)
+                if events_r in ready:
                     try:
                         msg = events_r.recv()
                     except (EOFError, OSError):
@@ -127,8 +132,8 @@ def _relay(spec: RankSpec, payload: AttemptPayload, worker: Any, key: Any, job: 
                             worker.log_event(job.ship_topic, event)
                     elif kind in ("done", "error"):
                         outcome = msg
-                elif not proc.is_alive():
-                    break
+                elif ready:
+                    break  # the rank process exited and left nothing unread
                 ts = worker.state.tasks.get(key)
                 cancelled = ts is None or ts.state in ("cancelled", "released", "forgotten")
                 if cancelled and stop_sent_at is None:

@@ -4,7 +4,8 @@ Users may pass objects or zero-argument factories (optimizer: a factory taking p
 optimizer instance whose class and defaults are reused). Factories are preferred for anything
 big (they run on the worker instead of being pickled from the notebook), and objects are
 accepted for convenience in notebooks. Every rank seeds torch identically before calling a
-model factory, and rank 0's weights are broadcast anyway, so all replicas start equal.
+model factory, and the replicas are compared (rank 0's weights broadcast where they differ), so
+all replicas start equal.
 
 Batch convention: a dataset item (or a ``TensorDataset`` row) is a tuple whose last element is
 the target; ``loss_fn(model(*inputs), target)`` must return the *mean* loss over the batch.
@@ -37,7 +38,10 @@ class JobSpec:
     shares: Sequence[float] | None = None
     local_sgd_every: int | None = None
     preflight_steps: int = 5
-    control_every: int = 10
+    control_every: int = 10  # minimum steps between stop votes (see stop_vote.vote_every)
+    # The final checkpoint carries the optimizer state only when it is kept for a later resume
+    # (a checkpoint_dir); for the trained model alone it would double what rank 0 ships.
+    final_optimizer: bool = True
 
     @property
     def metrics_topic(self) -> str:

@@ -7,6 +7,11 @@ each vote runs asynchronously on a separate gloo group (its own sockets and thre
 read at the *next* vote, ``every`` steps later: by then it has long finished, so the read never
 waits, and every rank reads the same result at the same step. A stop request is honoured
 within ``2 * every`` steps.
+
+``every`` is a period in *time*, converted to steps from the preflight's step-time estimate
+(:func:`vote_every`): a fixed ten steps was a vote every 20-30 ms for a small model (each one a
+wake-up of both ranks' gloo threads on cores that the training is waiting on) and every several
+seconds for a big one. Every rank derives the same number from the same broadcast report.
 """
 
 from __future__ import annotations
@@ -14,14 +19,30 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+VOTE_PERIOD_S = 0.25  # a cancel is honoured within about twice this
+MAX_VOTE_EVERY = 1000
+
+
+def vote_every(step_s: float, minimum: int) -> int:
+    """Steps between votes so that one happens about every :data:`VOTE_PERIOD_S`."""
+    if step_s <= 0:
+        return max(1, minimum)
+    return max(1, minimum, min(MAX_VOTE_EVERY, int(VOTE_PERIOD_S / step_s)))
+
 
 class StopVote:
-    def __init__(self, every: int, wants_stop: Callable[[], bool]) -> None:
+    def __init__(self, every: int, wants_stop: Callable[[], bool], timeout_s: float) -> None:
+        import datetime
+
         import torch.distributed as dist
 
         self.every = max(1, int(every))
         self.wants_stop = wants_stop
-        self.group = dist.new_group(backend="gloo")
+        # the training group's timeout, not gloo's 30-minute default: a frozen peer must fail
+        # a vote as fast as it fails a step
+        self.group = dist.new_group(
+            backend="gloo", timeout=datetime.timedelta(seconds=timeout_s)
+        )
         self._pending: tuple[Any, Any] | None = None
 
     def should_stop(self, step: int) -> bool:

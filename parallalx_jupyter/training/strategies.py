@@ -5,7 +5,10 @@
   averaged gradient (near-exact). Useful when bandwidth, not latency, dominates.
 * ``local_sgd``: every rank steps on its own shard and parameters are averaged (weighted by the
   samples each rank saw) every ``H`` steps, DiLoCo-style with an outer learning rate of 1. One
-  sync per ``H`` steps, so it survives slow links; the maths is no longer one big batch.
+  sync per ``H`` steps, so it survives slow links; the maths is no longer one big batch. The
+  average runs in the background while training goes on and is applied ``H // 2`` steps later
+  (each rank keeps what it learnt meanwhile: ``p = average(snapshot) + (p - snapshot)``), so a
+  link that needs several steps' time for one all-reduce costs almost nothing.
 * ``fsdp``: FSDP2 ``fully_shard`` (works on CPU/gloo); ~1.5x DDP's traffic (all-gather forward
   and backward, reduce-scatter), so it is chosen only when the model state does not fit.
 
@@ -19,6 +22,12 @@ import time
 from typing import Any
 
 STRATEGIES = ("ddp", "ddp_fp16", "local_sgd", "fsdp")
+OVERLAP_MARGIN = 1.25  # local SGD's period leaves this much slack around one all-reduce
+
+
+def overlap_steps(every: int) -> int:
+    """Steps of training that one local-SGD average runs behind (and hides behind)."""
+    return max(1, every) // 2
 EXACT = {"ddp": True, "ddp_fp16": True, "fsdp": True, "local_sgd": False}
 
 
@@ -30,11 +39,13 @@ def comm_seconds(
     latency_s: float,
     bandwidth_Bps: float,
     local_sgd_every: int = 1,
+    compute_s: float = 0.0,
 ) -> float:
     """Predicted communication seconds per step for ``name`` (ring all-reduce model).
 
     DDP: ``latency + 2(N-1)/N * S / B``; fp16 halves ``S``; FSDP moves ~3(N-1)/N * S;
-    local SGD pays the DDP cost once every ``H`` steps.
+    local SGD pays the DDP cost once every ``H`` steps, less the ``H // 2`` steps of
+    ``compute_s`` that it overlaps with.
     """
     if world <= 1 or math.isinf(bandwidth_Bps):
         return 0.0
@@ -46,7 +57,9 @@ def comm_seconds(
     if name == "fsdp":
         return 3 * latency_s + 3 * ring
     if name == "local_sgd":
-        return (latency_s + 2 * ring) / max(1, local_sgd_every)
+        every = max(1, local_sgd_every)
+        hidden = overlap_steps(every) * max(compute_s, 0.0)
+        return max(0.0, latency_s + 2 * ring - hidden) / every
     raise ValueError(f"unknown strategy {name!r}")
 
 
@@ -93,11 +106,13 @@ def choose_strategy(
         )
     if sp_ddp >= 1.0:
         return "ddp", f"all-reduce is {share:.0%} of compute; DDP still predicts {sp_ddp:.2f}x", 0
-    h = int(min(64, max(2, math.ceil(c_ddp / (0.2 * max(compute_s, 1e-9))))))
+    # The shortest period whose overlap window (H // 2 steps) still covers one all-reduce:
+    # averaging more often keeps the replicas closer to one big-batch model.
+    h = int(min(64, max(2, math.ceil(2 * OVERLAP_MARGIN * c_ddp / max(compute_s, 1e-9)))))
     return (
         "local_sgd",
         f"even fp16 DDP would be slower than one device ({max(sp_ddp, sp_fp16):.2f}x); "
-        f"parameters are averaged every {h} steps instead",
+        f"parameters are averaged every {h} steps instead, in the background",
         h,
     )
 
@@ -160,37 +175,97 @@ class FSDPStrategy(Strategy):
 
 
 class LocalSGDStrategy(Strategy):
-    """Periodic sample-weighted parameter averaging every ``every`` steps (one flat all-reduce)."""
+    """Sample-weighted parameter averaging every ``every`` steps, overlapped with training.
+
+    At a sync step each rank snapshots its parameters and starts an asynchronous all-reduce of
+    the weighted snapshot on a group of its own; ``overlap_steps(every)`` steps later (a fixed
+    step, the same on every rank, so runs are reproducible) it waits for it, if it has not
+    finished already, and moves to ``average + (current - snapshot)``. ``synchronize`` (for
+    checkpoints and the end) finishes any average in flight and then averages exactly, so
+    every checkpoint holds one model. ``overlap=False`` averages in place, blocking.
+    """
 
     name = "local_sgd"
     exact = False
 
-    def __init__(self, every: int) -> None:
+    def __init__(self, every: int, overlap: bool = True, timeout_s: float = 60.0) -> None:
         self.every = max(1, int(every))
+        self.timeout_s = timeout_s
+        self.delay = overlap_steps(self.every) if overlap else 0
         self._mine = 0
         self._total = 0
+        self._group: Any = None
+        # (work, weighted sum being reduced, local snapshot, step at which to apply)
+        self._pending: tuple[Any, Any, Any, int] | None = None
 
     def wrap(self, model: Any, device: Any) -> Any:
+        import datetime
+
+        import torch.distributed as dist
+
+        if self.delay and dist.get_world_size() > 1:
+            # collective: every rank wraps at the same point
+            self._group = dist.new_group(timeout=datetime.timedelta(seconds=self.timeout_s))
         return model
 
+    @staticmethod
+    def _tensors(model: Any) -> list[Any]:
+        tensors = [p.data for p in model.parameters()]
+        return tensors + [b for b in model.buffers() if b.is_floating_point()]
+
     def after_step(self, model: Any, global_step: int, mine: int, total: int) -> float:
+        spent = 0.0
+        if self._pending is not None and global_step >= self._pending[3]:
+            spent += self._apply_pending(model)
         self._mine += mine
         self._total += total
         if (global_step + 1) % self.every:
+            return spent
+        if self._group is None:
+            return spent + self.synchronize(model)
+        return spent + self._start(model, global_step + self.delay)
+
+    def _start(self, model: Any, apply_at: int) -> float:
+        import torch
+        import torch.distributed as dist
+
+        start = time.perf_counter()
+        if self._total == 0:
             return 0.0
-        return self.synchronize(model)
+        weight = self._mine / self._total
+        self._mine = self._total = 0
+        snapshot = torch.cat([t.reshape(-1).to(torch.float32) for t in self._tensors(model)])
+        weighted = snapshot * weight
+        work = dist.all_reduce(weighted, group=self._group, async_op=True)
+        self._pending = (work, weighted, snapshot, apply_at)
+        return time.perf_counter() - start
+
+    def _apply_pending(self, model: Any) -> float:
+        if self._pending is None:
+            return 0.0
+        start = time.perf_counter()
+        work, average, snapshot, _ = self._pending
+        self._pending = None
+        work.wait()
+        delta = average.sub_(snapshot)  # what the average moves this rank's snapshot by
+        offset = 0
+        for t in self._tensors(model):
+            n = t.numel()
+            t.add_(delta[offset : offset + n].view_as(t).to(t.dtype))
+            offset += n
+        return time.perf_counter() - start
 
     def synchronize(self, model: Any) -> float:
         import torch
         import torch.distributed as dist
 
+        spent = self._apply_pending(model)
         if self._total == 0 or dist.get_world_size() == 1:
             self._mine = self._total = 0
-            return 0.0
+            return spent
         start = time.perf_counter()
         weight = self._mine / self._total
-        tensors = [p.data for p in model.parameters()]
-        tensors += [b for b in model.buffers() if b.is_floating_point()]
+        tensors = self._tensors(model)
         flat = torch.cat([t.reshape(-1).to(torch.float32) for t in tensors]) * weight
         dist.all_reduce(flat)
         offset = 0
@@ -199,11 +274,15 @@ class LocalSGDStrategy(Strategy):
             t.copy_(flat[offset : offset + n].view_as(t))
             offset += n
         self._mine = self._total = 0
-        return time.perf_counter() - start
+        return spent + time.perf_counter() - start
 
 
-def make_strategy(name: str, local_sgd_every: int = 8) -> Strategy:
-    """Instantiate a concrete strategy by name (``auto`` must be resolved before this)."""
+def make_strategy(name: str, local_sgd_every: int = 8, timeout_s: float = 60.0) -> Strategy:
+    """Instantiate a concrete strategy by name (``auto`` must be resolved before this).
+
+    ``timeout_s`` bounds collectives on groups the strategy creates (torch gives new groups
+    gloo's 30-minute default, which would hide a frozen peer), like the training group's.
+    """
     if name == "ddp":
         return DDPStrategy()
     if name == "ddp_fp16":
@@ -211,5 +290,5 @@ def make_strategy(name: str, local_sgd_every: int = 8) -> Strategy:
     if name == "fsdp":
         return FSDPStrategy()
     if name == "local_sgd":
-        return LocalSGDStrategy(local_sgd_every)
+        return LocalSGDStrategy(local_sgd_every, timeout_s=timeout_s)
     raise ValueError(f"unknown strategy {name!r}; choose from {STRATEGIES} or 'auto'")

@@ -118,6 +118,7 @@ class TrainWorkload(Workload):
             torch_threads=params["torch_threads"],
             shares=list(params["shares"]) if params["shares"] is not None else None,
             local_sgd_every=params["local_sgd_every"],
+            final_optimizer=params["checkpoint_dir"] is not None,
         )
         driver = Driver(
             ctx.client,

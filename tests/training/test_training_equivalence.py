@@ -21,6 +21,7 @@ from parallalx_jupyter.training import (
     UserCodeError,
     train,
 )
+from parallalx_jupyter.training.checkpoint import unpack
 
 # Classes below are shipped to the workers by value, as a notebook's would be.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -90,6 +91,9 @@ def test_two_ranks_equal_one_big_batch(cluster2, strategy, shares, expected_batc
     assert job.preflight.per_rank_batch == expected_batches
     assert_same_params(trained, reference(model, x, y, steps=2, batch=64, lr=0.5))
     assert job.state == "finished"
+    # no checkpoint_dir: nothing will resume from the final state, so it is the model alone
+    final = unpack(job._store.latest())
+    assert final["optimizer"] == {} and set(final["model"]) == set(model.state_dict())
 
 
 def test_fp16_hook_is_close_and_local_sgd_trains(cluster2) -> None:
@@ -128,6 +132,7 @@ def test_checkpoint_resume_equals_uninterrupted_run(cluster2, tmp_path) -> None:
     assert [f.name for f in files] == ["checkpoint-000000008.pt", "checkpoint-000000010.pt"]
     saved = torch.load(files[-1], weights_only=True)
     assert (saved["epoch"], saved["step"], saved["global_step"]) == (1, 3, 10)
+    assert saved["optimizer"]["state"]  # a final checkpoint on disk can be resumed from
 
     resumed_job = run_job(cluster2, model, x, y, checkpoint_dir=tmp_path / "cut", **common)
     resumed = resumed_job.result(180)

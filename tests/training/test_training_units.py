@@ -27,6 +27,7 @@ from parallalx_jupyter.training.preflight import (
     check_versions,
 )
 from parallalx_jupyter.training.sharding import ShardPlan, proportional_split
+from parallalx_jupyter.training.stop_vote import MAX_VOTE_EVERY, vote_every
 from parallalx_jupyter.training.strategies import choose_strategy, comm_seconds
 
 
@@ -367,3 +368,10 @@ def test_train_without_client_or_cluster_is_a_clear_error(tmp_path, monkeypatch)
         parallalx_jupyter.train(
             torch.nn.Linear(2, 2), (x, x), torch.nn.MSELoss(), torch.optim.SGD
         )
+
+
+def test_stop_votes_come_about_every_quarter_second_whatever_the_step_time():
+    assert vote_every(0.003, 10) == 83  # a small model: not every 30 ms
+    assert vote_every(0.5, 10) == 10  # a big one: never fewer steps than the minimum
+    assert vote_every(1e-7, 10) == MAX_VOTE_EVERY
+    assert vote_every(0.0, 10) == 10  # no estimate (e.g. an old report)

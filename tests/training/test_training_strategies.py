@@ -1,0 +1,139 @@
+"""Strategy maths on a real two-rank gloo process group (spawned processes, loopback).
+
+Local SGD's background averaging must give exactly ``average(snapshot) + (p - snapshot)`` at a
+fixed step on every rank, and the start-of-training comparison of replicas must notice any
+difference. Each rank applies known "optimizer updates", so the expected parameters can be
+computed here step by step.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from parallalx_jupyter.training.rank_process import replicas_identical
+from parallalx_jupyter.training.strategies import LocalSGDStrategy, overlap_steps
+
+pytestmark = pytest.mark.timeout(120)
+
+WORLD = 2
+STEPS = 11
+SAMPLES = [3, 1]  # per step: rank 0 sees 3 samples, rank 1 sees 1 (weights 3/4 and 1/4)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _init(rank: int, port: int) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
+        timeout=dt.timedelta(seconds=30),
+    )  # fmt: skip
+
+
+def _update(rank: int, step: int, p: torch.Tensor) -> torch.Tensor:
+    """The deterministic 'optimizer update' of ``rank`` at ``step`` from parameters ``p``
+    (it depends on ``p``, as a gradient step does, so *when* an average lands matters)."""
+    pull = 0.1 * (rank + 1)  # rank-dependent: averaging does not commute with the updates
+    return torch.tensor([1.0 + rank, -0.5 * step, 0.25 * (rank + 1) * step]) - pull * p
+
+
+def expected_local_sgd(every: int, overlap: bool) -> list[torch.Tensor]:
+    """Both ranks' parameters after STEPS steps and a final synchronize, computed directly."""
+    delay = overlap_steps(every) if overlap else 0
+    p = [torch.zeros(3) for _ in range(WORLD)]
+    w = [s / sum(SAMPLES) for s in SAMPLES]
+    pending = None  # (average, snapshots, apply_at)
+    for g in range(STEPS):
+        p = [p[r] + _update(r, g, p[r]) for r in range(WORLD)]
+        if pending is not None and g >= pending[2]:
+            avg, snaps, _ = pending
+            p = [avg + (p[r] - snaps[r]) for r in range(WORLD)]
+            pending = None
+        if (g + 1) % every == 0:
+            avg = sum(w[r] * p[r] for r in range(WORLD))
+            if delay:
+                pending = (avg, [t.clone() for t in p], g + delay)
+            else:
+                p = [avg.clone() for _ in range(WORLD)]
+    if pending is not None:
+        avg, snaps, _ = pending
+        p = [avg + (p[r] - snaps[r]) for r in range(WORLD)]
+    # final synchronize: weighted average of whatever was trained since the last sync start
+    last_start = (STEPS // every) * every - 1
+    if last_start < STEPS - 1:
+        avg = sum(w[r] * p[r] for r in range(WORLD))
+        p = [avg.clone() for _ in range(WORLD)]
+    return p
+
+
+def _local_sgd_rank(rank: int, port: int, every: int, overlap: bool, out: mp.Queue) -> None:
+    _init(rank, port)
+    model = nn.Linear(3, 1, bias=False)
+    with torch.no_grad():
+        model.weight.zero_()
+    strategy = LocalSGDStrategy(every, overlap=overlap, timeout_s=30)
+    model = strategy.wrap(model, torch.device("cpu"))
+    for g in range(STEPS):
+        with torch.no_grad():
+            model.weight.add_(_update(rank, g, model.weight.view(-1)).view(1, 3))
+        strategy.after_step(model, g, SAMPLES[rank], sum(SAMPLES))
+    strategy.synchronize(model)
+    out.put((rank, model.weight.detach().view(-1).clone()))
+    dist.destroy_process_group()
+
+
+def _run(target, *args) -> dict[int, object]:  # noqa: ANN001
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=target, args=(r, port, *args, out)) for r in range(WORLD)]
+    for p in procs:
+        p.start()
+    results = dict(out.get(timeout=90) for _ in range(WORLD))
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    return results
+
+
+@pytest.mark.parametrize(("every", "overlap"), [(4, True), (5, True), (4, False), (3, True)])
+def test_local_sgd_average_is_applied_at_a_fixed_step(every: int, overlap: bool) -> None:
+    got = _run(_local_sgd_rank, every, overlap)
+    want = expected_local_sgd(every, overlap)
+    for r in range(WORLD):
+        torch.testing.assert_close(got[r], want[r], atol=1e-5, rtol=1e-6)
+    torch.testing.assert_close(got[0], got[1])  # one model after synchronize
+
+
+def test_overlap_keeps_what_each_rank_learnt_meanwhile() -> None:
+    # the overlapped and the blocking variants genuinely differ (the test above is not vacuous)
+    assert not torch.allclose(expected_local_sgd(4, True)[0], expected_local_sgd(4, False)[0])
+
+
+def _replicas_rank(rank: int, port: int, differ: bool, out: mp.Queue) -> None:
+    _init(rank, port)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
+    if differ and rank == 1:
+        with torch.no_grad():
+            model[1].running_mean[3] += 1e-7  # one buffer element, one ulp-scale change
+    state = list(model.parameters()) + list(model.buffers())
+    out.put((rank, replicas_identical(state)))
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("differ", [False, True])
+def test_replicas_are_compared_not_assumed(differ: bool) -> None:
+    got = _run(_replicas_rank, differ)
+    assert got == {0: not differ, 1: not differ}
