@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import os
 import queue
 import random
@@ -502,6 +503,12 @@ class RankTrainer:
         position = (epoch, step)
         cancelled = False
         step_s = report.compute_s_per_step + report.comm_s_per_step.get(report.strategy, 0.0)
+        # The rank process holds everything its forkserver preloaded (~320k objects here) plus
+        # the model and data: each full collection walked all of it, a pause that the other
+        # ranks wait out in their next all-reduce. None of it becomes garbage while training,
+        # so move it out of the collector's sight (measured: 0.85-0.99x of a plain process's
+        # steps/s without this, 0.95-1.14x with it).
+        gc.freeze()
         vote = StopVote(
             vote_every(step_s, job.control_every),
             self.channel.stop_requested,

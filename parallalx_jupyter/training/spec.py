@@ -166,11 +166,15 @@ def optimizer_factory(optimizer: Any) -> Callable[[Any], Any]:
 # --------------------------------------------------------------------------- batches
 def fetch(dataset: Any, indices: Any) -> tuple[Any, ...]:
     """Collate the samples at ``indices`` (fast path for TensorDataset-like objects)."""
+    import torch
     from torch.utils.data import default_collate
 
     tensors = getattr(dataset, "tensors", None)
-    if tensors is not None:
-        return tuple(t[indices] for t in tensors)
+    if tensors is not None:  # index_select: half the cost of t[indices] on the step's path
+        return tuple(
+            t.index_select(0, indices.to(t.device)) if isinstance(t, torch.Tensor) else t[indices]
+            for t in tensors
+        )
     items = [dataset[int(i)] for i in indices]
     batch = default_collate(items)
     return tuple(batch) if isinstance(batch, (list, tuple)) else (batch,)
