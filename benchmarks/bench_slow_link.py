@@ -61,8 +61,9 @@ def digits():  # noqa: ANN201
 def accuracy(model, x, y) -> float:  # noqa: ANN001
     import torch
 
+    # an exact fraction: a float32 mean makes 342/360 0.94999999, which "misses" a 0.95 target
     with torch.no_grad():
-        return (model(x).argmax(1) == y).float().mean().item()
+        return int((model(x).argmax(1) == y).sum()) / len(y)
 
 
 def _common(client, workers: list[str], per_device_batch: int, epochs: int) -> dict:  # noqa: ANN001

@@ -132,7 +132,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--strategies", nargs="+", default=["ddp", "local_sgd"])
-    ap.add_argument("--repeats", type=int, default=5,
+    ap.add_argument("--repeats", type=int, default=12,
                     help="baseline and engine runs alternate this many times; medians of the "
                     "paired ratios are reported (a 2-core machine is noisy: +-10%% per run)")
     args = ap.parse_args()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from typing import Any
 
 STRATEGIES = ("ddp", "ddp_fp16", "local_sgd", "fsdp")
@@ -216,6 +217,27 @@ class LocalSGDStrategy(Strategy):
         tensors = [p.data for p in model.parameters()]
         return tensors + [b for b in model.buffers() if b.is_floating_point()]
 
+    @staticmethod
+    def _flat(tensors: list[Any]) -> Any:
+        import torch
+
+        return torch.cat([t.reshape(-1).to(torch.float32) for t in tensors])
+
+    @staticmethod
+    def _pieces(tensors: list[Any], flat: Any) -> Iterator[tuple[Any, Any]]:
+        """Each tensor with its part of ``flat``, shaped like it."""
+        offset = 0
+        for t in tensors:
+            n = t.numel()
+            yield t, flat[offset : offset + n].view_as(t)
+            offset += n
+
+    def _take_weight(self) -> float:
+        """This rank's share of the samples since the last average; starts a new period."""
+        weight = self._mine / self._total
+        self._mine = self._total = 0
+        return weight
+
     def after_step(self, model: Any, global_step: int, mine: int, total: int) -> float:
         spent = 0.0
         if self._pending is not None and global_step >= self._pending[3]:
@@ -229,15 +251,13 @@ class LocalSGDStrategy(Strategy):
         return spent + self._start(model, global_step + self.delay)
 
     def _start(self, model: Any, apply_at: int) -> float:
-        import torch
         import torch.distributed as dist
 
-        start = time.perf_counter()
         if self._total == 0:
             return 0.0
-        weight = self._mine / self._total
-        self._mine = self._total = 0
-        snapshot = torch.cat([t.reshape(-1).to(torch.float32) for t in self._tensors(model)])
+        start = time.perf_counter()
+        weight = self._take_weight()
+        snapshot = self._flat(self._tensors(model))
         weighted = snapshot * weight
         work = dist.all_reduce(weighted, group=self._group, async_op=True)
         self._pending = (work, weighted, snapshot, apply_at)
@@ -251,15 +271,11 @@ class LocalSGDStrategy(Strategy):
         self._pending = None
         work.wait()
         delta = average.sub_(snapshot)  # what the average moves this rank's snapshot by
-        offset = 0
-        for t in self._tensors(model):
-            n = t.numel()
-            t.add_(delta[offset : offset + n].view_as(t).to(t.dtype))
-            offset += n
+        for t, d in self._pieces(self._tensors(model), delta):
+            t.add_(d.to(t.dtype))
         return time.perf_counter() - start
 
     def synchronize(self, model: Any) -> float:
-        import torch
         import torch.distributed as dist
 
         spent = self._apply_pending(model)
@@ -267,16 +283,12 @@ class LocalSGDStrategy(Strategy):
             self._mine = self._total = 0
             return spent
         start = time.perf_counter()
-        weight = self._mine / self._total
+        weight = self._take_weight()
         tensors = self._tensors(model)
-        flat = torch.cat([t.reshape(-1).to(torch.float32) for t in tensors]) * weight
+        flat = self._flat(tensors) * weight
         dist.all_reduce(flat)
-        offset = 0
-        for t in tensors:
-            n = t.numel()
-            t.copy_(flat[offset : offset + n].view_as(t))
-            offset += n
-        self._mine = self._total = 0
+        for t, average in self._pieces(tensors, flat):
+            t.copy_(average)
         return spent + time.perf_counter() - start
 
 
