@@ -38,6 +38,8 @@ def model_factory() -> nn.Module:
 def start(cluster, **kw):
     kw.setdefault("min_workers", 2)
     kw.setdefault("group_timeout", 20.0)
+    kw.setdefault("strategy", "ddp")
+    kw.setdefault("checkpoint_every", CHECKPOINT_EVERY)
     return train(
         model_factory,
         data(),
@@ -45,8 +47,6 @@ def start(cluster, **kw):
         functools.partial(torch.optim.SGD, lr=0.1),
         batch_size=32,
         epochs=1,
-        strategy="ddp",
-        checkpoint_every=CHECKPOINT_EVERY,
         client=cluster.client,
         torch_threads=1,
         metrics_interval=0.05,
@@ -95,9 +95,16 @@ def test_sigkill_worker_finishes_with_survivors(cluster3, tmp_path) -> None:
     )
 
 
-def test_sigstop_worker_detected_within_group_timeout(cluster3) -> None:
+# local_sgd without checkpoints: no collective on the training group until the end, so the
+# survivors wait only on the stop-vote and background-averaging groups, which must carry the
+# group timeout too (torch gives new groups gloo's 30-minute default).
+@pytest.mark.parametrize(("strategy", "checkpoint_every"), [("ddp", CHECKPOINT_EVERY),
+                                                            ("local_sgd", 0)])
+def test_sigstop_worker_detected_within_group_timeout(cluster3, strategy, checkpoint_every):
     group_timeout, settle = 8.0, 3.0
-    job = start(cluster3, group_timeout=group_timeout, settle_timeout=settle)
+    job = start(cluster3, group_timeout=group_timeout, settle_timeout=settle, strategy=strategy,
+                local_sgd_every=8 if strategy == "local_sgd" else None,
+                checkpoint_every=checkpoint_every)
     wait_for_step(job, 120)
     address, name = victim_of(cluster3, job, rank=2)
     stopped_at = time.time()
@@ -110,10 +117,12 @@ def test_sigstop_worker_detected_within_group_timeout(cluster3) -> None:
     detected = restart["time"] - stopped_at
     assert restart["lost_workers"] == [address]
     assert detected <= group_timeout + 5.0, detected
-    assert restart["repeated_steps"] <= CHECKPOINT_EVERY
+    if checkpoint_every:
+        assert restart["repeated_steps"] <= checkpoint_every
     assert job.progress["global_step"] == 750
     assert isinstance(trained, nn.Module)
-    print(f"\nSIGSTOP: detected after {detected:.2f}s (group timeout {group_timeout}s)")
+    assert job.preflight.strategy == strategy
+    print(f"\nSIGSTOP ({strategy}): detected after {detected:.2f}s (timeout {group_timeout}s)")
 
 
 def test_losing_below_min_workers_is_a_clear_error(cluster3) -> None:
