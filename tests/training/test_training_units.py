@@ -25,6 +25,7 @@ from parallalx_jupyter.training.preflight import (
     balance,
     build_report,
     check_versions,
+    plan_shares,
 )
 from parallalx_jupyter.training.sharding import ShardPlan, proportional_split
 from parallalx_jupyter.training.stop_vote import MAX_VOTE_EVERY, vote_every
@@ -375,3 +376,21 @@ def test_stop_votes_come_about_every_quarter_second_whatever_the_step_time():
     assert vote_every(0.5, 10) == 10  # a big one: never fewer steps than the minimum
     assert vote_every(1e-7, 10) == MAX_VOTE_EVERY
     assert vote_every(0.0, 10) == 10  # no estimate (e.g. an old report)
+
+
+def test_noise_in_tiny_models_overheads_does_not_skew_the_shares() -> None:
+    # the demo's two equal CPU ranks as measured (ms): step at 32 and 64 samples 1.89/1.66 and
+    # 1.62/1.20, so both slopes were clamped and the fit is "all overhead", 1.80 vs 1.54 ms;
+    # balancing those gave one rank 63 samples of 64
+    per = [0.05 * 1.89e-3 / 32, 0.05 * 1.62e-3 / 32]
+    over = [1.89e-3 - per[0] * 32, 1.62e-3 - per[1] * 32]
+    assert proportional_split(64, balance(64, over, per), min_each=1)[0] <= 2
+    split = proportional_split(64, plan_shares(64, over, per), min_each=1)
+    assert 26 <= split[0] <= 32 <= split[1] <= 38, split
+    # a real difference in fixed cost (a GPU-like device with a large launch overhead and a
+    # tiny per-sample cost next to a CPU) is still balanced: equal step times
+    over, per = [0.004, 0.0002], [2e-6, 2e-4]
+    shares = plan_shares(64, over, per)
+    assert shares == balance(64, over, per)
+    times = [a + b * n for a, b, n in zip(over, per, shares, strict=True)]
+    assert times[0] == pytest.approx(times[1])
