@@ -320,11 +320,16 @@ class _SweepRun:
             self._emit(trial, "complete", out["value"], out.get("worker"), out["seconds"])
             return
         exc = fut.exception() if fut.status == "error" else None
-        lost = exc is not None and type(exc).__name__ in ("KilledWorker", "CommClosedError")
+        # "lost": the trial had finished but its result died with its device before it was
+        # fetched; like a killed worker, that is the device's loss, not the trial's failure
+        lost = fut.status == "lost" or (
+            exc is not None and type(exc).__name__ in ("KilledWorker", "CommClosedError")
+        )
         _tell(self.study, trial, state=TrialState.FAIL)
         if lost and attempt < self.params["max_retries"]:
             self.retry.append((dict(trial.params), attempt + 1))
-            self._emit(trial, "lost", None, None, None, error=str(exc))
+            why = str(exc) if exc is not None else "its result was lost with its device"
+            self._emit(trial, "lost", None, None, None, error=why)
             return
         raise WorkloadError(
             f"sweep: trial {trial.number} ({trial.params}) failed: {exc}"
