@@ -23,11 +23,11 @@ QUIET_DASK_CONFIG: dict[str, object] = {
 }
 
 
-def quiet_dask_env(config: dict[str, object] | None = None) -> dict[str, str]:
+def quiet_dask_env() -> dict[str, str]:
     """The same settings as ``DASK_*`` environment variables, for worker processes that a
     third-party launcher starts (``LocalCluster(env=...)``, a job script)."""
     env = {}
-    for key, value in (QUIET_DASK_CONFIG if config is None else config).items():
+    for key, value in QUIET_DASK_CONFIG.items():
         name = "DASK_" + "__".join(part.upper().replace("-", "_") for part in key.split("."))
         env[name] = str(value)
     return env

@@ -290,6 +290,17 @@ def process_group(spec: RankSpec) -> Iterator[Any]:
         del store
 
 
+def side_group(timeout_s: float, backend: str | None = None) -> Any:
+    """A further process group of all ranks (collective: every rank calls it at the same point).
+
+    torch gives new groups gloo's 30-minute default timeout, not the training group's: a frozen
+    peer would then hold a rank in a collective on the side group until the driver kills it.
+    """
+    import torch.distributed as dist
+
+    return dist.new_group(backend=backend, timeout=_dt.timedelta(seconds=timeout_s))
+
+
 # --------------------------------------------------------------------------- rank processes
 # torch._dynamo: every optimizer's __init__ imports it lazily (~1.1 s here); FSDP and the
 # distributed state-dict helpers: the fsdp strategy and checkpoints (~0.7 s). Preloaded once per

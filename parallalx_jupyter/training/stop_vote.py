@@ -32,17 +32,11 @@ def vote_every(step_s: float, minimum: int) -> int:
 
 class StopVote:
     def __init__(self, every: int, wants_stop: Callable[[], bool], timeout_s: float) -> None:
-        import datetime
-
-        import torch.distributed as dist
+        from .launcher import side_group
 
         self.every = max(1, int(every))
         self.wants_stop = wants_stop
-        # the training group's timeout, not gloo's 30-minute default: a frozen peer must fail
-        # a vote as fast as it fails a step
-        self.group = dist.new_group(
-            backend="gloo", timeout=datetime.timedelta(seconds=timeout_s)
-        )
+        self.group = side_group(timeout_s, backend="gloo")
         self._pending: tuple[Any, Any] | None = None
 
     def should_stop(self, step: int) -> bool:

@@ -203,13 +203,12 @@ class LocalSGDStrategy(Strategy):
         self._pending: tuple[Any, Any, Any, int] | None = None
 
     def wrap(self, model: Any, device: Any) -> Any:
-        import datetime
-
         import torch.distributed as dist
 
+        from .launcher import side_group
+
         if self.delay and dist.get_world_size() > 1:
-            # collective: every rank wraps at the same point
-            self._group = dist.new_group(timeout=datetime.timedelta(seconds=self.timeout_s))
+            self._group = side_group(self.timeout_s)  # every rank wraps at the same point
         return model
 
     @staticmethod
