@@ -41,6 +41,7 @@ from .checkpoint import (
     unpack,
 )
 from .errors import RankInfraError, TrainingError, UserCodeError
+from .heap import keep_freed_memory
 from .launcher import RankSpec, host_of, process_group, set_gloo_interface
 from .metrics import RankMetrics
 from .preflight import (
@@ -210,6 +211,7 @@ def child_main(spec: RankSpec, payload: AttemptPayload, control: Any, events: An
     try:
         import torch
 
+        keep_freed_memory()  # before the model and the first step allocate anything big
         if payload.job.torch_threads:
             torch.set_num_threads(payload.job.torch_threads)
         set_gloo_interface(spec.master_host)
@@ -491,6 +493,7 @@ class RankTrainer:
         total = job.epochs * plan.steps_per_epoch
         if job.max_steps is not None:
             total = min(total, job.max_steps)
+        strategy.expect_end(total)
         metrics = RankMetrics(
             emit=self.channel.metrics,
             rank=self.rank,

@@ -48,20 +48,26 @@ def _update(rank: int, step: int, p: torch.Tensor) -> torch.Tensor:
     return torch.tensor([1.0 + rank, -0.5 * step, 0.25 * (rank + 1) * step]) - pull * p
 
 
-def expected_local_sgd(every: int, overlap: bool) -> list[torch.Tensor]:
-    """Both ranks' parameters after STEPS steps and a final synchronize, computed directly."""
+def expected_local_sgd(every: int, overlap: bool, end_known: bool = False) -> list[torch.Tensor]:
+    """Both ranks' parameters after STEPS steps and a final synchronize, computed directly.
+
+    With ``end_known`` (the trainer's ``expect_end``) an average that would land after the last
+    step is never started: the final synchronize covers its period."""
     delay = overlap_steps(every) if overlap else 0
     p = [torch.zeros(3) for _ in range(WORLD)]
     w = [s / sum(SAMPLES) for s in SAMPLES]
     pending = None  # (average, snapshots, apply_at)
+    trained_since_start = False
     for g in range(STEPS):
         p = [p[r] + _update(r, g, p[r]) for r in range(WORLD)]
+        trained_since_start = True
         if pending is not None and g >= pending[2]:
             avg, snaps, _ = pending
             p = [avg + (p[r] - snaps[r]) for r in range(WORLD)]
             pending = None
-        if (g + 1) % every == 0:
+        if (g + 1) % every == 0 and not (end_known and delay and g + delay >= STEPS):
             avg = sum(w[r] * p[r] for r in range(WORLD))
+            trained_since_start = False
             if delay:
                 pending = (avg, [t.clone() for t in p], g + delay)
             else:
@@ -69,27 +75,30 @@ def expected_local_sgd(every: int, overlap: bool) -> list[torch.Tensor]:
     if pending is not None:
         avg, snaps, _ = pending
         p = [avg + (p[r] - snaps[r]) for r in range(WORLD)]
-    # final synchronize: weighted average of whatever was trained since the last sync start
-    last_start = (STEPS // every) * every - 1
-    if last_start < STEPS - 1:
+    if trained_since_start:  # final synchronize: weighted average since the last sync start
         avg = sum(w[r] * p[r] for r in range(WORLD))
         p = [avg.clone() for _ in range(WORLD)]
     return p
 
 
-def _local_sgd_rank(rank: int, port: int, every: int, overlap: bool, out: mp.Queue) -> None:
+def _local_sgd_rank(
+    rank: int, port: int, every: int, overlap: bool, end_known: bool, out: mp.Queue
+) -> None:
     _init(rank, port)
     model = nn.Linear(3, 1, bias=False)
     with torch.no_grad():
         model.weight.zero_()
     strategy = LocalSGDStrategy(every, overlap=overlap, timeout_s=30)
     model = strategy.wrap(model, torch.device("cpu"))
+    if end_known:
+        strategy.expect_end(STEPS)
     for g in range(STEPS):
         with torch.no_grad():
             model.weight.add_(_update(rank, g, model.weight.view(-1)).view(1, 3))
         strategy.after_step(model, g, SAMPLES[rank], sum(SAMPLES))
+    in_flight = strategy._pending is not None
     strategy.synchronize(model)
-    out.put((rank, model.weight.detach().view(-1).clone()))
+    out.put((rank, (model.weight.detach().view(-1).clone(), in_flight)))
     dist.destroy_process_group()
 
 
@@ -107,18 +116,30 @@ def _run(target, *args) -> dict[int, object]:  # noqa: ANN001
     return results
 
 
-@pytest.mark.parametrize(("every", "overlap"), [(4, True), (5, True), (4, False), (3, True)])
-def test_local_sgd_average_is_applied_at_a_fixed_step(every: int, overlap: bool) -> None:
-    got = _run(_local_sgd_rank, every, overlap)
-    want = expected_local_sgd(every, overlap)
+@pytest.mark.parametrize(
+    ("every", "overlap", "end_known"),
+    [(4, True, False), (5, True, False), (4, False, False), (3, True, False), (5, True, True)],
+)
+def test_local_sgd_average_is_applied_at_a_fixed_step(
+    every: int, overlap: bool, end_known: bool
+) -> None:
+    got = _run(_local_sgd_rank, every, overlap, end_known)
+    want = expected_local_sgd(every, overlap, end_known)
     for r in range(WORLD):
-        torch.testing.assert_close(got[r], want[r], atol=1e-5, rtol=1e-6)
-    torch.testing.assert_close(got[0], got[1])  # one model after synchronize
+        torch.testing.assert_close(got[r][0], want[r], atol=1e-5, rtol=1e-6)
+    torch.testing.assert_close(got[0][0], got[1][0])  # one model after synchronize
+    # the last start (step 9 of 11 for every=5) lands after the end: skipped when it is known
+    left_in_flight = overlap and (STEPS // every) * every - 1 + overlap_steps(every) >= STEPS
+    assert got[0][1] == got[1][1] == (left_in_flight and not end_known)
 
 
 def test_overlap_keeps_what_each_rank_learnt_meanwhile() -> None:
     # the overlapped and the blocking variants genuinely differ (the test above is not vacuous)
     assert not torch.allclose(expected_local_sgd(4, True)[0], expected_local_sgd(4, False)[0])
+    # Skipping the average that would land after the end (STEPS 11, every 5: the start at step
+    # 9) loses nothing: the final exact average covers it (whether it ran moves no parameter,
+    # so the rank reports whether one was left in flight at the end, see below).
+    torch.testing.assert_close(expected_local_sgd(5, True)[0], expected_local_sgd(5, True, True)[0])
 
 
 def _replicas_rank(rank: int, port: int, differ: bool, out: mp.Queue) -> None:
