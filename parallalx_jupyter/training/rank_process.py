@@ -285,7 +285,9 @@ class RankTrainer:
             else psutil.virtual_memory().available
         )
         n1 = max(1, min(self.job.global_batch // self.world, len(dataset)))
-        n2 = min(2 * n1, len(dataset))
+        # A second batch size separates per-step overhead from per-sample cost, which only
+        # matters for splitting the batch between ranks; one rank times its own batch alone.
+        n2 = min(2 * n1, len(dataset)) if self.world > 1 else n1
         param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         # Time whole steps (fetch, forward, backward, optimizer) on a throwaway copy when it is
         # cheap; for big models only forward/backward on the real one (buffers restored after).

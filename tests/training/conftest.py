@@ -255,3 +255,10 @@ def cluster2(tls_files: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 def cluster3(tls_files: dict[str, str], tmp_path: Path):
     """Three fresh workers for a test that kills or freezes one."""
     yield from _cluster(tls_files, tmp_path, 3)
+
+
+@pytest.fixture
+def unstarted_tls_cluster(tls_files: dict[str, str], tmp_path: Path) -> TLSCluster:
+    """TLS material, environment and command-line pieces for a test that starts its own
+    processes (e.g. in network namespaces), with nothing started yet."""
+    return TLSCluster(tls_files, tmp_path, 0)

@@ -1,0 +1,72 @@
+"""The notebook side of the cable-pull test, run inside network namespace host 1.
+
+Connects to the TLS scheduler, trains with checkpoints, prints one JSON line once training is
+under way (the test then pulls host 2's cable) and one with the outcome. Functions here live in
+``__main__``, so they travel to the workers by value, as a notebook's would.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+
+import torch
+from distributed import Client
+from distributed.security import Security
+from torch import nn
+
+from parallalx_jupyter.training import train
+
+
+def data(n: int = 24_000) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 8, generator=g)
+    return x, (x[:, :4].sum(1) > 0).long()
+
+
+def model_factory() -> nn.Module:
+    return nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 2))
+
+
+def emit(obj: dict) -> None:
+    print(json.dumps(obj), flush=True)
+
+
+def main() -> None:
+    address, ca, cert, key, checkpoints, group_timeout = sys.argv[1:7]
+    security = Security(tls_ca_file=ca, tls_client_cert=cert, tls_client_key=key,
+                        require_encryption=True)
+    client = Client(address, security=security, timeout="60s")
+    client.wait_for_workers(2, timeout=120)
+    job = train(
+        model_factory, data(), nn.CrossEntropyLoss(), functools.partial(torch.optim.SGD, lr=0.1),
+        batch_size=32, epochs=1, client=client, torch_threads=1, metrics_interval=0.05,
+        strategy="ddp", checkpoint_every=25, checkpoint_dir=checkpoints,
+        group_timeout=float(group_timeout), settle_timeout=3.0, min_workers=1,
+    )
+    deadline = time.monotonic() + 120
+    while job.progress.get("global_step", 0) < 120:
+        if job.done() or time.monotonic() > deadline:
+            emit({"error": f"no progress: {job.progress} {job.exception()!r}"})
+            return
+        time.sleep(0.02)
+    emit({"ready": True, "workers": [d.worker for d in job.preflight.devices]})
+    try:
+        trained = job.result(timeout=240)
+    except Exception as exc:  # noqa: BLE001 - reported to the test
+        emit({"error": repr(exc)})
+        return
+    x, y = data(2000)
+    emit({
+        "restarts": [e for e in job.events if e["kind"] == "restart"],
+        "global_step": job.progress["global_step"],
+        "world_size": job.preflight.world_size,
+        "accuracy": float((trained(x).argmax(1) == y).float().mean()),
+    })
+    client.close()
+
+
+if __name__ == "__main__":
+    main()
