@@ -1,8 +1,8 @@
 """The notebook side of the cable-pull test, run inside network namespace host 1.
 
 Connects to the TLS scheduler, trains with checkpoints, prints one JSON line once training is
-under way (the test then pulls host 2's cable) and one with the outcome. Functions here live in
-``__main__``, so they travel to the workers by value, as a notebook's would.
+under way (the test then pulls host 2's cable) and one with the outcome. The model and data are
+the fault tests' (that module ships its functions to the workers by value, as a notebook's).
 """
 
 from __future__ import annotations
@@ -15,19 +15,10 @@ import time
 import torch
 from distributed import Client
 from distributed.security import Security
+from test_training_faults import data, model_factory  # this script's directory is on the path
 from torch import nn
 
 from parallalx_jupyter.training import train
-
-
-def data(n: int = 24_000) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(n, 8, generator=g)
-    return x, (x[:, :4].sum(1) > 0).long()
-
-
-def model_factory() -> nn.Module:
-    return nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 2))
 
 
 def emit(obj: dict) -> None:
