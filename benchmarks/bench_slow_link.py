@@ -8,6 +8,10 @@ scikit-learn's digits (64-4096-4096-10), where plain DDP moves ~68 MB per step: 
 that is ~0.55 s of communication against ~0.15 s of compute, so DDP is slower than one device
 and the preflight has to pick something else (``auto``).
 
+Both sides make the same ``train()`` call (global batch 128, SGD lr 0.04 momentum 0.9: of the
+batch/learning-rate pairs tried for one device, 64/0.02, 128/0.04 and 256/0.08, the fastest to
+the target); only the workers differ, so two devices train 64 + 64 samples per step.
+
 For each configuration a first run finds the first epoch at which the test accuracy reaches
 the target (a checkpoint per epoch, evaluated here; the run is cancelled once it is reached).
 Then exactly that training, without intermediate checkpoints, is timed from the ``train()``
@@ -15,7 +19,7 @@ call to the trained model, one device and two devices alternating ``--repeats`` 
 median of the paired ratios two-devices / one-device is printed (on a shared 2-core VM a
 single one-device run varies by +-15 %).
 
-    sudo python benchmarks/bench_slow_link.py [--rate 1gbit] [--target 0.95] [--repeats 3]
+    python benchmarks/bench_slow_link.py [--rate 1gbit] [--target 0.95] [--repeats 3]  # as root
 
 Needs root and iproute2; on machines with more cores the same script measures the same thing.
 """
@@ -66,23 +70,23 @@ def accuracy(model, x, y) -> float:  # noqa: ANN001
         return int((model(x).argmax(1) == y).sum()) / len(y)
 
 
-def _common(client, workers: list[str], per_device_batch: int, epochs: int) -> dict:  # noqa: ANN001
-    batch = per_device_batch * len(workers)
+def _common(client, workers: list[str], batch: int, epochs: int) -> dict:  # noqa: ANN001
+    """The same call for one device and for two: only the workers differ."""
     return dict(
         epochs=epochs, batch_size=batch, client=client, workers=workers, torch_threads=1,
         group_timeout=120.0, report=False,
     )
 
 
-def _optimizer():  # noqa: ANN202
+def _optimizer(lr: float):  # noqa: ANN202
     import torch
 
-    return functools.partial(torch.optim.SGD, lr=0.02, momentum=0.9)
+    return functools.partial(torch.optim.SGD, lr=lr, momentum=0.9)
 
 
 def search_config(  # noqa: ANN201
     client, workers: list[str], target: float, max_epochs: int, strategy: str,  # noqa: ANN001
-    per_device_batch: int,
+    batch: int, lr: float,
 ):
     """First epoch at which the test accuracy reaches ``target``, and the strategy used."""
     from torch import nn
@@ -91,9 +95,9 @@ def search_config(  # noqa: ANN201
     from parallalx_jupyter.training.checkpoint import unpack
 
     x_tr, y_tr, x_te, y_te = digits()
-    common = _common(client, workers, per_device_batch, max_epochs)
-    steps_per_epoch = -(-len(x_tr) // common["batch_size"])
-    opt = _optimizer()
+    common = _common(client, workers, batch, max_epochs)
+    steps_per_epoch = -(-len(x_tr) // batch)
+    opt = _optimizer(lr)
     # run 1: accuracy after each epoch, until the target is reached
     curve: list[tuple[int, float]] = []
     evaluator = make_model()
@@ -124,16 +128,16 @@ def search_config(  # noqa: ANN201
             "fixed": fixed, "batch": common["batch_size"]}
 
 
-def timed_run(client, workers: list[str], found: dict, per_device_batch: int) -> dict:  # noqa: ANN001
+def timed_run(client, workers: list[str], found: dict, batch: int, lr: float) -> dict:  # noqa: ANN001
     """The searched training up to the epoch found, timed from train() to the model."""
     from torch import nn
 
     from parallalx_jupyter.training import train
 
     x_tr, y_tr, x_te, y_te = digits()
-    common = _common(client, workers, per_device_batch, found["reached"])
+    common = _common(client, workers, batch, found["reached"])
     t0 = time.perf_counter()
-    job = train(make_model, (x_tr, y_tr), nn.CrossEntropyLoss(), _optimizer(),
+    job = train(make_model, (x_tr, y_tr), nn.CrossEntropyLoss(), _optimizer(lr),
                 checkpoint_every=0, **found["fixed"], **common)
     model = job.result(1800)
     seconds = time.perf_counter() - t0
@@ -151,14 +155,14 @@ def inner(args: argparse.Namespace) -> None:
     client.wait_for_workers(2, timeout=120)
     workers = sorted(client.scheduler_info()["workers"])
     local = [w for w in workers if "10.77.0.1" in w]
-    b = args.per_device_batch
-    one = search_config(client, local, args.target, args.max_epochs, "ddp", b)
-    two = search_config(client, workers, args.target, args.max_epochs, "auto", b)
+    b, lr = args.batch, args.lr
+    one = search_config(client, local, args.target, args.max_epochs, "ddp", b, lr)
+    two = search_config(client, workers, args.target, args.max_epochs, "auto", b, lr)
     one["runs"], two["runs"] = [], []
     if one["reached"] is not None and two["reached"] is not None:
         for _ in range(args.repeats):
-            one["runs"].append(timed_run(client, local, one, b))
-            two["runs"].append(timed_run(client, workers, two, b))
+            one["runs"].append(timed_run(client, local, one, b, lr))
+            two["runs"].append(timed_run(client, workers, two, b, lr))
     print(json.dumps({"one": one, "two": two}))
     client.close()
 
@@ -179,9 +183,10 @@ def main() -> None:
     ap.add_argument("--rate", default="1gbit")
     ap.add_argument("--target", type=float, default=0.95)
     ap.add_argument("--max-epochs", type=int, default=15)
-    ap.add_argument("--per-device-batch", type=int, default=64,
-                    help="each device's batch; the global batch grows with the devices, as "
-                    "when adding a machine to a data-parallel job (weak scaling)")
+    ap.add_argument("--batch", type=int, default=128,
+                    help="global batch of the train() call, the same for one and two devices "
+                    "(two devices train 64 + 64 of it per step)")
+    ap.add_argument("--lr", type=float, default=0.04, help="SGD learning rate (momentum 0.9)")
     ap.add_argument("--repeats", type=int, default=3,
                     help="timed one-device / two-device pairs; the median ratio is reported")
     ap.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
@@ -208,7 +213,7 @@ def main() -> None:
         out = subprocess.run(
             [str(NETNS), "run", "1", py, __file__, "--inner", "--target", str(args.target),
              "--max-epochs", str(args.max_epochs), "--repeats", str(args.repeats),
-             "--per-device-batch", str(args.per_device_batch)],
+             "--batch", str(args.batch), "--lr", str(args.lr)],
             env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True,
             check=False,
         )
