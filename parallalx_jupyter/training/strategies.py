@@ -129,8 +129,13 @@ class Strategy:
     exact = True
 
     def wrap(self, model: Any, device: Any) -> Any:
+        import torch.distributed as dist
         from torch.nn.parallel import DistributedDataParallel as DDP
 
+        if dist.get_world_size() == 1:
+            # Nothing to average, but DDP's hooks and gradient buckets still cost 5-10 % of a
+            # step of a 17M-parameter model on one CPU thread (230-244 vs 255-257 ms measured).
+            return model
         ids = [device.index if device.index is not None else 0] if device.type == "cuda" else None
         return DDP(model, device_ids=ids, gradient_as_bucket_view=True)
 
@@ -159,7 +164,8 @@ class DDPFP16Strategy(Strategy):
         )
 
         ddp = super().wrap(model, device)
-        ddp.register_comm_hook(state=None, hook=fp16_compress_hook)
+        if ddp is not model:  # a single rank has no gradients to compress
+            ddp.register_comm_hook(state=None, hook=fp16_compress_hook)
         return ddp
 
 

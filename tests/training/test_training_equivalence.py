@@ -96,6 +96,19 @@ def test_two_ranks_equal_one_big_batch(cluster2, strategy, shares, expected_batc
     assert final["optimizer"] == {} and set(final["model"]) == set(model.state_dict())
 
 
+@pytest.mark.parametrize("strategy", ["ddp", "ddp_fp16"])
+def test_one_rank_trains_the_plain_model(cluster2, strategy) -> None:
+    # a single rank has nothing to all-reduce: no DDP wrapper, and no fp16 rounding either
+    x, y = make_data()
+    model = make_model()
+    first = sorted(cluster2.client.scheduler_info()["workers"])[0]
+    job = run_job(cluster2, model, x, y, batch_size=64, epochs=1, shuffle=False,
+                  strategy=strategy, workers=[first])
+    trained = job.result(timeout=180)
+    assert job.preflight.world_size == 1 and job.preflight.per_rank_batch == [64]
+    assert_same_params(trained, reference(model, x, y, steps=2, batch=64, lr=0.5))
+
+
 def test_fp16_hook_is_close_and_local_sgd_trains(cluster2) -> None:
     x, y = make_data(n=256)
     model = make_model()
