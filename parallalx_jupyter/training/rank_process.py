@@ -495,7 +495,7 @@ class RankTrainer:
         total = job.epochs * plan.steps_per_epoch
         if job.max_steps is not None:
             total = min(total, job.max_steps)
-        strategy.expect_end(total)
+        strategy.begin(wrapped, total)
         metrics = RankMetrics(
             emit=self.channel.metrics,
             rank=self.rank,

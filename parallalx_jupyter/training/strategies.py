@@ -8,7 +8,8 @@
   sync per ``H`` steps, so it survives slow links; the maths is no longer one big batch. The
   average runs in the background while training goes on and is applied ``H // 2`` steps later
   (each rank keeps what it learnt meanwhile: ``p = average(snapshot) + (p - snapshot)``), so a
-  link that needs several steps' time for one all-reduce costs almost nothing.
+  link that needs several steps' time for one all-reduce costs almost nothing. What travels is
+  each rank's progress since the last average, in fp16: half the bytes of the parameters.
 * ``fsdp``: FSDP2 ``fully_shard`` (works on CPU/gloo); ~1.5x DDP's traffic (all-gather forward
   and backward, reduce-scatter), so it is chosen only when the model state does not fit.
 
@@ -45,8 +46,8 @@ def comm_seconds(
     """Predicted communication seconds per step for ``name`` (ring all-reduce model).
 
     DDP: ``latency + 2(N-1)/N * S / B``; fp16 halves ``S``; FSDP moves ~3(N-1)/N * S;
-    local SGD pays the DDP cost once every ``H`` steps, less the ``H // 2`` steps of
-    ``compute_s`` that it overlaps with.
+    local SGD pays one fp16 all-reduce (its progress is sent in fp16) once every ``H`` steps,
+    less the ``H // 2`` steps of ``compute_s`` that it overlaps with.
     """
     if world <= 1 or math.isinf(bandwidth_Bps):
         return 0.0
@@ -60,7 +61,7 @@ def comm_seconds(
     if name == "local_sgd":
         every = max(1, local_sgd_every)
         hidden = overlap_steps(every) * max(compute_s, 0.0)
-        return max(0.0, latency_s + 2 * ring - hidden) / every
+        return max(0.0, latency_s + ring - hidden) / every
     raise ValueError(f"unknown strategy {name!r}")
 
 
@@ -112,7 +113,8 @@ def choose_strategy(
     # of five all-reduce times keeps that near a tenth of the compute (measured on 2 cores:
     # a period of 2.5 all-reduce times cost a third of the throughput and saved no epochs),
     # and its overlap window covers the all-reduce twice over.
-    h = int(min(64, max(2, math.ceil(AVERAGE_EVERY_COMM_TIMES * c_ddp / max(compute_s, 1e-9)))))
+    # (one local-SGD average is an fp16 all-reduce, the size of ddp_fp16's per-step one)
+    h = int(min(64, max(2, math.ceil(AVERAGE_EVERY_COMM_TIMES * c_fp16 / max(compute_s, 1e-9)))))
     return (
         "local_sgd",
         f"even fp16 DDP would be slower than one device ({max(sp_ddp, sp_fp16):.2f}x); "
@@ -147,8 +149,9 @@ class Strategy:
         """Bring ranks to identical parameters (before checkpoints and at the end)."""
         return 0.0
 
-    def expect_end(self, total_steps: int) -> None:
-        """The run's planned number of steps (a strategy may plan its syncs around the end)."""
+    def begin(self, model: Any, total_steps: int) -> None:
+        """Called once before the first step, after any resume: the parameters are the same
+        on every rank, and the run will take ``total_steps`` (syncs may plan around the end)."""
 
 
 class DDPStrategy(Strategy):
@@ -190,27 +193,39 @@ class FSDPStrategy(Strategy):
 class LocalSGDStrategy(Strategy):
     """Sample-weighted parameter averaging every ``every`` steps, overlapped with training.
 
-    At a sync step each rank snapshots its parameters and starts an asynchronous all-reduce of
-    the weighted snapshot on a group of its own; ``overlap_steps(every)`` steps later (a fixed
-    step, the same on every rank, so runs are reproducible) it waits for it, if it has not
-    finished already, and moves to ``average + (current - snapshot)``. ``synchronize`` (for
-    checkpoints and the end) finishes any average in flight and then averages exactly, so
-    every checkpoint holds one model. ``overlap=False`` averages in place, blocking.
+    All ranks hold the same *anchor*, the parameters they last agreed on. At a sync step each
+    rank snapshots its parameters and starts an asynchronous all-reduce, on a group of its own,
+    of its weighted progress since the anchor, ``weight * (snapshot - anchor)``, in fp16 (half
+    the bytes of the parameters themselves; progress is small and well inside fp16's range).
+    ``overlap_steps(every)`` steps later (a fixed step, the same on every rank, so runs are
+    reproducible) it waits for it, if it has not finished already; the new anchor is the old
+    one plus the averaged progress, and each rank moves to ``anchor + (current - snapshot)``,
+    keeping what it learnt meanwhile. Every rank adds the same reduced bits to the same anchor,
+    so the ranks agree exactly on it; fp16 only rounds the averaged progress (relative 2^-11).
+    Should an average overflow fp16, every rank sees it in the same reduced tensor and they
+    average their parameters exactly instead. ``compress=False`` reduces the fp32 snapshots
+    (no anchor needed). ``synchronize`` (checkpoints and the end) finishes any average in
+    flight and then averages exactly, so every checkpoint holds one model. ``overlap=False``
+    averages in place, blocking and exact.
     """
 
     name = "local_sgd"
     exact = False
 
-    def __init__(self, every: int, overlap: bool = True, timeout_s: float = 60.0) -> None:
+    def __init__(
+        self, every: int, overlap: bool = True, timeout_s: float = 60.0, compress: bool = True
+    ) -> None:
         self.every = max(1, int(every))
         self.timeout_s = timeout_s
         self.delay = overlap_steps(self.every) if overlap else 0
+        self.compress = compress
         self._mine = 0
         self._total = 0
         self._end_step: int | None = None
         self._group: Any = None
-        # (work, weighted sum being reduced, local snapshot, step at which to apply)
-        self._pending: tuple[Any, Any, Any, int] | None = None
+        self._anchor: Any = None  # flat fp32 parameters every rank agreed on (compress only)
+        # (work, tensor being reduced, local snapshot, step at which to apply, this rank's weight)
+        self._pending: tuple[Any, Any, Any, int, float] | None = None
 
     def wrap(self, model: Any, device: Any) -> Any:
         import torch.distributed as dist
@@ -220,6 +235,11 @@ class LocalSGDStrategy(Strategy):
         if self.delay and dist.get_world_size() > 1:
             self._group = side_group(self.timeout_s)  # every rank wraps at the same point
         return model
+
+    def begin(self, model: Any, total_steps: int) -> None:
+        self._end_step = total_steps
+        if self._group is not None and self.compress:
+            self._anchor = self._flat(self._tensors(model))  # identical on every rank here
 
     @staticmethod
     def _tensors(model: Any) -> list[Any]:
@@ -247,9 +267,6 @@ class LocalSGDStrategy(Strategy):
         self._mine = self._total = 0
         return weight
 
-    def expect_end(self, total_steps: int) -> None:
-        self._end_step = total_steps
-
     def after_step(self, model: Any, global_step: int, mine: int, total: int) -> float:
         spent = 0.0
         if self._pending is not None and global_step >= self._pending[3]:
@@ -269,6 +286,7 @@ class LocalSGDStrategy(Strategy):
         return spent + self._start(model, apply_at)
 
     def _start(self, model: Any, apply_at: int) -> float:
+        import torch
         import torch.distributed as dist
 
         if self._total == 0:
@@ -276,21 +294,47 @@ class LocalSGDStrategy(Strategy):
         start = time.perf_counter()
         weight = self._take_weight()
         snapshot = self._flat(self._tensors(model))
-        weighted = snapshot * weight
-        work = dist.all_reduce(weighted, group=self._group, async_op=True)
-        self._pending = (work, weighted, snapshot, apply_at)
+        if self._anchor is not None:
+            sent = (snapshot - self._anchor).mul_(weight).to(torch.float16)
+        else:
+            sent = snapshot * weight
+        work = dist.all_reduce(sent, group=self._group, async_op=True)
+        self._pending = (work, sent, snapshot, apply_at, weight)
         return time.perf_counter() - start
 
     def _apply_pending(self, model: Any) -> float:
+        import torch
+
         if self._pending is None:
             return 0.0
         start = time.perf_counter()
-        work, average, snapshot, _ = self._pending
+        work, reduced, snapshot, _, weight = self._pending
         self._pending = None
         work.wait()
-        delta = average.sub_(snapshot)  # what the average moves this rank's snapshot by
+        # delta: what the average moves this rank's snapshot by
+        if self._anchor is None:
+            delta = reduced.sub_(snapshot)
+        elif bool(torch.isfinite(reduced).all()):
+            self._anchor.add_(reduced.to(torch.float32))
+            delta = torch.sub(self._anchor, snapshot, out=snapshot)
+        else:  # the same reduced bits on every rank: all of them take this branch
+            return time.perf_counter() - start + self._average_exactly(model, weight, self._group)
         for t, d in self._pieces(self._tensors(model), delta):
             t.add_(d.to(t.dtype))
+        return time.perf_counter() - start
+
+    def _average_exactly(self, model: Any, weight: float, group: Any = None) -> float:
+        """Weighted fp32 average of the parameters themselves, blocking; resets the anchor."""
+        import torch.distributed as dist
+
+        start = time.perf_counter()
+        tensors = self._tensors(model)
+        flat = self._flat(tensors) * weight
+        dist.all_reduce(flat, group=group)
+        for t, average in self._pieces(tensors, flat):
+            t.copy_(average)
+        if self._anchor is not None:
+            self._anchor = flat
         return time.perf_counter() - start
 
     def synchronize(self, model: Any) -> float:
@@ -300,14 +344,7 @@ class LocalSGDStrategy(Strategy):
         if self._total == 0 or dist.get_world_size() == 1:
             self._mine = self._total = 0
             return spent
-        start = time.perf_counter()
-        weight = self._take_weight()
-        tensors = self._tensors(model)
-        flat = self._flat(tensors) * weight
-        dist.all_reduce(flat)
-        for t, average in self._pieces(tensors, flat):
-            t.copy_(average)
-        return spent + time.perf_counter() - start
+        return spent + self._average_exactly(model, self._take_weight())
 
 
 def make_strategy(name: str, local_sgd_every: int = 8, timeout_s: float = 60.0) -> Strategy:

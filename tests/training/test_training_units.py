@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 
@@ -29,7 +30,11 @@ from parallalx_jupyter.training.preflight import (
 )
 from parallalx_jupyter.training.sharding import ShardPlan, proportional_split
 from parallalx_jupyter.training.stop_vote import MAX_VOTE_EVERY, vote_every
-from parallalx_jupyter.training.strategies import choose_strategy, comm_seconds
+from parallalx_jupyter.training.strategies import (
+    AVERAGE_EVERY_COMM_TIMES,
+    choose_strategy,
+    comm_seconds,
+)
 
 
 # --------------------------------------------------------------------------- sharding
@@ -164,6 +169,12 @@ def test_strategy_choice_follows_the_measurement() -> None:
         param_bytes=67_200_000, compute_s=0.046, single_s=0.092, bandwidth_Bps=120e6, **common
     )
     assert slow[0] == "local_sgd" and slow[2] >= 2
+    # one average sends each rank's progress in fp16: ddp_fp16's bytes, once every H steps
+    c_fp16 = comm_seconds("ddp_fp16", 67_200_000, 2, 1e-4, 120e6)
+    assert slow[2] == math.ceil(AVERAGE_EVERY_COMM_TIMES * c_fp16 / 0.046)
+    assert comm_seconds("local_sgd", 67_200_000, 2, 1e-4, 120e6, slow[2]) == pytest.approx(
+        c_fp16 / slow[2]
+    )
     medium = choose_strategy(
         param_bytes=67_200_000, compute_s=0.6, single_s=1.2, bandwidth_Bps=120e6, **common
     )
