@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from typing import Any
 
 STRATEGIES = ("ddp", "ddp_fp16", "local_sgd", "fsdp")
-AVERAGE_EVERY_COMM_TIMES = 5.0  # local SGD's period, in units of one full all-reduce's time
+AVERAGE_EVERY_COMM_TIMES = 5.0  # local SGD's period, in units of one (fp16) average's time
 
 
 def overlap_steps(every: int) -> int:
@@ -110,10 +110,11 @@ def choose_strategy(
         return "ddp", f"all-reduce is {share:.0%} of compute; DDP still predicts {sp_ddp:.2f}x", 0
     # Averaging is hidden behind H // 2 steps of training, but not free: flattening, the
     # reduction and the network stack take CPU from the training on the same cores. A period
-    # of five all-reduce times keeps that near a tenth of the compute (measured on 2 cores:
-    # a period of 2.5 all-reduce times cost a third of the throughput and saved no epochs),
-    # and its overlap window covers the all-reduce twice over.
-    # (one local-SGD average is an fp16 all-reduce, the size of ddp_fp16's per-step one)
+    # of five all-reduce times keeps that small, and its overlap window covers the all-reduce
+    # twice over. One average is an fp16 all-reduce (ddp_fp16's per-step size). Measured on
+    # 2 shared cores (docs/benchmarks.md (c)): with fp32 averages a period of 2.5 all-reduce
+    # times cost a third of the throughput before the rank process kept its freed memory;
+    # five fp16 all-reduce times (H = 9 there) train at 0.73x of one device's step time.
     h = int(min(64, max(2, math.ceil(AVERAGE_EVERY_COMM_TIMES * c_fp16 / max(compute_s, 1e-9)))))
     return (
         "local_sgd",
