@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from typing import Any
 
 STRATEGIES = ("ddp", "ddp_fp16", "local_sgd", "fsdp")
-AVERAGE_EVERY_COMM_TIMES = 5.0  # local SGD's period, in units of one (fp16) average's time
+AVERAGE_EVERY_COMM_TIMES = 5.0  # local SGD's period, in fp32 all-reduce times of compute
 
 
 def overlap_steps(every: int) -> int:
@@ -109,13 +109,14 @@ def choose_strategy(
     if sp_ddp >= 1.0:
         return "ddp", f"all-reduce is {share:.0%} of compute; DDP still predicts {sp_ddp:.2f}x", 0
     # Averaging is hidden behind H // 2 steps of training, but not free: flattening, the
-    # reduction and the network stack take CPU from the training on the same cores. A period
-    # of five all-reduce times keeps that small, and its overlap window covers the all-reduce
-    # twice over. One average is an fp16 all-reduce (ddp_fp16's per-step size). Measured on
-    # 2 shared cores (docs/benchmarks.md (c)): with fp32 averages a period of 2.5 all-reduce
-    # times cost a third of the throughput before the rank process kept its freed memory;
-    # five fp16 all-reduce times (H = 9 there) train at 0.73x of one device's step time.
-    h = int(min(64, max(2, math.ceil(AVERAGE_EVERY_COMM_TIMES * c_fp16 / max(compute_s, 1e-9)))))
+    # reduction and the network stack take CPU from the training on the same cores. The
+    # period is five fp32 all-reduce times of compute; an average sends fp16 progress, half
+    # of that, so the overlap window covers it four times over. Measured on 2 shared cores
+    # (docs/benchmarks.md (c)): a period of 2.5 fp32 all-reduce times cost a third of the
+    # throughput (2026-11-30, fp32 averages), and again with fp16 averages every 2.5 fp32 times
+    # (H = 8: steps 237 ms against ~170 ms at H = 19); the halved bytes make each average
+    # cheaper, not more frequent.
+    h = int(min(64, max(2, math.ceil(AVERAGE_EVERY_COMM_TIMES * c_ddp / max(compute_s, 1e-9)))))
     return (
         "local_sgd",
         f"even fp16 DDP would be slower than one device ({max(sp_ddp, sp_fp16):.2f}x); "

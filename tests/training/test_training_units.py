@@ -169,9 +169,11 @@ def test_strategy_choice_follows_the_measurement() -> None:
         param_bytes=67_200_000, compute_s=0.046, single_s=0.092, bandwidth_Bps=120e6, **common
     )
     assert slow[0] == "local_sgd" and slow[2] >= 2
-    # one average sends each rank's progress in fp16: ddp_fp16's bytes, once every H steps
+    # the period: five fp32 all-reduce times of compute; what one average then sends is each
+    # rank's progress in fp16 (ddp_fp16's bytes), once every H steps
+    c_ddp = comm_seconds("ddp", 67_200_000, 2, 1e-4, 120e6)
     c_fp16 = comm_seconds("ddp_fp16", 67_200_000, 2, 1e-4, 120e6)
-    assert slow[2] == math.ceil(AVERAGE_EVERY_COMM_TIMES * c_fp16 / 0.046)
+    assert slow[2] == math.ceil(AVERAGE_EVERY_COMM_TIMES * c_ddp / 0.046)
     assert comm_seconds("local_sgd", 67_200_000, 2, 1e-4, 120e6, slow[2]) == pytest.approx(
         c_fp16 / slow[2]
     )
