@@ -113,9 +113,10 @@ def choose_strategy(
     # period is five fp32 all-reduce times of compute; an average sends fp16 progress, half
     # of that, so the overlap window covers it four times over. Measured on 2 shared cores
     # (docs/benchmarks.md (c)): a period of 2.5 fp32 all-reduce times cost a third of the
-    # throughput (2026-11-30, fp32 averages), and again with fp16 averages every 2.5 fp32 times
-    # (H = 8: steps 237 ms against ~170 ms at H = 19); the halved bytes make each average
-    # cheaper, not more frequent.
+    # throughput (fp32 averages, before the heap setting); fp16 averages every 2.5 fp32 times
+    # (H = 8) made two devices' steps slower than one device's in the same run (237 vs 206 ms;
+    # 169-184 ms at H = 14-19 in other runs). The halved bytes make each average cheaper, not
+    # more frequent.
     h = int(min(64, max(2, math.ceil(AVERAGE_EVERY_COMM_TIMES * c_ddp / max(compute_s, 1e-9)))))
     return (
         "local_sgd",
