@@ -227,7 +227,8 @@ class _SweepRun:
         self.done = 0
         self.pruned = 0
         self.best_model: Any = None
-        self.retry: list[tuple[dict[str, Any], int]] = []
+        # (params, attempt, the lost trial's grid point under a grid sampler)
+        self.retry: list[tuple[dict[str, Any], int, dict[str, Any]]] = []
         self.started = time.monotonic()
         import cloudpickle
 
@@ -239,10 +240,14 @@ class _SweepRun:
         info = self.ctx.client.scheduler_info(n_workers=-1)["workers"]
         return max(1, sum(int(w.get("nthreads", 1)) for w in info.values()))
 
-    def _submit(self, attempt_params: dict[str, Any] | None = None, attempt: int = 0) -> None:
+    def _submit(
+        self, attempt_params: dict[str, Any] | None = None, attempt: int = 0,
+        grid_point: dict[str, Any] | None = None,
+    ) -> None:
         if attempt_params is not None:
             self.study.enqueue_trial(attempt_params)
         trial = self.study.ask(self.dists)
+        set_grid_point(self.study, trial, grid_point or {})
         self.by_number[trial.number] = trial
         fut = self.ctx.client.submit(
             run_trial, self.objective, dict(trial.params), self.topic, trial.number,
@@ -263,8 +268,7 @@ class _SweepRun:
                     client.cancel(list(self.running), force=True)
                     self.ctx.check_cancelled()
                 while self.retry and len(self.running) < self._capacity():
-                    p, attempt = self.retry.pop(0)
-                    self._submit(p, attempt)
+                    self._submit(*self.retry.pop(0))
                 while asked < self.params["n_trials"] and len(self.running) < self._capacity():
                     self._submit()
                     asked += 1
@@ -327,7 +331,7 @@ class _SweepRun:
         )
         _tell(self.study, trial, state=TrialState.FAIL)
         if lost and attempt < self.params["max_retries"]:
-            self.retry.append((dict(trial.params), attempt + 1))
+            self.retry.append((dict(trial.params), attempt + 1, grid_point(self.study, trial)))
             why = str(exc) if exc is not None else "its result was lost with its device"
             self._emit(trial, "lost", None, None, None, error=why)
             return
@@ -374,6 +378,22 @@ class _SweepRun:
         return SweepResult(best_params=dict(best.params), best_value=float(best.value),
                            best_model=self.best_model, best_trial=best.number,
                            direction=self.params["direction"], table=table, study=self.study)
+
+
+GRID_POINT_ATTRS = ("grid_id", "search_space")  # what GridSampler keeps on a trial
+
+
+def grid_point(study: Any, trial: Any) -> dict[str, Any]:
+    """The grid sampler's bookkeeping of ``trial`` (empty under other samplers)."""
+    attrs = study._storage.get_trial_system_attrs(trial._trial_id)
+    return {k: attrs[k] for k in GRID_POINT_ATTRS if k in attrs}
+
+
+def set_grid_point(study: Any, trial: Any, point: dict[str, Any]) -> None:
+    """Give a re-run the lost trial's grid point. Optuna's GridSampler gives an enqueued trial
+    none, yet looks its grid id up when the last unvisited point is told (KeyError 'grid_id')."""
+    for key, value in point.items():
+        study._storage.set_trial_system_attr(trial._trial_id, key, value)
 
 
 def _tell(study: Any, trial: Any, value: float | None = None, state: Any = None) -> None:

@@ -143,3 +143,28 @@ def test_a_lost_device_only_costs_its_running_trials(cluster3) -> None:
     assert result.best_params == {"x": 0} and result.best_value == 0
     done = result.table[result.table["state"] == "COMPLETE"]
     assert sorted(done["params_x"]) == [0, 1, 2, 3, 4, 5]  # every grid point, once
+
+
+def test_a_rerun_keeps_the_lost_trials_grid_point() -> None:
+    # The race behind a lost device: the re-run (enqueued with the lost trial's parameters) is
+    # the last trial told while one grid point is unvisited. Optuna's GridSampler then looks up
+    # the re-run's grid id, which an enqueued trial lacks, unless the sweep copied it over.
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+    from optuna.trial import TrialState
+
+    from parallalx_jupyter.workloads.sweep import _tell, grid_point, set_grid_point
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.create_study(sampler=optuna.samplers.GridSampler({"x": [1, 2, 3]}))
+    dists = {"x": CategoricalDistribution([1, 2, 3])}
+    lost, other, done = (study.ask(dists) for _ in range(3))
+    _tell(study, done, 0.5)
+    _tell(study, lost, state=TrialState.FAIL)  # its device died
+    study.enqueue_trial(dict(lost.params))
+    rerun = study.ask(dists)
+    set_grid_point(study, rerun, grid_point(study, lost))
+    _tell(study, rerun, 2.0)
+    _tell(study, other, 1.0)
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE", "COMPLETE", "COMPLETE"]
+    assert rerun.params == lost.params
