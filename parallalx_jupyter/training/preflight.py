@@ -170,7 +170,8 @@ def measure_step_cost(
 ) -> dict[str, float]:
     """Fit ``time(n) = overhead + n * per_sample`` from timed steps at two batch sizes.
 
-    ``step(n)`` runs one training step on ``n`` samples and returns (forward_s, total_s). A
+    ``step(n)`` runs one training step on ``n`` samples and returns (forward_s, total_s);
+    ``n2`` may be smaller or larger than ``n1`` (the size whose forward share is reported). A
     fixed per-step cost (Python, optimizer, kernel launches) dominates small models, so a single
     samples/s figure would predict speed-ups that never materialise. One warm-up call per size
     is discarded; medians of the rest are used. Returns ``overhead_s``, ``per_sample_s`` and
@@ -181,7 +182,7 @@ def measure_step_cost(
     shared by two ranks that made one rank look 75x slower than the other.
     """
     warm = step(n1)[1]
-    if n2 > n1:
+    if n2 != n1:
         warm = max(warm, step(n2)[1])
     if barrier is not None:
         barrier()
@@ -194,7 +195,7 @@ def measure_step_cost(
         return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
 
     f1, t1 = timed(n1)
-    if n2 > n1:
+    if n2 != n1:
         _, t2 = timed(n2)
         per_sample = max((t2 - t1) / (n2 - n1), 0.05 * t1 / n1)
     else:

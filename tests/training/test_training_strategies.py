@@ -59,8 +59,9 @@ def expected_local_sgd(
     With ``end_known`` (the run's length given to ``begin``) an average that would land after
     the last step is never started: the final synchronize covers its period. With ``compress``
     the ranks reduce their weighted progress since the common anchor in fp16 (gloo adds two fp16
-    values in fp32 and rounds the sum to fp16); an average that overflows fp16 becomes an exact
-    average of the parameters, weighted like the average that overflowed."""
+    values in fp32 and rounds the sum to fp16), the final synchronize too; an average that
+    overflows fp16 becomes an exact average of the parameters, weighted like the average that
+    overflowed."""
     delay = overlap_steps(every) if overlap else 0
     compress = compress and bool(delay)
     p = [torch.zeros(3) for _ in range(WORLD)]
@@ -95,10 +96,16 @@ def expected_local_sgd(
     if pending is not None:
         reduced, snaps, _ = pending
         if compress:
-            reduced = anchor + reduced.float()
+            anchor = anchor + reduced.float()
+            reduced = anchor
         p = [p[r] + (reduced - snaps[r]) for r in range(WORLD)]
     if trained_since_start:  # final synchronize: weighted average since the last sync start
-        avg = sum(w[r] * p[r] for r in range(WORLD))
+        sent = [(w[r] * (p[r] - anchor)).half() for r in range(WORLD)]
+        reduced = (sent[0].float() + sent[1].float()).half()
+        if compress and torch.isfinite(reduced).all():  # fp16 progress, like the others
+            avg = anchor + reduced.float()
+        else:
+            avg = sum(w[r] * p[r] for r in range(WORLD))
         p = [avg.clone() for _ in range(WORLD)]
     return p
 

@@ -26,6 +26,7 @@ from parallalx_jupyter.training.preflight import (
     balance,
     build_report,
     check_versions,
+    measure_step_cost,
     plan_shares,
 )
 from parallalx_jupyter.training.sharding import ShardPlan, proportional_split
@@ -290,6 +291,23 @@ def test_balance_equalises_step_times_with_fixed_overheads() -> None:
     )  # fmt: skip
     assert rep.ideal_speedup < 2.0  # a fixed step cost caps the gain
     assert sum(rep.per_rank_batch) == 64
+
+
+@pytest.mark.parametrize("n2", [32, 128])
+def test_step_cost_fit_works_from_a_smaller_or_a_larger_second_size(n2: int) -> None:
+    # a step of n samples "takes" 0.07 s + n * 1.4 ms, its forward a third of that
+    sizes: list[int] = []
+
+    def step(n: int) -> tuple[float, float]:
+        sizes.append(n)
+        return (0.07 + 0.0014 * n) / 3, 0.07 + 0.0014 * n
+
+    cost = measure_step_cost(step, 64, n2, steps=3, budget_s=1.0)
+    assert cost["per_sample_s"] == pytest.approx(0.0014)
+    assert cost["overhead_s"] == pytest.approx(0.07)
+    assert cost["forward_fraction"] == pytest.approx(1 / 3)
+    assert sorted(set(sizes)) == sorted({64, n2})  # one warm-up and the repeats at each size
+    assert sizes.count(n2) == sizes.count(64) == 4
 
 
 def test_rendezvous_store_is_registered_claimed_and_closed() -> None:
