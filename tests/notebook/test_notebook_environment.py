@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from test_notebook_magics import assert_one_line_error, run
 
 from parallalx_jupyter.notebook.environment import InstallProgress
@@ -103,8 +104,15 @@ def test_device_table_shows_granted_resources_and_worker_state(alpha, bravo, con
     bravo_id = bravo.api("GET", "device")["id"]
     # a worker process starting (importing distributed and torch) on a loaded 2-core machine
     # took over 60 s in two of three full runs on 2026-11-30; alone it takes seconds
-    wait_for(lambda: any(w["device_id"] == bravo_id
-                         for w in alpha.api("GET", "cluster")["workers"]), 150, 0.2)
+    try:
+        wait_for(lambda: any(w["device_id"] == bravo_id
+                             for w in alpha.api("GET", "cluster")["workers"]), 150, 0.2)
+    except TimeoutError:  # say why: the worker's own log and both servers' last words
+        logs = [f"--- {p}\n{p.read_text(errors='replace')[-3000:]}"
+                for p in sorted(bravo.home.rglob("worker.log"))]
+        pytest.fail("bravo's worker did not join alpha's cluster within 150 s\n"
+                    + "\n".join(logs) + f"\n--- bravo server\n{bravo.tail_log(40)}"
+                    + f"\n--- alpha server\n{alpha.tail_log(40)}")
     table = DeviceTable(conn_to(alpha), live=False)
     row = table.rows[bravo_id]
     assert row.granted.value == "1 threads"
