@@ -104,7 +104,8 @@ def train(
     a factory taking the parameters (e.g. ``functools.partial(torch.optim.SGD, lr=0.1)``) or an
     optimizer instance whose class and defaults are reused. ``loss_fn(output, target)`` must
     return the mean over the batch. ``batch_size`` is the *global* batch, split between ranks
-    in proportion to measured throughput (or ``shares``). ``strategy`` is ``auto`` or one of
+    in proportion to measured throughput (or ``shares``: one weight per worker, in rank order,
+    i.e. the preflight report's; a wrong count is refused). ``strategy`` is ``auto`` or one of
     ``ddp``, ``ddp_fp16``, ``local_sgd``, ``fsdp``.
 
     Checkpoints are shipped to this process every ``checkpoint_every`` steps and at the end,

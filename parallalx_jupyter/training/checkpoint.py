@@ -192,6 +192,19 @@ class CheckpointStore:
         self._data: bytes | None = None
         self._step = -1
         self.last_path: Path | None = None
+        self.write_error: str | None = None  # why the newest checkpoint is in memory only
+
+    def check_writable(self) -> None:
+        """Create the directory and write a probe file; OSError if either fails.
+
+        Called before training, so a bad ``checkpoint_dir`` (a file, a read-only disk, no
+        permission) is refused at once instead of at the first checkpoint, or at the end.
+        """
+        if self.directory is None:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.directory / f".probe-{os.getpid()}", b"")
+        (self.directory / f".probe-{os.getpid()}").unlink()
 
     @property
     def global_step(self) -> int:
@@ -207,7 +220,14 @@ class CheckpointStore:
             if self.directory is None:
                 return None
             path = self.directory / f"{FILE_PREFIX}{global_step:09d}{FILE_SUFFIX}"
-            write_atomic(path, data)
+            try:
+                write_atomic(path, data)
+            except OSError as err:
+                # A full disk mid-run must not cost the training: the checkpoint stays in
+                # memory (recovery and the final model use it); the caller reports why.
+                self.write_error = f"{path}: {err.strerror or err}"
+                return None
+            self.write_error = None
             self.last_path = path
             self._prune()
             return path

@@ -160,12 +160,16 @@ class Driver:
                 # the end of the run joins the timeline: last step, state packed, received
                 marks = {**self.marks, **msg.get("marks", {}), "final_received": time.time()}
                 self._emit("timeline", attempt=msg.get("attempt"), marks=marks)
+            error = self.store.write_error if path is None else None
+            if error:
+                logger.warning("checkpoint kept in memory only, not written: %s", error)
             self._emit(
                 "checkpoint",
                 attempt=msg.get("attempt"),
                 global_step=int(msg["global_step"]),
                 final=kind == "final",
                 path=str(path) if path else None,
+                **({"write_error": error} if error else {}),
             )
 
     # ------------------------------------------------------------------ phases
@@ -289,6 +293,7 @@ class Driver:
                 )
                 workers = workers[: self.job.global_batch]
                 self._require(workers, f"with a global batch of {self.job.global_batch}")
+            shares = self._shares_for(workers, attempt)
             backend = choose_backend([_gpu_of(envs[w]) for w in workers])
             mixed = len({bool(envs[w].get("cuda_available")) for w in workers}) > 1
             resume = self.store.latest()
@@ -300,7 +305,9 @@ class Driver:
                 workers=workers,
                 resume_step=self.store.global_step if resume else 0,
             )
-            outcome = self._attempt(attempt, workers, envs, backend, mixed, resume, fixed)
+            outcome = self._attempt(
+                attempt, workers, envs, backend, mixed, resume, fixed, shares
+            )
             if self.preflight is not None and fixed is None:
                 fixed = (self.preflight.strategy, self.preflight.local_sgd_every)
             if outcome.status == "finished":
@@ -333,6 +340,29 @@ class Driver:
             )
             logger.warning("training attempt %d failed (%s); re-forming", attempt, outcome.detail)
 
+    def _shares_for(self, workers: Sequence[str], attempt: int) -> list[float] | None:
+        """The job's explicit batch shares, one per rank, checked before anything runs.
+
+        A wrong count is the caller's mistake and fails at once (ranks would only discover it
+        after the preflight, and the driver would retry it as a lost device). After a device is
+        lost the shares no longer name the ranks, so the survivors' measured speeds decide.
+        """
+        shares = self.job.shares
+        if shares is None or len(shares) == len(workers):
+            if shares is not None and not sum(shares) > 0:
+                raise ValueError("shares must not all be zero")
+            return None if shares is None else list(shares)
+        if attempt == 0:
+            raise ValueError(
+                f"shares has {len(shares)} entries for {len(workers)} workers; give one per "
+                f"worker in rank order ({', '.join(workers)}) or leave shares out"
+            )
+        logger.warning(
+            "shares were given for %d workers, %d remain: splitting by measured speed",
+            len(shares), len(workers),
+        )
+        return None
+
     def _attempt(
         self,
         attempt: int,
@@ -342,12 +372,14 @@ class Driver:
         mixed: bool,
         resume: bytes | None,
         fixed: tuple[str, int] | None,
+        shares: list[float] | None = None,
     ) -> AttemptOutcome:
         payload = AttemptPayload(
             job=self.job,
             resume=resume,
             strategy=fixed[0] if fixed else None,
             local_sgd_every=(fixed[1] or None) if fixed else None,
+            shares=shares,
         )
         master = host_of(workers[0])
         world = len(workers)

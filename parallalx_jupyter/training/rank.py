@@ -39,7 +39,7 @@ from collections.abc import Iterator
 from multiprocessing.connection import wait
 from typing import Any
 
-from .errors import RankInfraError
+from .errors import RankInfraError, UserCodeError
 from .launcher import (
     RankSpec,
     children_allowed,
@@ -158,6 +158,8 @@ def _relay(spec: RankSpec, payload: AttemptPayload, worker: Any, key: Any, job: 
             err = outcome[1]
             if not isinstance(err, BaseException):
                 raise RankInfraError(f"rank {spec.rank}: {err}")
+            if isinstance(err, UserCodeError):  # classified where it was raised, not again
+                raise err
             if is_comm_error(err) and not isinstance(err, RankInfraError):
                 raise RankInfraError(f"rank {spec.rank}: {err}")
             raise err

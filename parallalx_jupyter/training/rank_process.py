@@ -25,6 +25,7 @@ import gc
 import os
 import queue
 import random
+import re
 import threading
 import time
 import traceback
@@ -67,17 +68,11 @@ from .spec import (
 from .stop_vote import StopVote, vote_every
 from .strategies import EXACT, make_strategy
 
-_COMM_MARKERS = (
-    "gloo",
-    "connection reset",
-    "connection closed",
-    "connection refused",
-    "broken pipe",
-    "timed out",
-    "timeout",
-    "nccl",
-    "socket",
-    "peer",
+# "peer" as a word only: as a substring it matched every "TypeError" ("ty-PEER-ror"), so a
+# TypeError in the user's code was retried as a lost peer until the restarts ran out. The
+# others stay substrings ("ProcessGroupGloo", "ProcessGroupNCCL").
+_COMM_MARKERS = re.compile(
+    r"gloo|nccl|connection (reset|closed|refused)|broken pipe|timed out|timeout|socket|\bpeers?\b"
 )
 
 # Exit codes of a rank process (the Dask task reports anything else as a crash).
@@ -91,8 +86,7 @@ def is_comm_error(exc: BaseException) -> bool:
     if isinstance(exc, (RankInfraError, dist.DistError)):
         return True
     if isinstance(exc, (RuntimeError, OSError, ConnectionError, TimeoutError)):
-        text = str(exc).lower()
-        return any(m in text for m in _COMM_MARKERS)
+        return _COMM_MARKERS.search(str(exc).lower()) is not None
     return False
 
 
@@ -355,7 +349,7 @@ class RankTrainer:
                 param_bytes=sum(p.numel() * p.element_size() for p in params),
                 global_batch=self.job.global_batch,
                 requested=self.payload.strategy or self.job.strategy,
-                shares=self.job.shares,
+                shares=self.payload.shares,
                 local_sgd_every=self.payload.local_sgd_every or self.job.local_sgd_every,
                 homogeneous=len({d["device"].split(":")[0] for d in devices}) == 1,
             ).to_dict()

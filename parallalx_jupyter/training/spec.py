@@ -61,6 +61,7 @@ class AttemptPayload:
     resume: bytes | None = None
     strategy: str | None = None  # fixed after the first attempt so restarts keep the maths
     local_sgd_every: int | None = None
+    shares: list[float] | None = None  # the job's, while its ranks are the ones they name
 
 
 # --------------------------------------------------------------------------- user objects

@@ -80,6 +80,13 @@ class TrainWorkload(Workload):
     def make_job(self, job_id: str, name: str, params: dict[str, Any]) -> Job:
         directory = params["checkpoint_dir"]
         store = CheckpointStore(directory)
+        try:
+            store.check_writable()
+        except OSError as err:  # a file, no permission, a read-only disk: before any work
+            raise WorkloadError(
+                f"train: checkpoint_dir {directory!r} cannot hold checkpoints: "
+                f"{err.strerror or err}"
+            ) from None
         if store.files():
             if not params["resume"]:
                 raise WorkloadError(

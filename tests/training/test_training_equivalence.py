@@ -22,6 +22,7 @@ from parallalx_jupyter.training import (
     train,
 )
 from parallalx_jupyter.training.checkpoint import unpack
+from parallalx_jupyter.workloads.base import WorkloadError
 
 # Classes below are shipped to the workers by value, as a notebook's would be.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -158,21 +159,24 @@ def test_checkpoint_resume_equals_uninterrupted_run(cluster2, tmp_path) -> None:
 class ExplodingModel(nn.Module):
     """A user's model with a bug that only shows on the third batch."""
 
-    def __init__(self) -> None:
+    def __init__(self, error: type[Exception] = ValueError) -> None:
         super().__init__()
         self.lin = nn.Linear(6, 2)
         self.calls = 0
+        self.error = error
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.calls += 1
         if self.calls > 5:  # preflight uses a few calls, then training
-            raise ValueError("boom: the user's forward failed on purpose")
+            raise self.error("boom: the user's forward failed on purpose")
         return self.lin(x)
 
 
-def test_user_exception_has_remote_traceback_and_cluster_stays_usable(cluster2) -> None:
+# TypeError: its name holds "peer" ("ty-PEER-ror"), which once made it look like a lost peer
+@pytest.mark.parametrize("error", [ValueError, TypeError])
+def test_user_exception_has_remote_traceback_and_cluster_stays_usable(cluster2, error) -> None:
     x, y = make_data(n=640)
-    job = run_job(cluster2, ExplodingModel(), x, y, batch_size=64, max_restarts=3)
+    job = run_job(cluster2, ExplodingModel(error), x, y, batch_size=64, max_restarts=3)
     with pytest.raises(UserCodeError) as err:
         job.result(120)
     text = str(err.value)
@@ -191,6 +195,36 @@ def test_too_few_workers_is_a_clear_error(cluster2) -> None:
     job = run_job(cluster2, make_model(), x, y, min_workers=3)
     with pytest.raises(NotEnoughWorkersError, match="need at least 3 worker"):
         job.result(60)
+
+
+def test_a_wrong_share_count_is_refused_before_training(cluster2) -> None:
+    x, y = make_data()
+    job = run_job(cluster2, make_model(), x, y, shares=[1, 2, 3])
+    with pytest.raises(ValueError, match="shares has 3 entries for 2 workers"):
+        job.result(60)
+    assert job.restarts == 0 and job.preflight is None  # nothing ran
+
+
+def test_checkpoint_dir_is_checked_first_and_a_failing_disk_costs_no_training(
+    cluster2, tmp_path
+) -> None:
+    x, y = make_data(n=640)
+    a_file = tmp_path / "not-a-dir"
+    a_file.write_text("x")
+    with pytest.raises(WorkloadError, match="cannot hold checkpoints"):
+        run_job(cluster2, make_model(), x, y, checkpoint_dir=a_file)
+    # the directory turns into a file once training has started: every write fails, the
+    # checkpoints stay in memory, and the trained model still comes back
+    ckpt = tmp_path / "ckpt"
+    job = run_job(cluster2, make_model(), x, y, batch_size=64, checkpoint_dir=ckpt,
+                  checkpoint_every=2)
+    errors: list[str] = []
+    job.subscribe(lambda rec: errors.append(rec.get("write_error", "")), {"checkpoint"})
+    ckpt.rmdir()
+    ckpt.write_text("the disk is full")
+    assert isinstance(job.result(120), nn.Module)
+    assert errors and all("ckpt" in e for e in errors), errors
+    assert job.checkpoint_path is None and job.state == "finished"
 
 
 def test_cancel_stops_all_ranks_and_keeps_a_checkpoint(cluster2, tmp_path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import subprocess
 import sys
 
@@ -16,26 +17,31 @@ def step():
     t = torch.empty(16 * 1024 * 1024)  # 64 MiB, like a 4096x4096 gradient
     t.fill_(1.0)                        # touch every page
     del t
-for _ in range(5):
+faults = []
+for _ in range(30):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     step()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(10):
-    step()
-print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(*faults)
 """
 
 
-def faults_per_step(mode: str) -> float:
+def faults_per_step(mode: str) -> list[int]:
     out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True,
                          check=True, timeout=120)
-    return float(out.stdout.strip().splitlines()[-1])
+    return [int(n) for n in out.stdout.strip().splitlines()[-1].split()]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_freed_big_tensors_are_reused_without_page_faults() -> None:
     default, kept = faults_per_step("default"), faults_per_step("keep")
-    assert default > 10_000  # glibc maps and unmaps 64 MiB blocks: every page faults again
-    assert kept < 100
+    # glibc maps and unmaps 64 MiB blocks: every step faults all 16,384 pages in again
+    assert statistics.median(default[-10:]) > 10_000, default
+    # Kept, the same pages serve every step once the process has settled. On this VM the
+    # first 2 to 8 steps still fault although glibc makes no system call between them
+    # (strace): the guest kernel drops the pages (not KSM, compaction, THP or DAMON, checked
+    # on 2026-11-30), so the steady state is what counts, as it does for a training run.
+    assert statistics.median(kept[-10:]) < 100, kept
 
 
 def test_the_setting_reports_whether_it_applied() -> None:

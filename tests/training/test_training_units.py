@@ -266,6 +266,20 @@ def test_aggregator_eta_stragglers_and_hub_isolation() -> None:
     assert got == [rec]
 
 
+def test_lost_peers_are_told_from_the_users_errors_by_whole_words() -> None:
+    from parallalx_jupyter.training.rank_process import is_comm_error
+
+    lost = [
+        "[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer",
+        "ProcessGroupGloo::allreduce: Timed out waiting 8000ms",
+        "Connection reset by peer", "Socket Timeout", "NCCL error: unhandled system error",
+    ]
+    assert all(is_comm_error(RuntimeError(text)) for text in lost)
+    assert not is_comm_error(RuntimeError("TypeError: mat1 and mat2 shapes cannot be multiplied"))
+    assert not is_comm_error(UserCodeError("forward raised TypeError: boom", "TypeError: boom"))
+    assert not is_comm_error(TypeError("peer"))  # only runtime/OS errors come from the network
+
+
 def test_user_code_error_pickles_with_traceback() -> None:
     import pickle
 
