@@ -282,6 +282,19 @@ def _progress_line(job: Any) -> str:
     return f"  {job.state}"
 
 
+def _demo_devices(text: str) -> int:
+    """``--devices``, checked by argparse so a bad value is one usage line, not a traceback."""
+    from .demo import NAMES
+
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 2 <= n <= len(NAMES):
+        raise argparse.ArgumentTypeError(f"must be between 2 and {len(NAMES)}, got {n}")
+    return n
+
+
 def cmd_demo(args: argparse.Namespace) -> Any:
     from .demo import run_demo
 
@@ -381,7 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_jobs)
 
     p = sub.add_parser("demo", help="the local multi-device demo (starts its own devices)")
-    p.add_argument("--devices", type=int, default=3)
+    p.add_argument("--devices", type=_demo_devices, default=3,
+                   help="how many devices to start, the main one included (2-8, default 3)")
     p.add_argument("--workdir", help="where the demo devices keep their state")
     p.set_defaults(func=cmd_demo)
     return parser

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from parallalx_jupyter.demo import run_demo
@@ -22,3 +25,15 @@ def test_demo_pairs_devices_and_trains_digits_on_every_worker_device() -> None:
     assert abs(sum(c["share"] for c in training["contribution"]) - 1.0) < 1e-3
     assert training["preflight"]["world_size"] == 2
     assert training["job"]["state"] == "finished" and training["job"]["workload"] == "train"
+
+
+@pytest.mark.parametrize(("value", "says"), [("0", "must be between 2 and 8, got 0"),
+                                             ("9", "must be between 2 and 8, got 9"),
+                                             ("three", "not a whole number: 'three'")])
+def test_a_bad_device_count_is_one_usage_line(value: str, says: str) -> None:
+    command = [sys.executable, "-m", "parallalx_jupyter.cli", "demo", "--devices", value]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    last = out.stderr.strip().splitlines()[-1]
+    assert last == f"parallalx demo: error: argument --devices: {says}"
+    assert "Traceback" not in out.stderr and out.stdout == ""
