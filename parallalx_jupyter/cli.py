@@ -104,7 +104,9 @@ def cmd_requests(args: argparse.Namespace) -> Any:
 
 
 def cmd_decide(args: argparse.Namespace) -> Any:
-    rid = urllib.parse.quote(args.request_id, safe="")
+    if not args.request_id.strip():
+        raise CliError(f"{args.command}: the request ID is empty (`parallalx requests` lists them)")
+    rid = urllib.parse.quote(args.request_id.strip(), safe="")
     if args.command == "accept":
         body: dict[str, Any] = {}
         if args.kernel:

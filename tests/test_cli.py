@@ -54,6 +54,10 @@ def test_cli_errors_are_one_readable_line(make_device, tmp_path):
     assert rc == 1 and "https" in err
     rc, out, err = run_cli(a, "revoke", "nobody")
     assert rc == 1 and "no paired device" in err
+    rc, out, err = run_cli(a, "reject", " ")
+    assert rc == 1 and err.strip() == (
+        "parallalx: error: reject: the request ID is empty (`parallalx requests` lists them)"
+    )
     cmd = [sys.executable, "-m", "parallalx_jupyter.cli", "--home", str(tmp_path / "none"),
            "devices"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)

@@ -370,19 +370,28 @@ class RankTrainer:
         import torch.distributed as dist
 
         strategy.synchronize(wrapped)
+        if kind == "final":
+            self.marks["final_synced"] = time.time()
         final_only = kind == "final" and not self.job.final_optimizer
         msd, osd = gather_state(wrapped, optimizer, with_optimizer=not final_only)
-        rngs: list[Any] | None = [None] * self.world if self.rank == 0 else None
-        dist.gather_object(capture_rng(), rngs, dst=0)
+        # every rank's RNG state, and when its last step ended: the timeline shows how long
+        # the end waited for the slowest rank (ranks of local SGD run free between averages)
+        gathered: list[Any] | None = [None] * self.world if self.rank == 0 else None
+        dist.gather_object((capture_rng(), self.marks.get("last_step")), gathered, dst=0)
         if self.rank != 0:
             return
+        rngs = [rng for rng, _ in gathered or []]
+        if kind == "final":
+            ends = [t for _, t in gathered or [] if t is not None]
+            if ends:
+                self.marks["last_step_slowest"] = max(ends)
         state = make_checkpoint(
             model_state=msd,
             optimizer_state=osd,
             epoch=position[0],
             step=position[1],
             global_step=global_step,
-            rng=list(rngs or []),
+            rng=rngs,
             meta={
                 "job_id": self.job.job_id,
                 "attempt": self.spec.attempt,
