@@ -214,6 +214,7 @@ class CheckpointStore:
     def put(self, data: bytes, global_step: int) -> Path | None:
         """Keep ``data`` if it is the newest; write it to disk when a directory is set."""
         with self._lock:
+            self.write_error = None
             if global_step < self._step:
                 return None
             self._data, self._step = data, global_step
@@ -227,7 +228,6 @@ class CheckpointStore:
                 # memory (recovery and the final model use it); the caller reports why.
                 self.write_error = f"{path}: {err.strerror or err}"
                 return None
-            self.write_error = None
             self.last_path = path
             self._prune()
             return path

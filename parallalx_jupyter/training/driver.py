@@ -293,7 +293,7 @@ class Driver:
                 )
                 workers = workers[: self.job.global_batch]
                 self._require(workers, f"with a global batch of {self.job.global_batch}")
-            shares = self._shares_for(workers, attempt)
+            shares = explicit_shares(self.job.shares, workers, attempt)
             backend = choose_backend([_gpu_of(envs[w]) for w in workers])
             mixed = len({bool(envs[w].get("cuda_available")) for w in workers}) > 1
             resume = self.store.latest()
@@ -339,29 +339,6 @@ class Driver:
                 repeated_steps=max(failed_at - resume_step, 0),
             )
             logger.warning("training attempt %d failed (%s); re-forming", attempt, outcome.detail)
-
-    def _shares_for(self, workers: Sequence[str], attempt: int) -> list[float] | None:
-        """The job's explicit batch shares, one per rank, checked before anything runs.
-
-        A wrong count is the caller's mistake and fails at once (ranks would only discover it
-        after the preflight, and the driver would retry it as a lost device). After a device is
-        lost the shares no longer name the ranks, so the survivors' measured speeds decide.
-        """
-        shares = self.job.shares
-        if shares is None or len(shares) == len(workers):
-            if shares is not None and not sum(shares) > 0:
-                raise ValueError("shares must not all be zero")
-            return None if shares is None else list(shares)
-        if attempt == 0:
-            raise ValueError(
-                f"shares has {len(shares)} entries for {len(workers)} workers; give one per "
-                f"worker in rank order ({', '.join(workers)}) or leave shares out"
-            )
-        logger.warning(
-            "shares were given for %d workers, %d remain: splitting by measured speed",
-            len(shares), len(workers),
-        )
-        return None
 
     def _attempt(
         self,
@@ -566,6 +543,33 @@ class Driver:
         if self._final.get("cancelled"):
             return AttemptOutcome("cancelled")
         return AttemptOutcome("finished")
+
+
+def explicit_shares(
+    shares: Sequence[float] | None, workers: Sequence[str], attempt: int
+) -> list[float] | None:
+    """The job's explicit batch shares for this attempt's ranks, checked before anything runs.
+
+    A wrong count is the caller's mistake and fails at once (the ranks would only discover it
+    after the preflight, and the driver would retry it as a lost device). After a device is
+    lost the shares no longer name the ranks, so the survivors' measured speeds decide.
+    """
+    if shares is None:
+        return None
+    if len(shares) == len(workers):
+        if not sum(shares) > 0:
+            raise ValueError("shares must not all be zero")
+        return list(shares)
+    if attempt == 0:
+        raise ValueError(
+            f"shares has {len(shares)} entries for {len(workers)} workers; give one per "
+            f"worker in rank order ({', '.join(workers)}) or leave shares out"
+        )
+    logger.warning(
+        "shares were given for %d workers, %d remain: splitting by measured speed",
+        len(shares), len(workers),
+    )
+    return None
 
 
 def _drop_topics(dask_scheduler: Any, topics: list[str], delete: bool) -> None:

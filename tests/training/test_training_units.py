@@ -266,6 +266,20 @@ def test_aggregator_eta_stragglers_and_hub_isolation() -> None:
     assert got == [rec]
 
 
+def test_explicit_shares_must_name_every_rank_until_a_device_is_lost() -> None:
+    from parallalx_jupyter.training.driver import explicit_shares
+
+    two = ["tcp://a:1", "tcp://b:1"]
+    assert explicit_shares(None, two, 0) is None
+    assert explicit_shares([3, 1], two, 0) == [3, 1]
+    with pytest.raises(ValueError, match="shares has 3 entries for 2 workers"):
+        explicit_shares([1, 1, 1], two, 0)
+    with pytest.raises(ValueError, match="not all be zero"):
+        explicit_shares([0, 0], two, 0)
+    # re-formed without a device: the survivors' measured speeds decide instead of failing
+    assert explicit_shares([1, 1, 1], two, 1) is None
+
+
 def test_lost_peers_are_told_from_the_users_errors_by_whole_words() -> None:
     from parallalx_jupyter.training.rank_process import is_comm_error
 
