@@ -294,9 +294,13 @@ class RankTrainer:
         use_copy = 4 * param_bytes < 0.25 * memory
         probe_model, probe_opt = model, None
         if use_copy:
-            probe_model = copy.deepcopy(model)
-            with self._user("building the optimizer (preflight)"):
-                probe_opt = self._optimizer_factory(probe_model.parameters())
+            try:
+                probe_model = copy.deepcopy(model)
+            except Exception:  # a lock or a file inside the model: time the real one instead
+                probe_model = model
+            else:
+                with self._user("building the optimizer (preflight)"):
+                    probe_opt = self._optimizer_factory(probe_model.parameters())
         buffers = [b.detach().clone() for b in model.buffers()]
 
         def sync() -> None:

@@ -75,7 +75,26 @@ def pack_user_objects(model: Any, dataset: Any, loss_fn: Any, optimizer: Any) ->
     """
     import cloudpickle
 
-    return cloudpickle.dumps((model, dataset, loss_fn, optimizer))
+    try:
+        return cloudpickle.dumps((model, dataset, loss_fn, optimizer))
+    except Exception as err:  # name the object that cannot travel, and the usual way out
+        named = {"model": model, "dataset": dataset, "loss_fn": loss_fn, "optimizer": optimizer}
+        culprit = "the training objects"
+        for name, obj in named.items():
+            try:
+                cloudpickle.dumps(obj)
+            except Exception:
+                culprit = name
+                break
+        raise cannot_ship(culprit, err) from None
+
+
+def cannot_ship(name: str, err: BaseException) -> TypeError:
+    """The error for a user object that cannot be copied to the workers, with the way out."""
+    return TypeError(
+        f"{name} cannot be sent to the workers ({type(err).__name__}: {err}); pass a "
+        f"zero-argument factory instead (e.g. {name}=lambda: ...), so each device builds its own"
+    )
 
 
 def unpack_user_objects(blob: bytes) -> tuple[Any, Any, Any, Callable[[Any], Any]]:

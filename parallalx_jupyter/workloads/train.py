@@ -15,7 +15,13 @@ from ..jobs.hub import ProgressHub
 from ..training.api import TrainingJob
 from ..training.checkpoint import CheckpointStore, unpack
 from ..training.driver import Driver
-from ..training.spec import JobSpec, build_model, optimizer_factory, pack_user_objects
+from ..training.spec import (
+    JobSpec,
+    build_model,
+    cannot_ship,
+    optimizer_factory,
+    pack_user_objects,
+)
 from ..training.strategies import STRATEGIES
 from .base import JobContext, Workload, WorkloadError, validate_params
 
@@ -107,7 +113,10 @@ class TrainWorkload(Workload):
         job = ctx.job
         assert isinstance(job, TrainingJob)
         model = params["model"]
-        ship_model = copy.deepcopy(model) if _is_module(model) else model
+        try:
+            ship_model = copy.deepcopy(model) if _is_module(model) else model
+        except Exception as err:  # a lock, a file or a socket inside the model
+            raise cannot_ship("model", err) from None
         spec = JobSpec(
             job_id=job.id,
             user_objects=pack_user_objects(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import functools
 import sys
+import threading
 import time
 
 import cloudpickle
@@ -225,6 +226,30 @@ def test_checkpoint_dir_is_checked_first_and_a_failing_disk_costs_no_training(
     assert isinstance(job.result(120), nn.Module)
     assert errors and all("ckpt" in e for e in errors), errors
     assert job.checkpoint_path is None and job.state == "finished"
+
+
+class LockedModel(nn.Module):
+    """A model holding something that cannot be copied to another process (a lock)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(6, 2)
+        self.lock = threading.Lock()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x)
+
+
+def test_objects_that_cannot_travel_say_which_and_the_factory_way_out(cluster2) -> None:
+    x, y = make_data()
+    with pytest.raises(TypeError, match=r"^model cannot be sent to the workers .*model=lambda"):
+        run_job(cluster2, LockedModel(), x, y).result(60)
+    locked_loss = LockedModel()
+    with pytest.raises(TypeError, match=r"^loss_fn cannot be sent to the workers"):
+        train(make_model(), (x, y), locked_loss, functools.partial(torch.optim.SGD, lr=0.1),
+              client=cluster2.client, torch_threads=1).result(60)
+    # the way out the message gives: each device builds its own
+    assert isinstance(run_job(cluster2, LockedModel, x, y).result(120), LockedModel)
 
 
 def test_cancel_stops_all_ranks_and_keeps_a_checkpoint(cluster2, tmp_path) -> None:
