@@ -73,13 +73,23 @@ def pack_user_objects(model: Any, dataset: Any, loss_fn: Any, optimizer: Any) ->
     classes from ``__main__`` (notebooks) travel by value, and so do those of any module the
     user registers with ``cloudpickle.register_pickle_by_value``.
     """
+    return dumps_for_workers(
+        {"model": model, "dataset": dataset, "loss_fn": loss_fn, "optimizer": optimizer}
+    )
+
+
+def dumps_for_workers(named: dict[str, Any]) -> bytes:
+    """cloudpickle the objects, as a tuple in ``named``'s order, to send them to the workers.
+
+    When one cannot travel (a lock, an open file, a socket inside it), the error names that
+    argument and the way out, instead of pickle's bare "cannot pickle '_thread.lock' object".
+    """
     import cloudpickle
 
     try:
-        return cloudpickle.dumps((model, dataset, loss_fn, optimizer))
-    except Exception as err:  # name the object that cannot travel, and the usual way out
-        named = {"model": model, "dataset": dataset, "loss_fn": loss_fn, "optimizer": optimizer}
-        culprit = "the training objects"
+        return cloudpickle.dumps(tuple(named.values()))
+    except Exception as err:
+        culprit = "the job's objects"
         for name, obj in named.items():
             try:
                 cloudpickle.dumps(obj)
@@ -91,9 +101,14 @@ def pack_user_objects(model: Any, dataset: Any, loss_fn: Any, optimizer: Any) ->
 
 def cannot_ship(name: str, err: BaseException) -> TypeError:
     """The error for a user object that cannot be copied to the workers, with the way out."""
+    way_out = (
+        "create what cannot be copied (a lock, a connection) inside the function"
+        if name == "objective"
+        else f"pass a zero-argument factory instead (e.g. {name}=lambda: ...), so each device "
+        "builds its own"
+    )
     return TypeError(
-        f"{name} cannot be sent to the workers ({type(err).__name__}: {err}); pass a "
-        f"zero-argument factory instead (e.g. {name}=lambda: ...), so each device builds its own"
+        f"{name} cannot be sent to the workers ({type(err).__name__}: {err}); {way_out}"
     )
 
 

@@ -72,7 +72,7 @@ def run_trial(objective: bytes, params: dict[str, Any], topic: str, number: int)
     import cloudpickle
     import optuna
 
-    objective = cloudpickle.loads(objective)
+    (objective,) = cloudpickle.loads(objective)
     started = time.perf_counter()
     reporter = TrialReporter(topic, number)
     try:
@@ -230,9 +230,9 @@ class _SweepRun:
         # (params, attempt, the lost trial's grid point under a grid sampler)
         self.retry: list[tuple[dict[str, Any], int, dict[str, Any]]] = []
         self.started = time.monotonic()
-        import cloudpickle
+        from ..training.spec import dumps_for_workers
 
-        self.objective = cloudpickle.dumps(params["objective"])
+        self.objective = dumps_for_workers({"objective": params["objective"]})
 
     def _capacity(self) -> int:
         if self.params["parallel"]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -249,6 +250,15 @@ def test_bad_parameters_are_one_clear_line(cluster2: Any) -> None:
         message = str(err.value)
         assert expected in message and "\n" not in message
         assert message.startswith("inference")
+
+
+def test_a_model_that_cannot_travel_is_named_with_the_way_out(cluster2: Any) -> None:
+    net = make_net()
+    net.lock = threading.Lock()  # nothing can copy a lock to another process
+    job = start("inference", {"model": net, "dataset": make_x(10)}, client=cluster2.client,
+                report=False)
+    with pytest.raises(TypeError, match=r"^model cannot be sent to the workers .*model=lambda"):
+        job.result(timeout=60)
 
 
 def test_user_code_error_fails_with_the_remote_traceback(cluster2: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 import time
 
 import cloudpickle
@@ -120,6 +121,19 @@ def test_bad_parameters_are_one_clear_line(params, message) -> None:
         start("sweep", params, client="tcp://127.0.0.1:1", report=False)
     text = str(info.value)
     assert message in text and "\n" not in text and text.startswith("sweep:"), text
+
+
+def test_an_objective_that_cannot_travel_is_named_with_the_way_out(cluster2) -> None:
+    lock = threading.Lock()
+
+    def holds_a_lock(params, reporter):  # noqa: ANN001, ANN202 - a closure over a lock
+        with lock:
+            return params["x"]
+
+    job = start("sweep", {"objective": holds_a_lock, "space": GRID}, client=cluster2.client,
+                report=False)
+    with pytest.raises(TypeError, match=r"^objective cannot be sent to the workers .*inside the"):
+        job.result(timeout=60)
 
 
 def test_unknown_workload_is_one_clear_line() -> None:

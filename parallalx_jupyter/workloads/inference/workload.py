@@ -183,7 +183,7 @@ class _Run:
 
     # ------------------------------------------------------------------ main
     def run(self) -> Any:
-        import cloudpickle
+        from ...training.spec import dumps_for_workers
 
         self._poll(force=True)
         if self.only is not None and self.only - self.alive:
@@ -193,7 +193,9 @@ class _Run:
                           message="inference: measuring each worker's speed")
         probe_rows = min(self.batch_size, self.n) if self.source is not None else 0
         payload = {
-            "blob": cloudpickle.dumps((self.model, self.postprocess, self.factory)),
+            "blob": dumps_for_workers(
+                {"model": self.model, "postprocess": self.postprocess, "dataset": self.factory}
+            ),
             "probe": self.source.rows(0, probe_rows) if self.source is not None else None,
             "probe_rows": probe_rows,
         }
