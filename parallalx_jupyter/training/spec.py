@@ -81,7 +81,7 @@ def pack_user_objects(model: Any, dataset: Any, loss_fn: Any, optimizer: Any) ->
 def dumps_for_workers(named: dict[str, Any]) -> bytes:
     """cloudpickle the objects, as a tuple in ``named``'s order, to send them to the workers.
 
-    When one cannot travel (a lock, an open file, a socket inside it), the error names that
+    When one cannot travel (a lock or a socket inside it), the error names that
     argument and the way out, instead of pickle's bare "cannot pickle '_thread.lock' object".
     """
     import cloudpickle

@@ -115,7 +115,7 @@ class TrainWorkload(Workload):
         model = params["model"]
         try:
             ship_model = copy.deepcopy(model) if _is_module(model) else model
-        except Exception as err:  # a lock, a file or a socket inside the model
+        except Exception as err:  # a lock or a socket inside the model
             raise cannot_ship("model", err) from None
         spec = JobSpec(
             job_id=job.id,
