@@ -286,15 +286,16 @@ def _progress_line(job: Any) -> str:
 
 def _demo_devices(text: str) -> int:
     """``--devices``, checked by argparse so a bad value is one usage line, not a traceback."""
-    from .demo import NAMES
+    from .demo import check_device_count
 
     try:
         n = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if not 2 <= n <= len(NAMES):
-        raise argparse.ArgumentTypeError(f"must be between 2 and {len(NAMES)}, got {n}")
-    return n
+    try:
+        return check_device_count(n)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def cmd_demo(args: argparse.Namespace) -> Any:

@@ -31,9 +31,15 @@ def _say(as_json: bool, text: str) -> None:
         print(text, flush=True)
 
 
+def check_device_count(devices: int) -> int:
+    """The demo needs a main device and at least one other, and has names for eight."""
+    if not 2 <= devices <= len(NAMES):
+        raise ValueError(f"the demo needs 2 to {len(NAMES)} devices, got {devices}")
+    return devices
+
+
 def run_demo(devices: int = 3, workdir: str | None = None, as_json: bool = False) -> Any:
-    if devices < 2 or devices > len(NAMES):
-        raise ValueError(f"--devices must be between 2 and {len(NAMES)}")
+    check_device_count(devices)
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="parallalx-demo-"))
     started: list[LocalDevice] = []
     report: dict[str, Any] = {"devices": [], "pairings": []}

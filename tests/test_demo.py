@@ -27,8 +27,8 @@ def test_demo_pairs_devices_and_trains_digits_on_every_worker_device() -> None:
     assert training["job"]["state"] == "finished" and training["job"]["workload"] == "train"
 
 
-@pytest.mark.parametrize(("value", "says"), [("0", "must be between 2 and 8, got 0"),
-                                             ("9", "must be between 2 and 8, got 9"),
+@pytest.mark.parametrize(("value", "says"), [("0", "the demo needs 2 to 8 devices, got 0"),
+                                             ("9", "the demo needs 2 to 8 devices, got 9"),
                                              ("three", "not a whole number: 'three'")])
 def test_a_bad_device_count_is_one_usage_line(value: str, says: str) -> None:
     command = [sys.executable, "-m", "parallalx_jupyter.cli", "demo", "--devices", value]
