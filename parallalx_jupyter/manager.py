@@ -113,6 +113,7 @@ class DeviceManager:
             self._loop_task = asyncio.ensure_future(self._background())
             self._spawn(self.profile.get())  # warm the accelerator facts off the IOLoop
             if self.cluster is not None:
+                self.cluster.exchange_for = self.cluster_exchange  # certificate renewal
                 self._spawn(self.cluster.restore())
 
     async def stop(self) -> None:
@@ -615,9 +616,30 @@ class DeviceManager:
         if device is None or device["state"] != "paired" or not grants:
             return
         grant = grants[-1]
+        exchange = await self.cluster_exchange(main_id)
+        if exchange is None:
+            return
+        try:
+            python = await self.resolve_python(grant["selection"] or {})
+        except Exception as err:
+            self.cluster._set_join(main_id, {"state": "failed", "message": str(err)})
+            return
+        await self.cluster.join(main_id, device["peer_url"], exchange, python, grant["asks"],
+                                expected=grant["asks"].get("cluster"))
+
+    async def cluster_exchange(
+        self, main_id: str
+    ) -> Callable[[dict[str, Any]], Awaitable[dict[str, Any]]] | None:
+        """The signed `cluster.join` round trip to a main device we serve, bound to the request
+        the user accepted: used to join, and again to renew the worker certificate before it
+        expires (ClusterService.renew). None once the device is no longer paired or granted."""
+        device = await self.store.get_device(main_id)
+        grants = [g for g in await self.store.list_grants(main_id) if g["revoked_at"] is None]
+        if device is None or device["state"] != "paired" or not grants:
+            return None
         request = await self.store.get_request(device["request_id"])
         if request is None:
-            return
+            return None
         accepted = shown_hash(request["id"], request["kind"], request["asks"], request["code"])
 
         async def exchange(body: dict[str, Any]) -> dict[str, Any]:
@@ -629,13 +651,7 @@ class DeviceManager:
                 raise ApiError(502, err.message) from None
             return opened.body
 
-        try:
-            python = await self.resolve_python(grant["selection"] or {})
-        except Exception as err:
-            self.cluster._set_join(main_id, {"state": "failed", "message": str(err)})
-            return
-        await self.cluster.join(main_id, device["peer_url"], exchange, python, grant["asks"],
-                                expected=grant["asks"].get("cluster"))
+        return exchange
 
     async def _unshare(self, device: dict[str, Any]) -> None:
         """Stop sharing at once: our worker for that main, or that device's worker here."""

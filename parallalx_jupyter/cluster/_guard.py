@@ -325,14 +325,42 @@ def _peer(comm: Any) -> str:
         return "?"
 
 
-# Ops a worker accepts from *other devices' workers* (peer data transfer only). Everything
-# else on a worker (compute-task streams, gather, plugin-add, terminate, ...) is reserved for
-# the scheduler and the main device's client.
-WORKER_PEER_OPS = frozenset({"get_data", "ping", "shuffle_receive"})
+# Ops a worker accepts from *other devices' workers*: a ping, and ``get_data`` of the inputs of
+# a task the scheduler gave that device (checked per call with the scheduler, see
+# ``make_guarded_worker_class``; what it receives is plain data only, see ``_boundary.py``).
+# Everything else on a worker (compute-task streams, gather, plugin-add, terminate, ...) is
+# reserved for the scheduler and the main device's client.
+WORKER_PEER_OPS = frozenset({"ping", "get_data"})
+#: Scheduler RPC a worker asks before handing data to another device: is it that device's?
+MAY_FETCH_OP = "parallalx_may_fetch"
 # Handlers that execute caller-supplied code outside the task graph: blocked for everyone.
 WORKER_BLOCKED_OPS = frozenset(
     {"run", "run_coroutine", "upload_file", "plugin-add", "plugin-remove"}
 )
+
+
+def boundary_mode_for_worker(own_device_id: str | None) -> Any:
+    """The pickle-boundary mode (see ``_boundary.py``) of a worker's comms: trusted with the
+    scheduler, the main device's client and this device's own workers; plain data only with
+    every other peer."""
+
+    def mode_for(comm: Any) -> str | None:
+        ident = peer_identity(comm)
+        if ident.role in (ROLE_SCHEDULER, ROLE_MAIN_CLIENT):
+            return None
+        if ident.role == ROLE_DEVICE and own_device_id and ident.device_id == own_device_id:
+            return None
+        return "refuse"
+
+    return mode_for
+
+
+def boundary_mode_for_main(comm: Any) -> str | None:
+    """The pickle-boundary mode of a main-device process (scheduler, notebook client): every
+    peer but a device is trusted (a client may also talk to a user's own Dask cluster, whose
+    certificates name no parallalx role); a device's data is sanitized where the comm keeps
+    sub-frames opaque (the scheduler) and refused where it would be deserialized."""
+    return "sanitize" if peer_identity(comm).role == ROLE_DEVICE else None
 
 
 def worker_policy(extra_blocked: frozenset | set = frozenset()) -> AdmissionPolicy:
@@ -343,8 +371,15 @@ def worker_policy(extra_blocked: frozenset | set = frozenset()) -> AdmissionPoli
     )
 
 
-def make_guarded_worker_class(worker_cls: type, policy: AdmissionPolicy) -> type:
-    """A ``distributed.Worker`` subclass enforcing ``policy`` on every incoming comm."""
+def make_guarded_worker_class(
+    worker_cls: type,
+    policy: AdmissionPolicy,
+    safe_first_serializers: tuple[str, ...] = ("msgpack", "dask", "pickle"),
+    own_device_id: str | None = None,
+) -> type:
+    """A ``distributed.Worker`` subclass enforcing ``policy`` on every incoming comm, handing
+    out plain data as msgpack (``safe_first_serializers``) and, to another device, only the
+    inputs of that device's own tasks."""
 
     class GuardedWorker(GuardMixin, worker_cls):  # type: ignore[misc, valid-type]
         def __init__(self, *args, **kwargs):
@@ -352,6 +387,31 @@ def make_guarded_worker_class(worker_cls: type, policy: AdmissionPolicy) -> type
             blocked |= set(policy.blocked_ops)
             super().__init__(*args, blocked_handlers=sorted(blocked), **kwargs)
             self._guard_init(policy)
+
+        async def get_data(self, comm, keys, who=None, serializers=None):
+            ident = peer_identity(comm)
+            if ident.role == ROLE_DEVICE and ident.device_id != own_device_id:
+                await self._parallalx_check_fetch(ident, list(keys))
+            # msgpack first: plain results (all a parallalx task returns) then pass the main
+            # device's pickle boundary; anything else still goes out as Dask would send it.
+            return await super().get_data(
+                comm, keys=keys, who=who, serializers=list(safe_first_serializers)
+            )
+
+        async def _parallalx_check_fetch(self, ident: PeerIdentity, keys: list) -> None:
+            """Another device may read only what its own running tasks need: the scheduler,
+            which assigned them, says whether ``keys`` are such inputs."""
+            try:
+                allowed = await getattr(self.scheduler, MAY_FETCH_OP)(
+                    device=ident.device_id, keys=keys
+                )
+            except Exception as e:  # scheduler unreachable: refuse, the fetch is retried
+                raise PermissionError(f"{DENIED_MARKER}: could not check the fetch: {e}") from e
+            if allowed is not True:
+                raise PermissionError(
+                    f"{DENIED_MARKER}: device {ident.device_id} may only fetch the inputs of "
+                    "its own tasks"
+                )
 
     GuardedWorker.__name__ = "Worker"  # keeps dask config lookups ("distributed.worker.*")
     GuardedWorker.__qualname__ = "Worker"

@@ -16,6 +16,20 @@ class NoClusterError(RuntimeError):
     """This device runs no cluster yet (accept a device, or start one with `add-self`)."""
 
 
+def guard_main_process() -> None:
+    """Put the pickle boundary (``_boundary.py``) in front of this process's TLS comms.
+
+    Called by everything on the main device that talks to a cluster with device workers (the
+    scheduler, every client parallalx opens); it only changes comms whose peer certificate
+    names a parallalx device, so a user's own Dask cluster is unaffected.
+    """
+    from . import _boundary
+    from ._guard import boundary_mode_for_main
+    from .sanitize import sanitize_device_message
+
+    _boundary.install(boundary_mode_for_main, sanitize_device_message)
+
+
 def main_client(home: str | Path | None = None, timeout: float = 20.0, **kwargs: Any) -> Any:
     """A `distributed.Client` to this device's scheduler, authenticated as the main device."""
     from distributed import Client
@@ -34,4 +48,5 @@ def main_client(home: str | Path | None = None, timeout: float = 20.0, **kwargs:
     if state.get("status") != "running" or not state.get("address"):
         raise NoClusterError("this device's scheduler is not running (`parallalx cluster start`)")
     security = ClusterCredentials.from_files(cluster_dir).client_security()
+    guard_main_process()
     return Client(state["address"], security=security, timeout=timeout, **kwargs)

@@ -22,6 +22,16 @@ Hardening
 * Revocation: :class:`~parallalx_jupyter.cluster.tls.RevocationList` is re-read every second
   and on the ``parallalx_reload_revocations`` RPC (main client only); revoked devices' workers
   are removed (``Scheduler.remove_worker(close=True)``) and their comms aborted at once.
+  The CA-signed CRL (``crl.pem``, written by the main device's server process, see
+  ``crl.py``) is loaded into this process's TLS contexts (``_livetls.py``), so a revoked
+  certificate fails the handshake, and pushed to every worker at registration and on each
+  change (``parallalx-crl``), so workers refuse it too.
+* Renewal: a device's certificate expires after a short lifetime and is renewed while the
+  device stays paired. A worker loads its new certificate for new connections, but the
+  batched stream it registered on keeps the old one; so a device is valid until the latest
+  not-after among the unrevoked certificates it has presented
+  (:meth:`SchedulerAdmission.valid_until`), and its old, open comms are not cut when the old
+  certificate expires.
 
 Run in-process with :func:`start_scheduler` or as a subprocess
 (``python -m parallalx_jupyter.cluster.scheduler --config <json>``) supervised by
@@ -45,7 +55,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import crl
 from ._guard import (
+    DENIED_MARKER,
+    MAY_FETCH_OP,
     ROLE_DEVICE,
     ROLE_MAIN_CLIENT,
     ROLE_SCHEDULER,
@@ -55,6 +68,7 @@ from ._guard import (
     PeerIdentity,
     stop_requested,
 )
+from ._livetls import CRL_OP, LiveTLS, VerifyFailed
 from .quiet import QUIET_DASK_CONFIG
 from .supervisor import ProcessSupervisor, child_env
 from .tls import ClusterCredentials, RevocationList, write_private
@@ -78,8 +92,11 @@ DEVICE_RPC_OPS = frozenset(
         "shuffle_get",
         "shuffle_get_or_create",
         "shuffle_restrict_task",
+        MAY_FETCH_OP,
     }
 )
+#: Broadcast ops whose replies distributed's client unpickles (``Client._run``).
+CLIENT_UNPICKLED_REPLIES = frozenset({"run", "run_coroutine"})
 #: Ops a worker device may send on its batched stream after ``register-worker``.
 DEVICE_STREAM_OPS = frozenset(
     {
@@ -120,12 +137,37 @@ class SchedulerAdmission(AdmissionPolicy):
         #: worker address -> identity of the device that registered it
         self.owners: dict[str, PeerIdentity] = {}
         self._owner_since: dict[str, float] = {}
+        #: device -> (latest not-after among the certificates it has presented, that serial)
+        self._valid_until: dict[str, tuple[float, str | None]] = {}
 
     def is_revoked(self, ident: PeerIdentity) -> bool:
         return ident.role == ROLE_DEVICE and self.revocations.is_identity_revoked(ident)
 
+    def note(self, ident: PeerIdentity) -> None:
+        """Remember a device's newest certificate: a comm only exists if its certificate
+        passed the handshake (CA, CRL, dates), so its not-after is the device's to use."""
+        if ident.role != ROLE_DEVICE or ident.not_after is None or ident.device_id is None:
+            return
+        latest = self._valid_until.get(ident.device_id, (0.0, None))[0]
+        if ident.not_after > latest and not (self.is_revoked(ident) or ident.expired()):
+            self._valid_until[ident.device_id] = (ident.not_after, ident.serial)
+
+    def valid_until(self, ident: PeerIdentity) -> float | None:
+        if ident.role != ROLE_DEVICE or ident.not_after is None:
+            return ident.not_after
+        latest, serial = self._valid_until.get(ident.device_id or "", (0.0, None))
+        if serial is not None and self.revocations.is_revoked(serial=serial):
+            latest = 0.0  # the renewed certificate was revoked since: it extends nothing
+        return max(ident.not_after, latest)
+
+    def expired(self, ident: PeerIdentity) -> bool:
+        """Expired, unless the same device has since shown a renewed certificate."""
+        return dataclasses.replace(ident, not_after=self.valid_until(ident)).expired()
+
     def connection_reason(self, ident: PeerIdentity) -> str | None:
-        reason = super().connection_reason(ident)
+        reason = super().connection_reason(
+            dataclasses.replace(ident, not_after=self.valid_until(ident))
+        )
         if reason is None and self.is_revoked(ident):
             reason = f"device {ident.device_id} is revoked"
         return reason
@@ -135,6 +177,7 @@ class SchedulerAdmission(AdmissionPolicy):
         return owner is not None and owner.device_id == ident.device_id
 
     def check(self, ident: PeerIdentity, op: str, msg: dict, stream: bool) -> None:
+        self.note(ident)
         if self.admitted_before_op_rules(ident, op):
             return
         if ident.role != ROLE_DEVICE:
@@ -189,12 +232,119 @@ def _scheduler_class():
             super().__init__(*args, **kwargs)
             self._guard_init(admission)
             self.handlers["parallalx_reload_revocations"] = self.parallalx_reload_revocations
+            self.handlers[MAY_FETCH_OP] = self.parallalx_may_fetch
             self.handlers["parallalx_admission_state"] = self.parallalx_admission_state
+            self._parallalx_live: LiveTLS | None = None
+            self._parallalx_crl_mtime: int | None = None
+            self._parallalx_push_tasks: set[asyncio.Task] = set()
+
+        async def broadcast(self, *, msg: dict, workers=None, on_error="raise", **kwargs):
+            """No ``run`` reaches a device's worker (they refuse it anyway): its answer would
+            be handed to the main client, which unpickles ``run`` replies that are bytes."""
+            if msg.get("op") not in CLIENT_UNPICKLED_REPLIES:
+                return await super().broadcast(
+                    msg=msg, workers=workers, on_error=on_error, **kwargs
+                )
+            targets = list(self.workers) if workers is None else list(workers)
+            devices = [w for w in targets if w in self._admission.owners]
+            others = [w for w in targets if w not in devices]
+            refused = PermissionError(
+                f"{DENIED_MARKER}: functions are not run on a device's worker"
+            )
+            if devices and on_error == "raise":
+                raise refused
+            out = (
+                await super().broadcast(msg=msg, workers=others, on_error=on_error, **kwargs)
+                if others or kwargs.get("hosts")
+                else {}
+            )
+            if on_error in ("return", "return_pickle"):
+                from distributed.protocol.pickle import dumps
+
+                for w in devices:
+                    out[w] = refused if on_error == "return" else dumps(refused)
+            return out
+
+        def parallalx_may_fetch(self, device: str = "", keys: Any = ()) -> bool:
+            """RPC (a worker, before handing data to another device's worker): are all
+            ``keys`` inputs of a task now processing on one of ``device``'s workers?"""
+            owners = self._admission.owners
+            if not isinstance(keys, (list, tuple)):
+                return False
+            for key in keys:
+                ts = self.tasks.get(key) if isinstance(key, (str, bytes, int, tuple)) else None
+                if ts is None or not any(
+                    dts.processing_on is not None
+                    and getattr(owners.get(dts.processing_on.address), "device_id", None)
+                    == device
+                    for dts in ts.dependents
+                ):
+                    return False
+            return True
 
         async def parallalx_reload_revocations(self) -> list[str]:
-            """RPC (main client only): re-read revoked.json and enforce it now."""
+            """RPC (main client only): re-read revoked.json and crl.pem and enforce them now."""
             self._admission.revocations.reload()
+            self.parallalx_load_crl()
             return await self.parallalx_enforce()
+
+        def parallalx_load_crl(self, push: bool = True) -> bool:
+            """Load ``crl.pem`` into this process's TLS contexts if it changed on disk, and
+            push it to every worker; returns whether it changed."""
+            live = self._parallalx_live
+            if live is None or live.crl_file is None:
+                return False
+            try:
+                mtime = os.stat(live.crl_file).st_mtime_ns
+            except FileNotFoundError:
+                logger.error("%s is gone; keeping the CRL loaded before", live.crl_file)
+                return False
+            if mtime == self._parallalx_crl_mtime:
+                return False
+            try:
+                live.use_crl(live.crl_file)
+            except VerifyFailed as err:
+                logger.error("not loading %s: %s", live.crl_file, err)
+                return False
+            self._parallalx_crl_mtime = mtime
+            logger.info("CRL %s loaded", live.crl_number)
+            if push:
+                self.parallalx_push_crl(list(self.workers))
+            return True
+
+        def parallalx_push_crl(self, addresses: list[str]) -> None:
+            """Send the CRL to these workers (in the background, a few tries each)."""
+            for address in addresses:
+                task = asyncio.ensure_future(self._parallalx_push_one(address))
+                self._parallalx_push_tasks.add(task)
+                task.add_done_callback(self._parallalx_push_tasks.discard)
+
+        async def _parallalx_push_one(self, address: str) -> None:
+            live = self._parallalx_live
+            if live is None or live.crl_file is None:
+                return
+            adm: SchedulerAdmission = self._admission
+            for attempt in range(3):
+                owner = adm.owners.get(address)
+                if address not in self.workers or (
+                    owner is not None and (adm.is_revoked(owner) or adm.expired(owner))
+                ):
+                    return
+                text = Path(live.crl_file).read_text()
+                try:
+                    await asyncio.wait_for(
+                        getattr(self.rpc(address), CRL_OP)(
+                            crl=text,
+                            number=int(live.crl_number or 0),
+                            serials=sorted(adm.revocations.serials),
+                            devices=sorted(adm.revocations.devices),
+                        ),
+                        10,
+                    )
+                    return
+                except Exception as err:  # the worker may be busy starting or going away
+                    logger.warning("pushing the CRL to %s failed (%s)", address, err)
+                    await asyncio.sleep(1.0 + attempt)
 
         def parallalx_admission_state(self) -> dict:
             return {"workers": workers_by_device(self)}
@@ -205,7 +355,7 @@ def _scheduler_class():
             removed = []
             now = time.monotonic()
             for address, ident in list(adm.owners.items()):
-                bad = adm.is_revoked(ident) or ident.expired()
+                bad = adm.is_revoked(ident) or adm.expired(ident)
                 if bad and address in self.workers:
                     logger.warning(
                         "removing worker %s of %s (revoked/expired)", address, ident.label
@@ -219,7 +369,7 @@ def _scheduler_class():
                 ):
                     adm.owners.pop(address, None)
                     adm._owner_since.pop(address, None)
-            for comm in self.comms_of(lambda i: adm.is_revoked(i) or i.expired()):
+            for comm in self.comms_of(lambda i: adm.is_revoked(i) or adm.expired(i)):
                 comm.abort()
             return removed
 
@@ -350,6 +500,8 @@ def _state_plugin(config: SchedulerConfig):
 
         def add_worker(self, scheduler, worker: str) -> None:
             self._write()
+            # its CRL may be older than ours (kept from before a restart, or from its join)
+            scheduler.parallalx_push_crl([worker])
 
         def remove_worker(self, scheduler, worker: str, **kwargs) -> None:
             scheduler._admission.owners.pop(worker, None)
@@ -367,13 +519,24 @@ async def start_scheduler(config: SchedulerConfig):
     import dask
     from tornado.ioloop import PeriodicCallback
 
+    from .connect import guard_main_process
+
     config.validate()
+    guard_main_process()  # before any comm: a device's pickles never reach the decoder
     cdir = Path(config.cluster_dir)
     if (cdir / "scheduler.crt").exists():
         creds = ClusterCredentials.from_files(cdir)  # no CA key needed in this process
     else:
         creds = ClusterCredentials.ensure(cdir, hosts=[config.host])
-    security = creds.scheduler_security(config.tls_min_version)
+    if creds.crl_file is None or not creds.crl_file.exists():
+        raise FileNotFoundError(
+            f"{cdir / 'crl.pem'} is missing: the main device writes it with the CA "
+            "(ClusterCredentials.ensure); without it no certificate could be checked"
+        )
+    live = LiveTLS(creds.ca_file, creds.scheduler_cert, creds.scheduler_key)
+    live.use_crl(creds.crl_file)  # raises VerifyFailed for a CRL that is not the CA's
+    crl_mtime = creds.crl_file.stat().st_mtime_ns
+    security = live.security(config.tls_min_version)
     admission = SchedulerAdmission(
         RevocationList.in_dir(cdir),
         main_client_serials={creds.serial_of(ROLE_MAIN_CLIENT)},
@@ -408,6 +571,8 @@ async def start_scheduler(config: SchedulerConfig):
         )
         scheduler._parallalx_cluster_id = creds.cluster_id
         scheduler._parallalx_ca_fingerprint = creds.ca_fingerprint
+        scheduler._parallalx_live = live
+        scheduler._parallalx_crl_mtime = crl_mtime
         await scheduler
     plugin = _state_plugin(config)
     await plugin.start(scheduler)
@@ -417,6 +582,7 @@ async def start_scheduler(config: SchedulerConfig):
         try:
             if admission.revocations.reload():
                 logger.info("revocation list changed; enforcing")
+            scheduler.parallalx_load_crl()
             await scheduler.parallalx_enforce()
         except Exception:  # pragma: no cover
             logger.exception("revocation enforcement failed")
@@ -576,6 +742,9 @@ class SchedulerProcess:
         """An asynchronous ``distributed.Client`` connected as the main device."""
         from distributed import Client
 
+        from .connect import guard_main_process
+
+        guard_main_process()
         kwargs.setdefault("timeout", 20)
         return await Client(self.address, security=self.security(), asynchronous=True, **kwargs)
 
@@ -584,13 +753,17 @@ class SchedulerProcess:
         """Persist the revocation, then tell the scheduler to enforce it now.
 
         Persisting first means it holds even if the scheduler is down or restarts; the
-        scheduler also polls the file every ``revocation_poll_interval`` seconds.
+        scheduler also polls the file every ``revocation_poll_interval`` seconds. Every
+        certificate the device was issued goes into the CA-signed CRL (``crl.py``): from then
+        on its handshakes fail, on the scheduler and, once pushed, on every worker.
         """
-        self.revocations.revoke_device(device_id, reason)
+        crl.revoke_device(self.config.cluster_dir, device_id, reason)
+        self.revocations.reload()
         return await self._reload_revocations()
 
     async def revoke_serial(self, serial, reason: str = "") -> list[str]:
-        self.revocations.revoke_serial(serial, reason)
+        crl.revoke_serial(self.config.cluster_dir, serial, reason)
+        self.revocations.reload()
         return await self._reload_revocations()
 
     async def _reload_revocations(self) -> list[str]:

@@ -6,11 +6,19 @@ device's scheduler: generate a key here, send the CSR over the pairing channel, 
 selected environment, and run a supervised worker in it. What it has joined is persisted in
 `<home>/workers/<main-id>/join.json`, and whether the scheduler was running in
 `<home>/cluster/running`, so both sides re-form after a restart of either Jupyter server.
+
+Certificates are short-lived (`cert_ttl`, 24 h by default; env `PARALLALX_CLUSTER_CERT_TTL`,
+seconds) and renewed while the device stays paired: at 2/3 of a worker certificate's lifetime
+the device asks the main device again over the pairing channel (the same signed `cluster.join`
+message, with a CSR for the key it already has; the main device's own worker is signed
+locally), writes the new certificate in place, and the running worker loads it for new
+connections by itself (`_livetls.WorkerTLS`): no restart, the cluster keeps running.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import logging
 import os
@@ -21,8 +29,21 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from . import crl
+from ._livetls import crl_number, read_crl_number
 from .scheduler import SchedulerConfig, SchedulerProcess
-from .tls import ClusterCA, make_csr, write_private
+from .tls import (
+    CLOCK_SKEW,
+    DEFAULT_CERT_TTL,
+    ClusterCA,
+    cert_fingerprint,
+    cert_identity,
+    make_csr,
+    write_private,
+)
 from .worker import WorkerSpec, WorkerSupervisor
 
 log = logging.getLogger("parallalx_jupyter.cluster")
@@ -30,6 +51,33 @@ log = logging.getLogger("parallalx_jupyter.cluster")
 Emit = Callable[[str, dict[str, Any]], None]
 # (python, main versions, job requirements, peer_id) -> None; raises with a clear message
 PrepareEnv = Callable[[str, dict[str, str], list[str], str], Awaitable[None]]
+# the signed `cluster.join` round trip to a main device: {"csr": ...} -> what sign_join returns
+Exchange = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+# main_id -> an Exchange to that main device, or None when it is no longer paired
+ExchangeFor = Callable[[str], Awaitable[Exchange | None]]
+
+#: a worker certificate is renewed once this share of its lifetime has passed
+RENEW_AT = 2 / 3
+MIN_CERT_TTL = 30.0
+CERT_TTL_ENV = "PARALLALX_CLUSTER_CERT_TTL"
+
+
+def cert_ttl_from_env() -> float:
+    """Seconds a worker certificate lives: ``$PARALLALX_CLUSTER_CERT_TTL`` or 24 h."""
+    raw = os.environ.get(CERT_TTL_ENV)
+    if not raw:
+        return DEFAULT_CERT_TTL.total_seconds()
+    ttl = float(raw)
+    if not ttl >= MIN_CERT_TTL:
+        raise ValueError(f"{CERT_TTL_ENV} must be at least {MIN_CERT_TTL:.0f} seconds")
+    return ttl
+
+
+def renewal_due(cert: x509.Certificate) -> dt.datetime:
+    """When to renew: ``RENEW_AT`` of the lifetime (issue time = not-before + the clock-skew
+    back-dating ``ClusterCA`` applies), so it follows from the certificate alone."""
+    issued = cert.not_valid_before_utc + CLOCK_SKEW
+    return issued + (cert.not_valid_after_utc - issued) * RENEW_AT
 
 
 class ClusterError(Exception):
@@ -60,6 +108,7 @@ class ClusterService:
         scheduler_ip: str = "127.0.0.1",
         scheduler_port: int = 0,
         prepare_env: PrepareEnv | None = None,
+        cert_ttl: float | None = None,
     ) -> None:
         self.home = home
         self.device_id = device_id
@@ -67,6 +116,11 @@ class ClusterService:
         self.scheduler_ip = scheduler_ip
         self.scheduler_port = scheduler_port
         self.prepare_env = prepare_env
+        #: lifetime of the worker certificates this (main) device signs, seconds
+        self.cert_ttl = float(cert_ttl) if cert_ttl is not None else cert_ttl_from_env()
+        #: set by the device manager: how to reach a main device again to renew
+        self.exchange_for: ExchangeFor | None = None
+        self._renewals: dict[str, asyncio.Task[None]] = {}
         self.cluster_dir = home / "cluster"
         self.workers_dir = home / "workers"
         self.scheduler: SchedulerProcess | None = None
@@ -111,6 +165,7 @@ class ClusterService:
     async def stop(self) -> dict[str, Any]:
         async with self._lock:
             self._running_flag.unlink(missing_ok=True)
+            self._stop_renewal(self.device_id)
             local = self.workers.pop(self.device_id, None)
             if local is not None:
                 await local.revoke()
@@ -142,13 +197,16 @@ class ClusterService:
 
         self.scheduler.revocations.unrevoke_device(device_id)
         try:
-            cert = sign_csr(ca, csr_pem.encode(), device_id,
+            cert = sign_csr(ca, csr_pem.encode(), device_id, ttl=self.cert_ttl,
                             revocations=self.scheduler.revocations)
         except CSRError as err:
             raise ClusterError(400, f"certificate request refused: {err}") from None
         port = self.scheduler.config.port
+        # the CA-signed revocation list: the worker checks peers against it from its start
+        crl_pem = crl.ensure_crl(self.cluster_dir, ca).read_text()
         return {
             "cert": cert.decode(),
+            "crl": crl_pem,
             "ca": ca.cert_pem.decode(),
             "ca_fingerprint": ca.fingerprint,
             "scheduler_port": int(port),
@@ -158,10 +216,8 @@ class ClusterService:
     async def revoke_device(self, device_id: str) -> None:
         if self.scheduler is not None:
             await self.scheduler.revoke_device(device_id, "revoked by the main device")
-        elif (self.cluster_dir / "ca.crt").exists():
-            from .tls import RevocationList
-
-            RevocationList.in_dir(self.cluster_dir).revoke_device(device_id, "revoked")
+        elif (self.cluster_dir / "ca.key").exists():
+            crl.revoke_device(self.cluster_dir, device_id, "revoked")
 
     async def add_self(self, python: str = sys.executable, nthreads: int = 1) -> dict[str, Any]:
         """Contribute a worker of this main device too (its own cert, same admission rules)."""
@@ -220,6 +276,7 @@ class ClusterService:
         write_private(wdir / "worker.key", key_pem)
         write_private(wdir / "worker.crt", signed["cert"])
         write_private(wdir / "ca.crt", signed["ca"])
+        self._store_crl(wdir, signed.get("crl"))
         address = f"tls://{host if ':' not in host else f'[{host}]'}:{signed['scheduler_port']}"
         spec_args = {
             "scheduler_address": address,
@@ -227,6 +284,7 @@ class ClusterService:
             "ca_file": str(wdir / "ca.crt"),
             "cert_file": str(wdir / "worker.crt"),
             "key_file": str(wdir / "worker.key"),
+            "crl_file": str(wdir / "crl.pem"),
             "worker_dir": str(wdir / "run"),
             "python": python,
             "nthreads": int(limits.get("nthreads") or 1),
@@ -261,6 +319,7 @@ class ClusterService:
             await old.revoke()
         supervisor = WorkerSupervisor(WorkerSpec(**spec_args), backoff_max=10.0)
         self.workers[main_id] = supervisor
+        self._start_renewal(main_id)
         self._set_join(main_id, {"state": "starting-worker",
                                  "scheduler": spec_args["scheduler_address"]})
         await supervisor.start()
@@ -274,6 +333,7 @@ class ClusterService:
 
     async def leave(self, main_id: str, keep_status: bool = False) -> None:
         """Stop sharing with `main_id`: stop the worker at once and forget the join."""
+        self._stop_renewal(main_id)
         supervisor = self.workers.pop(main_id, None)
         if supervisor is not None:
             await supervisor.revoke()
@@ -281,6 +341,91 @@ class ClusterService:
         if not keep_status:
             self.joins.pop(main_id, None)
             self.emit("worker-state", {"peer_id": main_id, "state": "stopped"})
+
+    # ------------------------------------------------------------------ renewal
+
+    @staticmethod
+    def _store_crl(wdir: Path, crl_pem: Any) -> None:
+        """Keep the CRL the main device sent unless the worker already holds a newer one."""
+        if not isinstance(crl_pem, str) or "-----BEGIN X509 CRL-----" not in crl_pem:
+            return
+        path = wdir / "crl.pem"
+        held = read_crl_number(path)
+        number = crl_number(crl_pem)
+        if held is not None and (number is None or number <= held):
+            return
+        write_private(path, crl_pem)
+        os.chmod(path, 0o644)
+
+    def _start_renewal(self, main_id: str) -> None:
+        self._stop_renewal(main_id)
+        self._renewals[main_id] = asyncio.ensure_future(self._renew_loop(main_id))
+
+    def _stop_renewal(self, main_id: str) -> None:
+        task = self._renewals.pop(main_id, None)
+        if task is not None:
+            task.cancel()
+
+    async def _renew_loop(self, main_id: str) -> None:
+        """Renew the worker certificate for `main_id` at ``RENEW_AT`` of its lifetime, for as
+        long as this device serves that main device; retry (sooner as expiry nears) on
+        failure, e.g. while the main device is offline."""
+        cert_path = self.workers_dir / main_id / "worker.crt"
+        while True:
+            try:
+                cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+            except (FileNotFoundError, ValueError):
+                return
+            now = dt.datetime.now(dt.timezone.utc)
+            wait = (renewal_due(cert) - now).total_seconds()
+            if wait > 0:
+                await asyncio.sleep(min(wait, 3600.0))
+                continue
+            try:
+                await self.renew(main_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                left = (cert.not_valid_after_utc - now).total_seconds()
+                retry = min(60.0, max(2.0, left / 10)) if left > 0 else 60.0
+                message = getattr(err, "message", None) or str(err) or type(err).__name__
+                log.warning("renewing the certificate for %s failed (%s); retrying in %.0f s",
+                            main_id, message, retry)
+                await asyncio.sleep(retry)
+
+    async def renew(self, main_id: str) -> None:
+        """Get a new certificate for the worker serving `main_id` (same key) and put it in
+        place; the worker loads it for its new connections (no restart)."""
+        wdir = self.workers_dir / main_id
+        join = json.loads((wdir / "join.json").read_text())
+        key_pem = (wdir / "worker.key").read_bytes()
+        _, csr_pem = make_csr(self.device_id, key_pem=key_pem)
+        if main_id == self.device_id:
+            signed = self.sign_join(self.device_id, csr_pem.decode())
+        else:
+            exchange = await self.exchange_for(main_id) if self.exchange_for else None
+            if exchange is None:
+                raise ClusterError(409, "not paired with that main device any more")
+            signed = await exchange({"csr": csr_pem.decode()})
+        cert_pem = str(signed.get("cert") or "").encode()
+        ca_pem = (wdir / "ca.crt").read_bytes()
+        expected = join.get("ca_fingerprint") or cert_fingerprint(ca_pem)
+        if signed.get("ca_fingerprint") != expected:
+            raise ClusterError(409, "the main device's cluster CA changed; ask for a new "
+                                    "invitation")
+        _check_renewed(cert_pem, ca_pem, key_pem, self.device_id)
+        self._store_crl(wdir, signed.get("crl"))
+        write_private(wdir / "worker.crt", cert_pem)
+        log.info("renewed the worker certificate for %s", main_id)
+        supervisor = self.workers.get(main_id)
+        status = supervisor.status() if supervisor is not None else None
+        if supervisor is not None and not (
+            status and status.get("state") == "running" and status.get("pid") == supervisor.pid
+        ):
+            # Not in the cluster (e.g. its certificate ran out while the main device was
+            # away): a worker only watches for a new certificate once it has joined, so
+            # start it over with this one.
+            await supervisor.restart()
 
     def _set_join(self, main_id: str, update: dict[str, Any]) -> None:
         entry = self.joins.setdefault(main_id, {"main_id": main_id})
@@ -308,6 +453,8 @@ class ClusterService:
 
     async def close(self) -> None:
         """Server shutdown: stop processes but keep the persisted state for the next start."""
+        for main_id in list(self._renewals):
+            self._stop_renewal(main_id)
         for supervisor in list(self.workers.values()):
             await supervisor.stop()
         self.workers.clear()
@@ -333,3 +480,22 @@ class ClusterService:
                 for m, entry in sorted(self.joins.items())
             ],
         }
+
+
+def _check_renewed(cert_pem: bytes, ca_pem: bytes, key_pem: bytes, device_id: str) -> None:
+    """A renewed certificate must be the CA's, for our key, naming this device, and current:
+    a bad one written in place would fail every later handshake of the worker."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        ca = x509.load_pem_x509_certificate(ca_pem)
+        cert.verify_directly_issued_by(ca)
+    except Exception as err:
+        raise ClusterError(502, f"the renewed certificate is not the cluster CA's: {err}") from None
+    key = serialization.load_pem_private_key(key_pem, password=None)
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    if cert.public_key().public_bytes(serialization.Encoding.DER, spki) != key.public_key(
+    ).public_bytes(serialization.Encoding.DER, spki):
+        raise ClusterError(502, "the renewed certificate is not for this worker's key")
+    ident = cert_identity(cert_pem)
+    if ident.device_id != device_id or ident.expired():
+        raise ClusterError(502, "the renewed certificate names another device or has expired")

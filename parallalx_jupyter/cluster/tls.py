@@ -11,7 +11,9 @@ Trust model (DESIGN.md section 4):
 * The main device issues itself a ``main-client`` cert (the only identity allowed to drive the
   scheduler) and a ``scheduler`` cert. Roles are URI SANs ``parallalx:role:<role>``.
 * Revocation is a JSON file in the cluster dir (device IDs and serials), enforced by the
-  scheduler's admission layer (see ``scheduler.py``), so it survives restarts.
+  scheduler's admission layer (see ``scheduler.py``), so it survives restarts; the CA also
+  signs a CRL from it (``crl.py``) that every scheduler and worker TLS context checks, so a
+  revoked certificate fails the TLS handshake itself.
 """
 
 from __future__ import annotations
@@ -134,13 +136,20 @@ def cert_identity(cert_pem: bytes | str) -> PeerIdentity:
     )
 
 
-def make_csr(device_id: str) -> tuple[bytes, bytes]:
+def make_csr(device_id: str, key_pem: bytes | None = None) -> tuple[bytes, bytes]:
     """On the *worker* device: new EC P-256 key and a CSR naming ``device_id``.
 
     Returns ``(key_pem, csr_pem)``. Store the key with :func:`write_private`; send only the CSR.
+    Renewal passes the worker's current ``key_pem``: the running worker then only has to load
+    a new certificate file, never a new key/cert pair that could be read half-updated.
     """
     validate_device_id(device_id)
-    key = _new_key()
+    if key_pem is None:
+        key = _new_key()
+    else:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ValueError("the worker key must be an EC key")
     csr = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]))
@@ -162,6 +171,9 @@ class ClusterCA:
     cluster_id: str
     cert: x509.Certificate
     key: ec.EllipticCurvePrivateKey
+    #: where the CA lives; device certificates it signs are recorded there (``issued.json``)
+    #: so that revoking a device can list every certificate it holds in the CRL
+    cluster_dir: Path | None = None
 
     CERT_NAME = "ca.crt"
     KEY_NAME = "ca.key"
@@ -216,7 +228,7 @@ class ClusterCA:
         )
         write_private(cluster_dir / cls.KEY_NAME, _key_pem(key))
         _write_public(cluster_dir / cls.CERT_NAME, cert.public_bytes(serialization.Encoding.PEM))
-        return cls(cluster_id=cluster_id, cert=cert, key=key)
+        return cls(cluster_id=cluster_id, cert=cert, key=key, cluster_dir=cluster_dir)
 
     @classmethod
     def load(cls, cluster_dir: str | os.PathLike) -> ClusterCA:
@@ -230,7 +242,12 @@ class ClusterCA:
         ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         uris = ext.get_values_for_type(x509.UniformResourceIdentifier)
         cluster_id = next(u for u in uris if u.startswith(URI_CLUSTER_PREFIX))
-        return cls(cluster_id=cluster_id[len(URI_CLUSTER_PREFIX) :], cert=cert, key=key)
+        return cls(
+            cluster_id=cluster_id[len(URI_CLUSTER_PREFIX) :],
+            cert=cert,
+            key=key,
+            cluster_dir=cluster_dir,
+        )
 
     @classmethod
     def load_or_create(cls, cluster_dir: str | os.PathLike) -> ClusterCA:
@@ -357,6 +374,10 @@ class ClusterCA:
             if names != [expected]:
                 raise CSRError("CSR subjectAltName must be exactly the device URI")
         cert = self._issue(pub, device_id, [URI_DEVICE_PREFIX + device_id], ttl)
+        if self.cluster_dir is not None:
+            from .crl import IssuedLedger
+
+            IssuedLedger.in_dir(self.cluster_dir).record(cert, device_id)
         return cert.public_bytes(serialization.Encoding.PEM)
 
     def issue_role(
@@ -431,10 +452,18 @@ class RevocationList:
         _write_public(self.path, json.dumps(data, indent=1, sort_keys=True))
         self._mtime = self.path.stat().st_mtime_ns
 
-    def revoke_device(self, device_id: str, reason: str = "") -> None:
+    def revoke_device(self, device_id: str, reason: str = "", serials: list[str] = ()) -> None:
+        """Revoke ``device_id`` and, for good, the ``serials`` it was issued (see ``crl.py``:
+        they stay revoked when the device is accepted again)."""
         validate_device_id(device_id)
         self.reload()
-        self.devices[device_id] = {"revoked_at": time.time(), "reason": str(reason)[:200]}
+        now = time.time()
+        self.devices[device_id] = {"revoked_at": now, "reason": str(reason)[:200]}
+        for serial in serials:
+            self.serials.setdefault(
+                normalize_serial(serial),
+                {"revoked_at": now, "reason": f"device {device_id} revoked"},
+            )
         self._save()
 
     def revoke_serial(self, serial: int | str, reason: str = "") -> None:
@@ -477,6 +506,7 @@ class ClusterCredentials:
     scheduler_key: Path
     client_cert: Path
     client_key: Path
+    crl_file: Path | None = None
 
     @classmethod
     def ensure(
@@ -511,6 +541,9 @@ class ClusterCredentials:
             )
             write_private(key_path, key_pem)
             _write_public(cert_path, cert_pem)
+        from .crl import ensure_crl
+
+        crl_file = ensure_crl(cluster_dir, ca)
         return cls(
             cluster_dir=cluster_dir,
             cluster_id=ca.cluster_id,
@@ -520,6 +553,7 @@ class ClusterCredentials:
             scheduler_key=cluster_dir / f"{ROLE_SCHEDULER}.key",
             client_cert=cluster_dir / f"{ROLE_MAIN_CLIENT}.crt",
             client_key=cluster_dir / f"{ROLE_MAIN_CLIENT}.key",
+            crl_file=crl_file,
         )
 
     @classmethod
@@ -540,6 +574,7 @@ class ClusterCredentials:
             scheduler_key=cluster_dir / f"{ROLE_SCHEDULER}.key",
             client_cert=cluster_dir / f"{ROLE_MAIN_CLIENT}.crt",
             client_key=cluster_dir / f"{ROLE_MAIN_CLIENT}.key",
+            crl_file=cluster_dir / "crl.pem",
         )
 
     def serial_of(self, role: str) -> str:

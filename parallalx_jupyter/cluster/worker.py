@@ -81,6 +81,10 @@ class WorkerSpec:
     cert_file: str  # this device's cert, signed by the cluster CA
     key_file: str  # this device's key (0600, generated here, never sent anywhere)
     worker_dir: str  # config, status, log and scratch space for this worker
+    # The cluster's CRL (signed by the CA; from the join, then as the scheduler pushes it):
+    # default <worker_dir>/crl.pem. The worker keeps the newest one there for its restarts.
+    crl_file: str | None = None
+    tls_poll_interval: float = 2.0  # how often the worker looks for a renewed cert / new CRL
     python: str = sys.executable
     name: str | None = None  # default device_id; "<device_id>/<suffix>" for more workers
     listen_host: str | None = None  # default: the interface that routes to the scheduler
@@ -145,6 +149,8 @@ class WorkerSpec:
             "ca_file": str(self.ca_file),
             "cert_file": str(self.cert_file),
             "key_file": str(self.key_file),
+            "crl_file": str(self.crl_file or self.dir / "crl.pem"),
+            "tls_poll_interval": float(self.tls_poll_interval),
             "listen_host": listen_host,
             "listen_port": int(self.listen_port),
             "contact_address": self.contact_address,
@@ -227,8 +233,8 @@ class WorkerSupervisor:
         await self.supervisor.stop()
 
     async def restart(self) -> None:
-        """Restart the worker now, e.g. after writing a renewed certificate to ``cert_file``
-        (Dask loads TLS material only when a worker starts)."""
+        """Restart the worker now. (A renewed ``cert_file`` needs no restart: the worker
+        loads it for new connections by itself, see ``_livetls.WorkerTLS``.)"""
         await self.supervisor.restart_now()
 
     async def revoke(self) -> None:

@@ -4,20 +4,28 @@
 
 The interpreter may be any environment that has ``distributed`` (the device user's chosen
 kernel/venv) - ``parallalx_jupyter`` need not be installed there. This file therefore imports
-only the standard library, ``dask``/``distributed``, ``_guard.py`` and ``quiet.py`` (loaded by
-file path from its own directory). Its directory is removed from ``sys.path`` so that sibling
-modules (``scheduler.py``, ``tls.py``, ...) can never shadow anything in the worker environment.
+only the standard library, ``dask``/``distributed``, ``_guard.py``, ``_boundary.py``,
+``_livetls.py`` and ``quiet.py`` (loaded by file path from its own directory). Its directory
+is removed from ``sys.path`` so that sibling modules (``scheduler.py``, ``tls.py``, ...) can
+never shadow anything in the worker environment.
 
 What it does:
 
 * builds ``Security(require_encryption=True)`` from the device's cert/key and the cluster CA
   (mutual TLS, TLS >= 1.2); the same cert is used for the worker listener and for the
-  worker's outgoing connections;
+  worker's outgoing connections. Its contexts check the cluster's CRL (``crl_file``, kept
+  from the join and from the scheduler's ``parallalx-crl`` pushes), so a revoked certificate
+  fails the handshake here too, and pick up a renewed ``cert_file`` without a restart
+  (``_livetls.py``);
 * starts a ``distributed.Worker`` subclass whose incoming comms go through the admission guard
   (``_guard.worker_policy``): ``run``, ``run_coroutine``, ``upload_file``, ``plugin-add`` and
   ``plugin-remove`` are blocked for everyone (also through Dask's own ``blocked_handlers``);
-  other devices' workers may only fetch data (``get_data``, ``ping``, ``shuffle_receive``);
-  everything else needs the scheduler's or the main device's certificate;
+  other devices' workers may only ``ping`` and ``get_data`` the inputs of their own tasks
+  (the scheduler is asked); everything else needs the scheduler's or the main device's
+  certificate;
+* puts the pickle boundary (``_boundary.py``) in front of every TLS comm before any opens:
+  from another device this worker accepts plain msgpack data only, so no device's pickle is
+  ever decoded here;
 * binds the worker listener to the configured interface and its HTTP server to 127.0.0.1;
 * exits 77 (``EXIT_REFUSED``) when the scheduler refuses admission (revoked/unknown device) so
   the supervisor stops retrying, 0 after a normal close (the supervisor restarts it: that is
@@ -73,25 +81,17 @@ def _write_status(path: str | None, **status) -> None:
 
 
 def _security(cfg: dict):
-    import ssl
-
-    from distributed.security import Security
-
-    version = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}[
-        str(cfg.get("tls_min_version", "1.2"))
-    ]
-    cert, key = cfg["cert_file"], cfg["key_file"]
-    return Security(
-        require_encryption=True,
-        tls_ca_file=cfg["ca_file"],
-        tls_client_cert=cert,
-        tls_client_key=key,
-        tls_worker_cert=cert,
-        tls_worker_key=key,
-        tls_scheduler_cert=cert,
-        tls_scheduler_key=key,
-        tls_min_version=version,
+    """``(Security, WorkerTLS)``: mutual TLS with this device's cert, TLS >= 1.2, and every
+    context it makes kept current - the cluster's CRL (the one this worker kept, then what the
+    scheduler pushes) and a renewed certificate are loaded into them without a restart (see
+    ``_livetls.py``)."""
+    livetls = _load_sibling("_livetls.py", "parallalx_cluster_livetls")
+    live = livetls.LiveTLS(cfg["ca_file"], cfg["cert_file"], cfg["key_file"])
+    worker_tls = livetls.WorkerTLS(
+        live, cfg.get("crl_file"), float(cfg.get("tls_poll_interval") or 2.0)
     )
+    worker_tls.load_initial_crl()
+    return live.security(str(cfg.get("tls_min_version", "1.2"))), worker_tls
 
 
 def _refused(exc: BaseException, marker: str) -> str | None:
@@ -110,10 +110,16 @@ async def _run(cfg: dict, parent_watch: bool) -> int:
     from distributed import Worker
 
     guard = _load_guard()
+    boundary = _load_sibling("_boundary.py", "parallalx_cluster_boundary")
+    # Before any comm opens: no other device's pickle ever reaches this worker's decoder.
+    boundary.install(guard.boundary_mode_for_worker(cfg.get("device_id")))
     policy = guard.worker_policy(frozenset(cfg.get("extra_blocked_handlers") or ()))
-    worker_cls = guard.make_guarded_worker_class(Worker, policy)
+    worker_cls = guard.make_guarded_worker_class(
+        Worker, policy, tuple(boundary.SAFE_FIRST_SERIALIZERS), cfg.get("device_id")
+    )
     status_file = cfg.get("status_file")
     stopping = guard.stop_requested(parent_watch)
+    security, worker_tls = _security(cfg)
 
     # Dask's own periodic work (profiler, ticks, monitors) slowed down: the work of a parallalx
     # job runs in rank subprocesses next to this worker, on the same cores (see quiet.py).
@@ -126,7 +132,7 @@ async def _run(cfg: dict, parent_watch: bool) -> int:
             nthreads=int(cfg.get("nthreads") or 1),
             memory_limit=cfg.get("memory_limit") or "auto",
             resources=cfg.get("resources") or None,
-            security=_security(cfg),
+            security=security,
             host=cfg.get("listen_host") or "127.0.0.1",
             port=int(cfg.get("listen_port") or 0),
             protocol="tls",
@@ -135,10 +141,24 @@ async def _run(cfg: dict, parent_watch: bool) -> int:
             local_directory=cfg.get("local_directory"),
             death_timeout=cfg.get("death_timeout"),
         )
+        # the scheduler's CRL pushes (parallalx-crl) and renewed-certificate pick-up
+        worker_tls.install(worker)
+        if worker_tls.own_revoked:
+            _write_status(status_file, state="refused", reason="certificate revoked (CRL)")
+            return guard.EXIT_REFUSED
         _write_status(status_file, state="starting")
         start = asyncio.ensure_future(worker.start())
         stop_wait = asyncio.ensure_future(stopping.wait())
-        await asyncio.wait([start, stop_wait], return_when=asyncio.FIRST_COMPLETED)
+        revoked = asyncio.ensure_future(worker_tls.scheduler_refusal(
+            cfg["scheduler_address"], security.get_connection_args("worker")["ssl_context"]))
+        await asyncio.wait([start, stop_wait, revoked], return_when=asyncio.FIRST_COMPLETED)
+        if revoked.done() and not start.done():
+            start.cancel()
+            await worker.close(reason="parallalx-revoked")
+            logger.error("%s", revoked.result())
+            _write_status(status_file, state="refused", reason=revoked.result())
+            return guard.EXIT_REFUSED
+        revoked.cancel()
         if not start.done():
             start.cancel()
             await worker.close(reason="parallalx-stop")

@@ -19,6 +19,9 @@ def resolve_client(client: Any, security: Any = None) -> tuple[Any, bool]:
     """
     from distributed import Client, default_client
 
+    from ..cluster.connect import guard_main_process
+
+    guard_main_process()  # whichever cluster: nothing a device sends is unpickled here
     if client is None:
         with contextlib.suppress(ValueError):
             return default_client(), False

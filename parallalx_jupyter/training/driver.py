@@ -23,6 +23,7 @@ from typing import Any
 
 from distributed import Client, Future, wait
 
+from ..wire import from_wire
 from .checkpoint import CheckpointStore
 from .errors import (
     NotEnoughWorkersError,
@@ -36,10 +37,11 @@ from .launcher import (
     host_of,
     open_rendezvous,
     order_workers,
+    ship_to_each,
     submit_ranks,
 )
 from .metrics import ProgressAggregator, ProgressHub
-from .preflight import PreflightReport, check_versions, probe_environment
+from .preflight import PreflightReport, check_versions, probe_environment, probe_task
 from .rank import run_rank
 from .recovery import AttemptOutcome, WorkerWatch, classify, settle
 from .spec import AttemptPayload, JobSpec
@@ -191,7 +193,7 @@ class Driver:
         """Versions and responsiveness of each candidate (non-responders are excluded)."""
         futs = {
             w: self.client.submit(
-                probe_environment,
+                probe_task,
                 key=f"parallalx-probe-{self.job.job_id}-{attempt}-{i}",
                 workers=[w],
                 allow_other_workers=False,
@@ -212,7 +214,11 @@ class Driver:
         envs = {}
         for w, f in futs.items():
             if f.status == "finished":
-                envs[w] = f.result()
+                try:
+                    envs[w] = from_wire(f.result())
+                except Exception as exc:  # a device that answers with something else
+                    logger.warning("worker %s answered the probe unusably (%s); excluded", w, exc)
+                    self.excluded.add(w)
             else:
                 logger.warning("worker %s did not answer the probe (%s); excluded", w, f.status)
                 self.excluded.add(w)
@@ -374,16 +380,17 @@ class Driver:
                 timeout_s=self.group_timeout,
                 device=self._device_for(envs[addr], backend, mixed),
                 master_port=port,
+                gloo_tls=bool(envs[addr].get("gloo_tls")),
             )
 
         self.aggregator.new_attempt(attempt)
-        payload_future: Future | None = None
+        payload_futures: dict[str, Future] = {}
         futures: list[Future] = []
         try:
             try:
-                [payload_future] = self.client.scatter(
-                    [payload], workers=workers, broadcast=True, hash=False
-                )
+                # One copy per worker, each sent from here: never replicated between workers,
+                # so no device ever decodes data that another device handed it.
+                payload_futures = ship_to_each(self.client, payload, workers)
             except Exception as exc:  # a worker vanished between probe and scatter
                 return AttemptOutcome(
                     "infra",
@@ -396,15 +403,17 @@ class Driver:
             if failure is not None:
                 return failure
             self._mark("rendezvous")
-            futures = submit_ranks(self.client, run_rank, workers, make_spec, payload_future)
+            futures = submit_ranks(
+                self.client, run_rank, workers, make_spec, per_worker=payload_futures
+            )
             self._mark("submitted")
             return self._monitor(futures, workers)
         finally:
             if futures:
                 with contextlib.suppress(Exception):
                     self.client.cancel([f for f in futures if f.status == "pending"], force=True)
-            if payload_future is not None:
-                payload_future.release()
+            for fut in payload_futures.values():
+                fut.release()
             self._close_rendezvous(attempt, workers[0])
 
     def _open_rendezvous(
@@ -542,6 +551,13 @@ class Driver:
             )
         if self._final.get("cancelled"):
             return AttemptOutcome("cancelled")
+        # The final state is the last word on progress: the ranks' last metrics may still be
+        # on their way when it arrives (they travel as separate events).
+        self._pump(force=True)
+        final_step = int(self._final.get("global_step", 0))
+        if final_step > self.aggregator.max_step and self.aggregator.ranks:
+            self.aggregator.max_step = final_step
+            self.hub.emit(self.aggregator.snapshot())
         return AttemptOutcome("finished")
 
 

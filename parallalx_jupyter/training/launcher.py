@@ -39,11 +39,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import functools
 import ipaddress
 import os
 import socket
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,6 +71,12 @@ class RankSpec:
     timeout_s: float
     device: str = "cpu"
     master_port: int = 0
+    #: the worker's torch has gloo's TLS transport (``gloo_tls_available``, from its probe)
+    gloo_tls: bool = False
+    #: the worker's TLS key, certificate and CA files (set on the worker, see ``tls_files_of``)
+    tls_files: tuple[str, str, str] | None = None
+    #: how rank traffic travels, decided by the ranks together (``agree_on_rank_tls``)
+    rank_traffic: str = ""
 
 
 # --------------------------------------------------------------------------- rendezvous store
@@ -203,15 +210,26 @@ def order_workers(workers: Sequence[str], prefer_host: str | None = None) -> lis
     return sorted(workers, key=lambda w: (host_of(w) != prefer_host, w))
 
 
+def ship_to_each(client: Client, obj: Any, workers: Sequence[str]) -> dict[str, Future]:
+    """One copy of ``obj`` on each worker, each sent by this client.
+
+    Not ``scatter(broadcast=True)``: that replicates between workers, so a device would decode
+    what another device handed it (and could tamper with it on the way).
+    """
+    return {w: client.scatter([obj], workers=[w], hash=False)[0] for w in workers}
+
+
 def submit_ranks(
     client: Client,
     fn: Callable[..., Any],
     workers: Sequence[str],
     make_spec: Callable[[int, str], RankSpec],
     *args: Any,
+    per_worker: Mapping[str, Any] | None = None,
     key_prefix: str = "parallalx-rank",
 ) -> list[Future]:
-    """Submit ``fn(spec, *args)`` once per worker, pinned to it (never moved, never retried).
+    """Submit ``fn(spec, [per_worker[addr],] *args)`` once per worker, pinned to it (never
+    moved, never retried).
 
     ``allow_other_workers=False`` and ``retries=0``: a rank is meaningless elsewhere; if its
     worker dies the task stays pending on the scheduler and the driver cancels it.
@@ -219,10 +237,12 @@ def submit_ranks(
     futures = []
     for rank, addr in enumerate(workers):
         spec = make_spec(rank, addr)
+        own = (per_worker[addr],) if per_worker is not None else ()
         futures.append(
             client.submit(
                 fn,
                 spec,
+                *own,
                 *args,
                 key=f"{key_prefix}-{spec.job_id}-{spec.attempt}-{rank}",
                 workers=[addr],
@@ -245,6 +265,81 @@ def worker_slot(timeout_s: float) -> Iterator[None]:
         _WORKER_SLOT.release()
 
 
+GLOO_TLS_ENV = (
+    "GLOO_DEVICE_TRANSPORT_TCP_TLS_PKEY",
+    "GLOO_DEVICE_TRANSPORT_TCP_TLS_CERT",
+    "GLOO_DEVICE_TRANSPORT_TCP_TLS_CA_FILE",
+)
+
+
+def tls_files_of(worker: Any) -> tuple[str, str, str] | None:
+    """The key, certificate and CA files a Dask worker's own TLS uses, if it has them."""
+    sec = getattr(worker, "security", None)
+    files = tuple(
+        str(getattr(sec, name, None) or "")
+        for name in ("tls_worker_key", "tls_worker_cert", "tls_ca_file")
+    )
+    return files if all(f and os.path.isfile(f) for f in files) else None  # type: ignore[return-value]
+
+
+@functools.lru_cache(maxsize=1)
+def gloo_tls_available() -> bool:
+    """Whether this torch build has gloo's TLS transport (PyPI's wheels do not).
+
+    Not by creating a TLS device: c10d reads ``GLOO_DEVICE_TRANSPORT`` once per process, so
+    a probe would leave the process on that transport. The TLS device factory is the only
+    code that names its certificate variables, so their name in the library tells. Cached:
+    a worker's probe pays the scan (~0.4 s for 400 MB) once.
+    """
+    import mmap
+
+    import torch
+
+    lib = os.path.join(os.path.dirname(torch.__file__), "lib")
+    try:
+        names = [n for n in os.listdir(lib) if n.startswith(("libtorch_cpu.", "torch_cpu."))]
+    except OSError:
+        return False
+    for name in names:
+        try:
+            with open(os.path.join(lib, name), "rb") as f, mmap.mmap(
+                f.fileno(), 0, access=mmap.ACCESS_READ
+            ) as m:
+                if m.find(GLOO_TLS_ENV[0].encode()) >= 0:
+                    return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
+def agree_on_rank_tls(store: Any, spec: RankSpec) -> str:
+    """Decide with the other ranks (through the rendezvous store) how rank traffic travels.
+
+    Every rank must use the same gloo transport, so TLS is used only where every rank can:
+    gloo, a torch built with the TLS transport, and the worker's cluster certificate. Returns
+    the line the preflight report shows.
+    """
+    if spec.backend != "gloo":
+        mine, why = "0", f"{spec.backend} traffic between ranks is not encrypted"
+    elif spec.tls_files is None:
+        mine, why = "0", "not encrypted: a worker has no cluster certificate (plain Dask)"
+    elif not spec.gloo_tls:
+        mine, why = "0", "not encrypted: this torch build has no gloo TLS transport"
+    else:
+        mine, why = "1", "encrypted (gloo TLS with the cluster's certificates)"
+    store.set(f"parallalx/rank-tls/{spec.rank}", mine)
+    votes = [store.get(f"parallalx/rank-tls/{r}") for r in range(spec.world_size)]
+    if all(v == b"1" for v in votes):
+        assert spec.tls_files is not None
+        os.environ["GLOO_DEVICE_TRANSPORT"] = "TCP_TLS"
+        for name, path in zip(GLOO_TLS_ENV, spec.tls_files, strict=True):
+            os.environ[name] = path
+        return why
+    if mine == "1":
+        return "not encrypted: another rank's torch has no gloo TLS transport"
+    return why
+
+
 def set_gloo_interface(master_host: str) -> str | None:
     """Point gloo at the interface that routes to rank 0 (call in the rank process only)."""
     iface = interface_for(master_host)
@@ -254,8 +349,9 @@ def set_gloo_interface(master_host: str) -> str | None:
 
 
 @contextlib.contextmanager
-def process_group(spec: RankSpec) -> Iterator[Any]:
-    """Rendezvous through rank 0's TCPStore and yield the initialised default process group.
+def process_group(spec: RankSpec) -> Iterator[str]:
+    """Rendezvous through rank 0's TCPStore, initialise the default process group and yield
+    how rank traffic travels (:func:`agree_on_rank_tls`).
 
     Runs in the rank's own process; every rank is a client of the store that
     :func:`open_rendezvous` opened in rank 0's worker. Connection and timeout failures become
@@ -271,6 +367,7 @@ def process_group(spec: RankSpec) -> Iterator[Any]:
         store = dist.TCPStore(
             spec.master_host, spec.master_port, None, is_master=False, timeout=timeout
         )
+        traffic = agree_on_rank_tls(store, spec)
         dist.init_process_group(
             spec.backend,
             store=store,
@@ -281,7 +378,7 @@ def process_group(spec: RankSpec) -> Iterator[Any]:
     except Exception as exc:  # rendezvous failures are always infrastructure
         raise RankInfraError(f"rendezvous failed on rank {spec.rank}: {exc!r}") from exc
     try:
-        yield dist.group.WORLD
+        yield traffic
     finally:
         # Only on success does this run to completion; on failure the rank process exits
         # right after reporting (os._exit), which closes every socket at once.

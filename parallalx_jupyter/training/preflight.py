@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .errors import VersionMismatchError
+from .launcher import gloo_tls_available
 
 PROBE_BYTES = 10_000_000
 
@@ -61,6 +62,7 @@ def probe_environment() -> dict[str, Any]:
         "memory_available": int(psutil.virtual_memory().available),
         "cuda_memory": int(torch.cuda.mem_get_info(0)[1]) if cuda else 0,
         "gpu_uuid": _gpu_uuid(torch) if cuda else None,
+        "gloo_tls": gloo_tls_available(),
     }
     try:
         from distributed import get_worker
@@ -69,6 +71,13 @@ def probe_environment() -> dict[str, Any]:
     except ValueError:
         info["worker"] = "notebook"
     return info
+
+
+def probe_task() -> bytes:
+    """:func:`probe_environment` as a Dask task: its answer travels back as data (``wire``)."""
+    from ..wire import to_wire
+
+    return to_wire(probe_environment())
 
 
 def _release(version: str) -> str:
@@ -286,6 +295,8 @@ class PreflightReport:
     ideal_speedup: float
     local_sgd_every: int = 0
     versions: dict[str, str] = field(default_factory=dict)
+    #: how gradients travel between ranks: encrypted or not, and why (``agree_on_rank_tls``)
+    rank_traffic: str = ""
 
     @property
     def per_rank_batch(self) -> list[int]:
@@ -339,6 +350,8 @@ class PreflightReport:
         )
         extra = f", average every {self.local_sgd_every} steps" if self.local_sgd_every else ""
         lines.append(f"  strategy: {self.strategy}{extra} - {self.reason}")
+        if self.rank_traffic and self.world_size > 1:
+            lines.append(f"  rank traffic: {self.rank_traffic}")
         return "\n".join(lines)
 
 
@@ -368,6 +381,7 @@ def build_report(
     shares: Sequence[float] | None = None,
     local_sgd_every: int | None = None,
     homogeneous: bool = True,
+    rank_traffic: str = "",
 ) -> PreflightReport:
     """Turn the gathered measurements into batch shares, a strategy and a prediction.
 
@@ -442,4 +456,5 @@ def build_report(
         predicted_speedup=single_s / (compute_s + comm[name]),
         ideal_speedup=single_s / max(ideal_s, 1e-12),
         local_sgd_every=h if name == "local_sgd" else 0,
+        rank_traffic=rank_traffic,
     )

@@ -33,6 +33,7 @@ an infrastructure failure.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 import time
 from collections.abc import Iterator
@@ -45,6 +46,7 @@ from .launcher import (
     children_allowed,
     claim_rendezvous,
     rank_process_context,
+    tls_files_of,
     worker_slot,
 )
 from .rank_process import EXIT_ORPHANED, child_main, is_comm_error
@@ -80,17 +82,21 @@ def ship_messages(msg: dict[str, Any], seq: int) -> Iterator[dict[str, Any]]:
         }
 
 
-def run_rank(spec: RankSpec, payload: AttemptPayload) -> dict[str, Any]:
-    """Dask task entry point for one rank; returns the rank's small summary dict."""
+def run_rank(spec: RankSpec, payload: AttemptPayload) -> bytes:
+    """Dask task entry point for one rank; returns the rank's small summary dict as data
+    (``wire.to_wire``: nothing a device returns is unpickled on the main device)."""
     from distributed import get_worker
+
+    from ..wire import to_wire
 
     worker = get_worker()
     key = worker.get_current_task()
     job = payload.job
+    spec = dataclasses.replace(spec, tls_files=tls_files_of(worker))
     # Rank 0 holds the attempt's store server open for as long as this task runs.
     store = claim_rendezvous(spec.job_id, spec.attempt) if spec.rank == 0 else None
     try:
-        return _relay(spec, payload, worker, key, job)
+        return to_wire(_relay(spec, payload, worker, key, job))
     finally:
         del store  # closes the rendezvous port
 

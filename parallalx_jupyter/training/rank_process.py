@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import gc
 import os
 import queue
@@ -209,8 +210,9 @@ def child_main(spec: RankSpec, payload: AttemptPayload, control: Any, events: An
         if payload.job.torch_threads:
             torch.set_num_threads(payload.job.torch_threads)
         set_gloo_interface(spec.master_host)
-        with process_group(spec):
+        with process_group(spec) as traffic:
             marks["process_group"] = time.time()
+            spec = dataclasses.replace(spec, rank_traffic=traffic)
             summary = RankTrainer(spec, payload, channel, marks).run()
         outcome: tuple[str, Any] = ("done", summary)
     except BaseException as exc:  # noqa: BLE001 - everything is reported, nothing re-raised
@@ -356,6 +358,7 @@ class RankTrainer:
                 shares=self.payload.shares,
                 local_sgd_every=self.payload.local_sgd_every or self.job.local_sgd_every,
                 homogeneous=len({d["device"].split(":")[0] for d in devices}) == 1,
+                rank_traffic=self.spec.rank_traffic,
             ).to_dict()
         dist.broadcast_object_list(box, src=0)
         return PreflightReport.from_dict(box[0])

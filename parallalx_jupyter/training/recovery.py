@@ -141,11 +141,19 @@ def settle(
         pending = [w for f, w in zip(futures, workers, strict=True) if f.status == "pending"]
         hopeless |= watch.unreachable(pending, stale_s)
         waiting = set(pending) - hopeless
-        if not waiting:
-            return set(pending)
-        if time.monotonic() >= deadline:
-            logger.warning("ranks on %s never ended; giving up on them", sorted(waiting))
-            return set(pending)
+        if not waiting or time.monotonic() >= deadline:
+            if waiting:
+                logger.warning("ranks on %s never ended; giving up on them", sorted(waiting))
+            # A rank whose worker left may also end "cancelled": its own copy of the job's
+            # payload (shipped to that worker alone) was lost with it.
+            ended = [
+                w
+                for f, w in zip(futures, workers, strict=True)
+                if f.status in ("cancelled", "lost")
+            ]
+            if ended:
+                watch.poll(force=True)  # the scheduler dropped that worker before the rank
+            return set(pending) | watch.gone(ended)
         time.sleep(0.05)
 
 

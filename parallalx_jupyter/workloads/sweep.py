@@ -21,6 +21,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..wire import from_wire
 from .base import JobContext, Workload, WorkloadError, validate_params
 
 _SPACE_ITEM = {
@@ -66,11 +67,14 @@ class TrialReporter:
         )
 
 
-def run_trial(objective: bytes, params: dict[str, Any], topic: str, number: int) -> dict[str, Any]:
+def run_trial(objective: bytes, params: dict[str, Any], topic: str, number: int) -> bytes:
     """The Dask task of one trial (runs on a worker); ``objective`` comes cloudpickled, so a
-    function from any module (a notebook's, a test's) travels by value where registered."""
+    function from any module (a notebook's, a test's) travels by value where registered. The
+    outcome travels back as data (``wire``): a returned model arrives as its ``state_dict``."""
     import cloudpickle
     import optuna
+
+    from ..wire import to_wire
 
     (objective,) = cloudpickle.loads(objective)
     started = time.perf_counter()
@@ -78,12 +82,13 @@ def run_trial(objective: bytes, params: dict[str, Any], topic: str, number: int)
     try:
         out = objective(dict(params), reporter)
     except optuna.TrialPruned:
-        return {"state": "pruned", "seconds": time.perf_counter() - started}
+        return to_wire({"state": "pruned", "seconds": time.perf_counter() - started})
     model = None
     if isinstance(out, tuple) and len(out) == 2:
         out, model = out
-    return {"state": "complete", "value": float(out), "model": model,
-            "seconds": time.perf_counter() - started, "worker": reporter.worker.address}
+    return to_wire({"state": "complete", "value": float(out), "model": model,
+                    "seconds": time.perf_counter() - started,
+                    "worker": reporter.worker.address})
 
 
 @dataclass
@@ -313,7 +318,7 @@ class _SweepRun:
             return
         trial, attempt = self.running.pop(fut)
         if fut.status == "finished":
-            out = fut.result()
+            out = from_wire(fut.result())
             if out["state"] == "pruned":
                 self._tell(trial, "pruned")
                 return

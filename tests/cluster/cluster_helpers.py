@@ -48,13 +48,18 @@ class Harness:
         write_private(ddir / "worker.key", key_pem)
         write_private(ddir / "worker.crt", cert_pem)
         write_private(ddir / "ca.crt", ca.cert_pem)
-        return {
+        creds = {
             "device_id": device_id,
             "dir": ddir,
             "key_file": str(ddir / "worker.key"),
             "cert_file": str(ddir / "worker.crt"),
             "ca_file": str(ddir / "ca.crt"),
         }
+        crl = (ca_dir or self.cluster_dir) / "crl.pem"
+        if crl.exists():  # what the join hands the device with its certificate
+            write_private(ddir / "crl.pem", crl.read_bytes())
+            creds["crl_file"] = str(ddir / "crl.pem")
+        return creds
 
     def security(self, creds: dict):
         return make_security(creds["ca_file"], creds["cert_file"], creds["key_file"])
@@ -72,6 +77,7 @@ class Harness:
                 ca_file=creds["ca_file"],
                 cert_file=creds["cert_file"],
                 key_file=creds["key_file"],
+                crl_file=creds.get("crl_file"),
                 worker_dir=str(creds["dir"] / f"w{len(self.workers)}"),
                 **spec,
             ),

@@ -128,6 +128,10 @@ async def test_digits_on_two_devices_reaches_95_percent(hardened) -> None:
     assert job.restarts == 0
     assert job.progress["global_step"] == job.progress["total_steps"] == 15 * 23
     assert {r["rank"] for r in job.progress["ranks"]} == {0, 1}
+    # said in the report, not only in the docs (PyPI's torch has no gloo TLS transport)
+    assert "rank traffic: not encrypted: this torch build has no gloo TLS transport" in str(
+        job.preflight
+    )
     names = {d.worker for d in job.preflight.devices}
     assert len(names) == 2
 
@@ -170,3 +174,45 @@ async def test_sigkill_device_worker_finishes_with_survivor(hardened, tmp_path) 
     assert victim not in {d.worker for d in job.preflight.devices}
     assert job.progress["global_step"] == job.progress["total_steps"] == 15 * 23
     assert acc >= 0.95
+
+
+class _Explodes(nn.Module):
+    """A model whose forward fails on purpose, the user's bug on a device."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(64, 10)
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        raise ValueError("shape bug in the user's forward")
+
+
+async def test_a_devices_user_error_comes_back_as_text_with_its_class(hardened) -> None:
+    """A device's error is rebuilt from its text on the scheduler (never unpickled), and keeps
+    its class, so it is still reported once as the user's bug, not retried as a lost device."""
+    from parallalx_jupyter.training import UserCodeError
+
+    sp, _ = hardened
+
+    def run():
+        import cloudpickle
+        from distributed import Client
+
+        cloudpickle.register_pickle_by_value(sys.modules[__name__])  # _Explodes travels by value
+        client = Client(sp.address, security=sp.security(), timeout="30s")
+        client.wait_for_workers(2, timeout=60)
+        x_tr, y_tr, _, _ = digits_split()
+        try:
+            job = train(_Explodes(), (x_tr, y_tr), nn.CrossEntropyLoss(),
+                        functools.partial(torch.optim.SGD, lr=0.1), epochs=1, batch_size=64,
+                        client=client, torch_threads=1, strategy="ddp")
+            with pytest.raises(UserCodeError) as info:
+                job.result(timeout=120)
+            return job, info.value
+        finally:
+            client.close()
+
+    job, err = await asyncio.to_thread(run)
+    assert "shape bug in the user's forward" in str(err)
+    assert "Traceback" in err.remote_traceback and err.rank in (0, 1)
+    assert job.restarts == 0

@@ -73,7 +73,8 @@ def test_grid_sweep_finds_the_serial_best(cluster2) -> None:
     assert (result.best_params["lr"], result.best_params["hidden"]) == best
     assert result.best_value == pytest.approx(serial[best], abs=1e-6)
     assert len(result.table) == 6 and set(result.table["state"]) == {"COMPLETE"}
-    assert result.best_model is not None and result.best_model[0].out_features == best[1]
+    # a model comes back from a device as its state_dict (data), never as a pickled object
+    assert result.best_model["0.weight"].shape == (best[1], 64)
     workers = {e["worker"] for e in job.events if e.get("kind") == "trial"}
     assert len(workers) == 2  # trials ran on both devices
     assert "<svg" in result._repr_html_() and "<table" in result._repr_html_()

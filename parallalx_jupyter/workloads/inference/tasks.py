@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ...wire import to_wire
 from .common import CACHE_JOBS, PROBE_MAX_REPS, PROBE_MIN_S, InferenceUserError
 from .data import RowSource
 
@@ -156,7 +157,7 @@ def _still_wanted(worker: Any, key: Any) -> bool:
     return ts is not None and ts.state not in ("cancelled", "released", "forgotten")
 
 
-def probe_task(job_id: str, payload: dict[str, Any], batch_size: int) -> dict[str, Any]:
+def probe_task(job_id: str, payload: dict[str, Any], batch_size: int) -> bytes:
     """Dask task (pinned): load the job and time the forward pass on one batch -> rows/s."""
     from distributed import get_worker
 
@@ -169,7 +170,7 @@ def probe_task(job_id: str, payload: dict[str, Any], batch_size: int) -> dict[st
         assert loaded.source is not None
         k = min(batch_size, len(loaded.source))
         if k == 0:
-            return {"rows_per_s": 0.0, "device": loaded.device, "n_rows": 0}
+            return to_wire({"rows_per_s": 0.0, "device": loaded.device, "n_rows": 0})
         with _user_code("the data set", worker.address):
             xb = loaded.source.rows(0, k)
     with loaded.lock:  # one timing at a time: two jobs' probes must not skew each other
@@ -181,18 +182,19 @@ def probe_task(job_id: str, payload: dict[str, Any], batch_size: int) -> dict[st
             elapsed = time.perf_counter() - t0
             if elapsed >= PROBE_MIN_S or reps >= PROBE_MAX_REPS:
                 break
-    return {
+    return to_wire({
         "rows_per_s": k * reps / max(elapsed, 1e-9),
         "device": loaded.device,
         "n_rows": n_rows,
-    }
+    })
 
 
 def shard_task(
     job_id: str, payload: dict[str, Any], lo: int, hi: int, rows: Any, batch_size: int
-) -> dict[str, Any] | None:
+) -> bytes:
     """Dask task (pinned): outputs of rows ``[lo, hi)``; ``rows`` are the inputs, or None to
-    read them from the worker-built data set. None if cancelled part way."""
+    read them from the worker-built data set. None if cancelled part way. Travels back as data
+    (``wire``), like every task's result."""
     from distributed import get_worker
 
     worker = get_worker()
@@ -203,7 +205,7 @@ def shard_task(
     sizes: list[int] = []
     for a in range(0, hi - lo, batch_size):
         if not _still_wanted(worker, key):
-            return None
+            return to_wire(None)
         b = min(a + batch_size, hi - lo)
         if rows is not None:
             xb = _take(rows, a, b)
@@ -214,13 +216,13 @@ def shard_task(
         outs.append(_forward(loaded, xb, worker.address))
         sizes.append(b - a)
     kind, out = _pack(outs, sizes)
-    return {
+    return to_wire({
         "lo": lo,
         "hi": hi,
         "kind": kind,
         "out": out,
         "seconds": time.perf_counter() - t0,
-    }
+    })
 
 
 # --------------------------------------------------------------------------- driver side

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ...wire import from_wire
 from ..base import JobContext, Workload, WorkloadError, validate_params
 from .common import (
     _PY,
@@ -178,7 +179,8 @@ class _Run:
         self.polled = 0.0
         self.reported = 0.0
         self.started: float | None = None
-        self.payload: Any = None
+        self.payload: Any = None  # what each worker gets, shipped from here (_payload_on)
+        self.shipped: dict[str, Any] = {}  # worker -> its own copy's future
         self.seq = 0
 
     # ------------------------------------------------------------------ main
@@ -207,23 +209,22 @@ class _Run:
             self._finish()
 
     def _ship(self, payload: dict[str, Any]) -> None:
-        """Broadcast the job's objects once; a worker leaving meanwhile only costs a retry."""
-        for attempt in range(3):
-            first = sorted(self._eligible())
-            if not first:
-                raise InferenceError("inference: the cluster has no workers")
-            try:
-                [self.payload] = self.client.scatter(
-                    [payload], workers=first, broadcast=True, hash=False
-                )
-                break
-            except Exception:
-                if attempt == 2:
-                    raise
-                time.sleep(0.5)
-                self._poll(force=True)
+        """Probe every worker; each gets its own copy of the job's objects from here."""
+        self.payload = payload
+        first = sorted(self._eligible())
+        if not first:
+            raise InferenceError("inference: the cluster has no workers")
         for w in first:
             self._probe(w)
+
+    def _payload_on(self, w: str) -> Any:
+        """Worker ``w``'s copy of the job's objects (sent once, from this process): never
+        replicated between workers, so no device decodes what another device handed it."""
+        fut = self.shipped.get(w)
+        if fut is None:
+            [fut] = self.client.scatter([self.payload], workers=[w], hash=False, timeout=30)
+            self.shipped[w] = fut
+        return fut
 
     def _active(self) -> list[_WorkerState]:
         return [s for s in self.states.values() if not s.lost]
@@ -269,10 +270,15 @@ class _Run:
 
     def _probe(self, w: str) -> None:
         self.seen.add(w)
+        try:
+            payload = self._payload_on(w)
+        except Exception as exc:  # the worker left between listing and shipping
+            self._lose(w, f"could not be sent the job ({exc!r})")
+            return
         self.probes[w] = self.client.submit(
             probe_task,
             self.job_id,
-            self.payload,
+            payload,
             self.batch_size,
             key=self._key("probe"),
             workers=[w],
@@ -344,7 +350,7 @@ class _Run:
                 self._failed(fut, w, f"speed probe on {w}", lambda w=w: self._lose(w, "failed"))
                 continue
             try:
-                info = fut.result(timeout=FETCH_TIMEOUT_S)
+                info = from_wire(fut.result(timeout=FETCH_TIMEOUT_S))
             except Exception as exc:
                 self._lose(w, f"did not deliver its speed probe ({exc!r})")
                 continue
@@ -384,7 +390,7 @@ class _Run:
                 )
                 continue
             try:
-                res = fut.result(timeout=FETCH_TIMEOUT_S)
+                res = from_wire(fut.result(timeout=FETCH_TIMEOUT_S))
             except Exception as exc:
                 self._poll(force=True)
                 if fut.key in self.shards:  # not put back already because its worker left
@@ -475,7 +481,7 @@ class _Run:
         fut = self.client.submit(
             shard_task,
             self.job_id,
-            self.payload,
+            self._payload_on(w),
             lo,
             hi,
             data,
@@ -572,7 +578,9 @@ class _Run:
                 self.client.cancel([f for f in cleanup if f.status == "pending"], force=True)
             for fut in cleanup:
                 fut.release()
-        with contextlib.suppress(Exception):
-            self.payload.release()
+        for fut in self.shipped.values():
+            with contextlib.suppress(Exception):
+                fut.release()
+        self.shipped.clear()
         self.payload = None
 
