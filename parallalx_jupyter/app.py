@@ -4,6 +4,10 @@ Each trait can also be set with an environment variable `PARALLALX_<TRAIT>` (e.g
 `PARALLALX_PEER_PORT=8477`), which is what lets several devices run side by side on one host:
 give each its own `home` and ports. Config files and the command line still win over the
 environment.
+
+A home belongs to one running server at a time (`claim_home`): a second server on the same home
+goes on without parallalx and says so in one log line; a home that cannot be used at all stops
+the server with one line. `ParallalxApp._load_jupyter_server_extension` says why each.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +28,7 @@ from traitlets import Float, Int, Unicode, default
 from ._version import __version__
 from .cluster.service import ClusterService
 from .environments.service import EnvironmentService
-from .files import write_private
+from .files import FileLock, LockHeld, read_lock_info, write_private
 from .identity import DeviceIdentity
 from .jobs.registry import JobRegistry
 from .jobs.spawner import JobSpawner
@@ -33,6 +39,82 @@ from .server.peer import PeerListener
 from .store import Store
 
 SERVER_INFO_FILE = "server.json"
+LOCK_FILE = ".lock"
+HOME_HELP = "c.ParallalxApp.home or PARALLALX_HOME"
+
+
+class HomeInUse(Exception):
+    """Another live Jupyter server holds this home (its lock): this one must not run a second
+    copy of the same device, nor touch its files."""
+
+
+class HomeUnusable(Exception):
+    """The home cannot be created, locked or written (a path under a regular file, a read-only
+    directory or filesystem, another user's directory)."""
+
+
+def _why_unusable(home: Path, err: OSError) -> str:
+    """The reason in words, naming the path component to blame where the kernel's message
+    alone ("Not a directory") would leave the user guessing which one."""
+    for parent in (home, *home.parents):
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                return f"{parent} is a file, not a directory"
+            break
+    where = f" ({err.filename})" if err.filename and Path(err.filename) != home else ""
+    return f"{err.strerror or err}{where}"
+
+
+def _holder_description(home: Path, wait: float = 2.0) -> str:
+    """"PID n, port p" of the server holding `home`, from what it wrote into the lock file.
+    A server that has only just taken the lock writes its PID at once and its port once it
+    listens, so wait a little for those before saying what is known."""
+    deadline = time.monotonic() + wait
+    while True:
+        info = read_lock_info(home / LOCK_FILE)
+        if (info.get("pid") and info.get("port")) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    pid = info.get("pid") or "unknown"
+    port = info.get("port") or "not known yet: it is still starting"
+    return f"PID {pid}, port {port}"
+
+
+def claim_home(home: Path) -> FileLock:
+    """Create `home` if needed, take its lock for this process's lifetime, and check that files
+    can be created in it: `HomeInUse` or `HomeUnusable`, each with the one line to show.
+
+    The lock (`files.FileLock`, an flock on `<home>/.lock`) is what keeps a second server from
+    running the same device next to the first: two peer listeners with one identity, and the
+    second overwriting, then deleting on exit, the first one's `server.json`. The kernel drops
+    it when this process dies, so a crashed server never blocks the next start."""
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        lock = FileLock.acquire(home / LOCK_FILE)
+    except LockHeld:
+        raise HomeInUse(
+            f"parallalx home {home} is in use by another Jupyter server "
+            f"({_holder_description(home)}): parallalx is not started in this server, which "
+            f"goes on without it. Use that server, or give this one its own home ({HOME_HELP})."
+        ) from None
+    except OSError as err:
+        raise HomeUnusable(_unusable_line(home, err)) from None
+    try:
+        lock.describe({"pid": os.getpid()})
+        fd, probe = tempfile.mkstemp(dir=home, prefix=".probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        lock.release()
+        raise HomeUnusable(_unusable_line(home, err)) from None
+    return lock
+
+
+def _unusable_line(home: Path, err: OSError) -> str:
+    return (
+        f"parallalx home {home} cannot be used: {_why_unusable(home, err)}. This server stops; "
+        f"set {HOME_HELP} to a directory this user can write."
+    )
 
 
 def _env(name: str) -> str | None:
@@ -61,7 +143,9 @@ def advertised_urls(ip: str, port: int) -> list[str]:
 
 
 class ParallalxApp(ExtensionApp):
-    """Device identity, pairing requests and (in later layers) the cluster, inside Jupyter."""
+    """Device identity, pairing requests and (in later layers) the cluster, inside Jupyter.
+
+    The server that loads this extension owns its `home` for its lifetime (`claim_home`)."""
 
     name = "parallalx_jupyter"
     extension_url = "/parallalx/api/device"
@@ -81,6 +165,16 @@ class ParallalxApp(ExtensionApp):
     )
     request_ttl = Float(help="Seconds a connection request stays open. Env: PARALLALX_REQUEST_TTL."
                         ).tag(config=True)
+    reveal_window = Float(
+        help="Seconds an opened request may wait for its reveal (the second step of pairing, "
+        "sent at once by a real device); unrevealed requests stop counting toward the caps "
+        "after it. Env: PARALLALX_REVEAL_WINDOW."
+    ).tag(config=True)
+
+    @default("reveal_window")
+    def _reveal_window(self) -> float:
+        return _env_default("reveal_window", float, 30.0)
+
     clock_skew = Float(help="Allowed clock difference between devices, seconds.").tag(config=True)
     max_pending = Int(help="Most open incoming requests in total.").tag(config=True)
     max_pending_per_ip = Int(help="Most open incoming requests from one address.").tag(config=True)
@@ -169,9 +263,62 @@ class ParallalxApp(ExtensionApp):
     listener: PeerListener | None = None
     store: Store | None = None
 
+    home_lock: FileLock | None = None
+
+    @classmethod
+    def _load_jupyter_server_extension(cls, serverapp: Any) -> Any:
+        """Load as usual, except for the two ways the home can stop parallalx, each reported in
+        one line (jupyter_server would log a warning with a traceback and go on):
+
+        - Home in use by another server (`HomeInUse`): one ERROR line naming the home and the
+          other server's PID and port; this server goes on without parallalx. The extension is
+          enabled for every Jupyter server this Python runs (jupyter-config), so a second
+          `jupyter lab` for other work on the default home is ordinary use, and the device is
+          alive in the other server (which the CLI and kernels find through its server.json);
+          stopping the whole server would make installing parallalx break plain Jupyter.
+          (jupyter_server then logs its generic "extension was successfully loaded" line: this
+          loader returned normally, but no handler or setting of parallalx was added.)
+        - Home unusable (`HomeUnusable`): one CRITICAL line naming the path, and the server
+          exits with status 1, as jupyter_server itself does for a port it cannot use. This is
+          a configuration error with no device anywhere: a server that runs on without it
+          looks like a device to its user while no peer can reach it.
+        """
+        try:
+            return super()._load_jupyter_server_extension(serverapp)
+        except HomeInUse as err:
+            cls._home_log(serverapp).error("%s", err)
+            return None
+        except HomeUnusable as err:
+            cls._home_log(serverapp).critical("%s", err)
+            serverapp.exit(1)
+
+    @classmethod
+    def _home_log(cls, serverapp: Any) -> Any:
+        point = serverapp.extension_manager.extension_points.get(cls.name)
+        app = getattr(point, "app", None)
+        return app.log if app is not None else serverapp.log
+
     def initialize_settings(self) -> None:
         home = Path(self.home).expanduser()
-        identity = DeviceIdentity.load_or_create(home)
+        self.home_lock = claim_home(home)
+        try:
+            self._initialize_device(home)
+        except BaseException:
+            # This server has no device after all: let the next one have the home, unless the
+            # peer listener is already serving this identity (it would then run twice).
+            if self.listener is None:
+                if self.store is not None:
+                    self.store.close()
+                    self.store = None
+                self.home_lock.release()
+                self.home_lock = None
+            raise
+
+    def _initialize_device(self, home: Path) -> None:
+        try:
+            identity = DeviceIdentity.load_or_create(home)
+        except OSError as err:
+            raise HomeUnusable(_unusable_line(home, err)) from None
         self.store = Store(home / "parallalx.sqlite3")
         logger = self.serverapp.event_logger
         for schema in events.SCHEMAS.values():
@@ -183,6 +330,7 @@ class ParallalxApp(ExtensionApp):
         settings = PairingSettings(
             device_name=self.device_name,
             request_ttl=self.request_ttl,
+            reveal_window=self.reveal_window,
             clock_skew=self.clock_skew,
             max_pending=self.max_pending,
             max_pending_per_ip=self.max_pending_per_ip,
@@ -221,7 +369,12 @@ class ParallalxApp(ExtensionApp):
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
         """Write where this device's Jupyter server listens, for the CLI (mode 0600: it holds
-        the token)."""
+        the token), and the PID and port into the home's lock for a refused second server.
+        Nothing to do where the home was refused: server.json belongs to its holder."""
+        if self.home_lock is None:
+            return
+        self.home_lock.describe({"pid": os.getpid(), "port": serverapp.port,
+                                 "url": serverapp.connection_url})
         home = Path(self.home).expanduser()
         info = {
             "url": serverapp.connection_url,
@@ -243,9 +396,14 @@ class ParallalxApp(ExtensionApp):
         if self.store is not None:
             self.store.close()
             self.store = None
+        if self.home_lock is None:
+            return  # refused or never loaded: the home and its server.json are not ours
         path = Path(self.home).expanduser() / SERVER_INFO_FILE
         try:
             if json.loads(path.read_text()).get("pid") == os.getpid():
                 path.unlink()
         except (OSError, ValueError):
             pass
+        # last: the next server may take the home once this one's files are put away
+        self.home_lock.release()
+        self.home_lock = None

@@ -100,7 +100,20 @@ def cmd_requests(args: argparse.Namespace) -> Any:
     rows = _api(args, "GET", "requests?" + urllib.parse.urlencode(query))
     if args.json:
         return rows
-    return "\n\n".join(_show_request(r) for r in rows) or "(no requests)"
+    text = "\n\n".join(_show_request(r) for r in rows) or "(no requests)"
+    if args.direction != "outgoing":
+        # never-revealed requests are not listed; their number is, so a flood is not silent
+        incomplete = _api(args, "GET", "device").get("incomplete_requests") or 0
+        if incomplete:
+            text += "\n\n" + incomplete_line(incomplete)
+    return text
+
+
+def incomplete_line(count: int) -> str:
+    """One line about requests opened but never completed (not listed as requests)."""
+    what = "1 incomplete request" if count == 1 else f"{count} incomplete requests"
+    return (f"{what}: opened by another device but never completed (a failed pairing, or "
+            "someone probing this device); not listed above")
 
 
 def cmd_decide(args: argparse.Namespace) -> Any:

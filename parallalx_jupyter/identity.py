@@ -12,6 +12,7 @@ import base64
 import datetime as dt
 import hashlib
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from .files import write_private
+from .files import create_private_exclusive, write_private
 
 _B32_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 KEY_FILE = "device-key.pem"
@@ -90,6 +91,29 @@ def verify_signature(public_der: bytes, signature: bytes, message: bytes) -> boo
     return True
 
 
+_RACE_PATIENCE = 5.0  # seconds a loser waits for the winner's key to be complete
+
+
+def _read_key(path: Path, patience: float = 0.0) -> ec.EllipticCurvePrivateKey:
+    """The EC key in `path`; ValueError naming the path if it is not one (after retrying for
+    `patience` seconds, for a key another process is still writing)."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        except ValueError as err:
+            if time.monotonic() < deadline:
+                time.sleep(0.02)
+                continue
+            raise ValueError(
+                f"{path} is not a readable device key ({err}); move it away to create a new "
+                "device identity (a new device ID: paired devices must pair again)"
+            ) from None
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ValueError(f"{path} is not an EC private key")
+        return key
+
+
 @dataclass(frozen=True)
 class DeviceIdentity:
     """A device's long-lived key, the certificate its peer listener serves, and its ID."""
@@ -121,26 +145,34 @@ class DeviceIdentity:
 
     @classmethod
     def load_or_create(cls, home: Path) -> DeviceIdentity:
-        """Load the device key from `home`, creating key and certificate on first start."""
+        """Load the device key from `home`, creating key and certificate on first start.
+
+        The key is created exclusively (`files.create_private_exclusive`): when several
+        processes make their first start on one home at the same moment, one key wins and
+        every process, the losers included, loads and uses that one, so they all report the
+        same device ID. An existing key is never replaced; one that cannot be read stops the
+        load with its path (replacing it would silently give the device a new ID)."""
         home.mkdir(parents=True, exist_ok=True)
         os.chmod(home, 0o700)
         key_path = home / KEY_FILE
         cert_path = home / CERT_FILE
-        if key_path.exists():
-            key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-            if not isinstance(key, ec.EllipticCurvePrivateKey):
-                raise ValueError(f"{key_path} is not an EC private key")
-            os.chmod(key_path, 0o600)
-        else:
-            key = ec.generate_private_key(ec.SECP256R1())
-            write_private(
-                key_path,
-                key.private_bytes(
-                    serialization.Encoding.PEM,
-                    serialization.PrivateFormat.PKCS8,
-                    serialization.NoEncryption(),
-                ),
+        key: ec.EllipticCurvePrivateKey | None = None
+        raced = False
+        if not key_path.exists():
+            fresh = ec.generate_private_key(ec.SECP256R1())
+            pem = fresh.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
             )
+            if create_private_exclusive(key_path, pem):
+                key = fresh
+            else:
+                raced = True
+        if key is None:
+            # another process may still be writing it where the filesystem has no hard links
+            key = _read_key(key_path, patience=_RACE_PATIENCE if raced else 0.0)
+            os.chmod(key_path, 0o600)
         identity = cls(private_key=key, cert_path=cert_path, key_path=key_path)
         if not cert_path.exists() or not identity._cert_matches_key():
             identity._write_certificate()

@@ -5,7 +5,10 @@ Handlers (local REST and the peer listener) stay thin and call into this; it own
 peers and the event logger through the objects it is given.
 
 Request states: `handshake` (opened, code not yet fixed) -> `pending` (code shown, waiting for
-the receiving user) -> `accepted` | `rejected` | `expired` | `superseded`.
+the receiving user) -> `accepted` | `rejected` | `expired` | `superseded`. A handshake lives only
+`reveal_window` seconds (a real requester reveals within one round trip); it gets `request_ttl`
+once revealed. Never-revealed requests are not shown as requests: the user sees their number
+(`incomplete_requests` of the device view), so a flood of them is visible, not silent.
 Device states: `paired`, `revoked` (by this device), `revoked_by_peer`.
 """
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import re
 import secrets
 import sys
 import time
@@ -47,6 +51,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("parallalx_jupyter")
 
+_REQUEST_ID = re.compile(r"[A-Za-z0-9_\-]{1,64}")  # what the API routes accept as an ID
+
 Emit = Callable[[str, dict[str, Any]], None]
 ResolvePython = Callable[[dict[str, Any]], Awaitable[str]]
 
@@ -68,6 +74,10 @@ class ApiError(Exception):
 class PairingSettings:
     device_name: str
     request_ttl: float = 600.0
+    # seconds an opened request may wait for its reveal: unrevealed opens stop counting toward
+    # max_pending / max_pending_per_ip / one-per-sender after this, so they cannot lock a
+    # real device out for request_ttl
+    reveal_window: float = 30.0
     clock_skew: float = 300.0
     max_pending: int = 50
     max_pending_per_ip: int = 5
@@ -155,8 +165,25 @@ class DeviceManager:
     async def sweep(self) -> None:
         now = time.time()
         for row in await self.store.expire_requests(now):
-            self._emit_decided(row, "expired")
+            if not self._never_revealed(row):  # nobody saw those: no event, they are counted
+                self._emit_decided(row, "expired")
         await self.store.purge_nonces(now)
+        await self.store.purge_incomplete(now - self._incomplete_horizon())
+
+    def _incomplete_horizon(self) -> float:
+        """How far back never-revealed requests are counted (and kept): as long as a real
+        request would have been shown."""
+        return max(self.settings.request_ttl, self.settings.reveal_window)
+
+    @staticmethod
+    def _never_revealed(row: dict[str, Any]) -> bool:
+        return row["direction"] == "incoming" and row["code"] is None
+
+    async def incomplete_count(self) -> int:
+        """Incoming requests opened in the last `request_ttl` seconds whose reveal window ended
+        without a reveal: a failed pairing, or someone holding this device's caps."""
+        now = time.time()
+        return await self.store.count_incomplete(now, now - self._incomplete_horizon())
 
     # ------------------------------------------------------------------ views
 
@@ -169,6 +196,7 @@ class DeviceManager:
             "peer_urls": self.peer_urls,
             "version": __version__,
             "profile": profile,
+            "incomplete_requests": await self.incomplete_count(),
         }
 
     @staticmethod
@@ -218,13 +246,14 @@ class DeviceManager:
             states = ("pending",)
         elif state and state != "all":
             states = (state,)
-        rows = await self.store.list_requests(direction=direction, states=states)
-        return [self.request_view(r) for r in rows if r["state"] != "handshake"]
+        rows = await self.store.list_requests(direction=direction, states=states,
+                                              revealed_only=True)
+        return [self.request_view(r) for r in rows]
 
     async def get_request(self, request_id: str) -> dict[str, Any]:
         await self.sweep()
         row = await self.store.get_request(request_id)
-        if row is None or row["state"] == "handshake":
+        if row is None or self._never_revealed(row):
             raise ApiError(404, f"no request with ID {request_id!r}")
         return self.request_view(row)
 
@@ -256,7 +285,7 @@ class DeviceManager:
     ) -> dict[str, Any]:
         await self.sweep()
         row = await self.store.get_request(request_id)
-        if row is None or row["state"] == "handshake":
+        if row is None or self._never_revealed(row):
             raise ApiError(404, f"no request with ID {request_id!r}")
         if expected_hash is not None and expected_hash != shown_hash(
                 row["id"], row["kind"], row["asks"], row["code"]):
@@ -352,7 +381,10 @@ class DeviceManager:
             opened = await self._exchange(base, peer_id, "request.open", open_body)
             request_id = opened.body.get("request_id")
             their_commit = opened.body.get("commitment")
-            if not isinstance(request_id, str) or not isinstance(their_commit, str):
+            # the peer's response has no schema: its ID becomes our row's key and a URL path
+            # segment (a lone surrogate in it would make SQLite raise: a 500 here)
+            if not (isinstance(request_id, str) and _REQUEST_ID.fullmatch(request_id)
+                    and isinstance(their_commit, str)):
                 raise PeerError("peer sent an incomplete response")
             my_nonce = new_nonce()
             revealed = await self._exchange(base, peer_id, "request.reveal", {
@@ -375,10 +407,12 @@ class DeviceManager:
         code = verification_code(self.identity.public_der, peer_key, my_nonce, their_nonce)
         now = time.time()
         expires = revealed.body.get("expires_at")
-        expires_at = min(
-            now + self.settings.request_ttl,
-            float(expires) if isinstance(expires, int | float) else now + self.settings.request_ttl,
-        )
+        expires_at = now + self.settings.request_ttl
+        # the peer's own expiry, if it is a sane time: a huge integer would overflow float()
+        # and NaN would win no comparison
+        if isinstance(expires, int | float) and not isinstance(expires, bool) and (
+                0 <= expires < expires_at):
+            expires_at = float(expires)
         row = {
             "id": request_id, "direction": "outgoing", "kind": kind, "peer_id": peer_id,
             "peer_name": peer_name, "peer_key": peer_key, "peer_url": base, "source_ip": None,
@@ -490,11 +524,11 @@ class DeviceManager:
             if body["kind"] != "invite":
                 raise ProtocolError(400, "only an invite carries the main device's cluster")
             asks["cluster"] = validate(body["cluster"], CLUSTER_SPEC, "cluster")
-        if await self.store.count_open() >= self.settings.max_pending:
-            raise ProtocolError(429, "this device has too many open requests; try later")
-        if await self.store.count_open(source_ip) >= self.settings.max_pending_per_ip:
-            raise ProtocolError(429, "too many open requests from your address; try later")
         now = time.time()
+        if await self.store.count_open(now) >= self.settings.max_pending:
+            raise ProtocolError(429, "this device has too many open requests; try later")
+        if await self.store.count_open(now, source_ip) >= self.settings.max_pending_per_ip:
+            raise ProtocolError(429, "too many open requests from your address; try later")
         my_nonce = new_nonce()
         reply_port = body.get("reply_port")
         host = f"[{source_ip}]" if ":" in source_ip else source_ip
@@ -514,7 +548,9 @@ class DeviceManager:
             "peer_nonce": None,
             "commitment": commitment(self.identity.public_der, opened.sender_key, my_nonce),
             "created_at": now,
-            "expires_at": now + self.settings.request_ttl,
+            # until revealed, only the reveal window: a real requester reveals at once, and an
+            # open that is never revealed must not hold the caps for request_ttl
+            "expires_at": now + min(self.settings.reveal_window, self.settings.request_ttl),
             "decided_at": None,
             "reason": None,
         }
@@ -538,17 +574,17 @@ class DeviceManager:
         code = verification_code(
             opened.sender_key, self.identity.public_der, opened.body["nonce"], row["my_nonce"]
         )
-        updated = await self.store.update_request(
-            row["id"], {"state": "pending", "code": code, "peer_nonce": opened.body["nonce"]},
-            only_if_state=("handshake",),
-        )
-        if not updated:
-            raise ProtocolError(409, "request is no longer open")
+        now = time.time()
+        expires_at = now + self.settings.request_ttl
+        if not await self.store.reveal_request(row["id"], code, opened.body["nonce"], now,
+                                               expires_at):
+            raise ProtocolError(409, "request is no longer open (its reveal window closed); "
+                                     "open a new one")
         self.emit("request-received", {
             "request_id": row["id"], "kind": row["kind"], "peer_id": row["peer_id"],
-            "peer_name": row["peer_name"], "expires_at": row["expires_at"],
+            "peer_name": row["peer_name"], "expires_at": expires_at,
         })
-        return {"request_id": row["id"], "nonce": row["my_nonce"], "expires_at": row["expires_at"]}
+        return {"request_id": row["id"], "nonce": row["my_nonce"], "expires_at": expires_at}
 
     async def handle_status(self, opened: Opened) -> dict[str, Any]:
         await self.sweep()
@@ -663,14 +699,12 @@ class DeviceManager:
             await self.cluster.revoke_device(device["id"])
 
     def open(self, envelope: Any, expected_type: str | tuple[str, ...]) -> Opened:
-        types = (expected_type,) if isinstance(expected_type, str) else expected_type
-        opened = open_envelope(
+        """Verify a message the peer listener received; the type is checked before anything
+        else in it, so e.g. a `response` (no body schema) never reaches the signature check."""
+        return open_envelope(
             envelope, receiver_id=self.identity.device_id, now=time.time(),
-            skew=self.settings.clock_skew,
+            skew=self.settings.clock_skew, expected_type=expected_type,
         )
-        if opened.type not in types:
-            raise ProtocolError(400, f"expected a {' or '.join(types)} message")
-        return opened
 
     def _emit_decided(self, row: dict[str, Any], state: str) -> None:
         self.emit("request-decided", {

@@ -21,11 +21,15 @@ import base64
 import binascii
 import hashlib
 import json
+import math
+import re
 import secrets
 import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from cryptography.exceptions import UnsupportedAlgorithm
 
 from .identity import DeviceIdentity, device_id_from_public_der, verify_signature
 
@@ -33,6 +37,15 @@ PROTOCOL_VERSION = 1
 NAME_MAX = 64
 TEXT_MAX = 256
 NONCE_HEX_LEN = 64
+JSON_MAX_DEPTH = 64
+"""Deepest nesting of arrays/objects a body may have. Every message we define is at most five
+levels deep; the cap keeps later recursive code (canonical JSON, storage) far from Python's
+recursion limit, which the parser alone would only stop at about a thousand levels."""
+JSON_MAX_INT_DIGITS = 64
+"""Longest integer literal accepted. No field needs more than 20 digits; longer ones only serve
+to reach Python's int-to-str limit (4300 digits, a ValueError) or to overflow `float()`."""
+TIMESTAMP_MAX = 1e11
+"""Upper bound of a plausible UNIX timestamp (year 5138), so `float(ts)` can never overflow."""
 
 REQUEST_KINDS = ("invite", "offer")
 """`invite`: the sender is the main device and asks the receiver to run workers for it.
@@ -84,16 +97,9 @@ def _is_number(v: Any) -> bool:
 
 
 def _is_hex(length: int) -> Check:
-    def check(v: Any) -> bool:
-        if not isinstance(v, str) or len(v) != length:
-            return False
-        try:
-            bytes.fromhex(v)
-        except ValueError:
-            return False
-        return True
-
-    return check
+    # a regex, not bytes.fromhex: fromhex skips whitespace, so "ab cd" would pass as 2 bytes
+    pattern = re.compile(f"[0-9a-fA-F]{{{length}}}")
+    return lambda v: isinstance(v, str) and pattern.fullmatch(v) is not None
 
 
 def _str_max(limit: int) -> Check:
@@ -178,13 +184,15 @@ JOIN_SPEC: dict[str, tuple[Check, bool, str]] = {
 }
 
 PAYLOAD_SPEC: dict[str, tuple[Check, bool, str]] = {
-    "v": (lambda v: v == PROTOCOL_VERSION, True, f"protocol version {PROTOCOL_VERSION}"),
+    "v": (lambda v: _is_int(v) and v == PROTOCOL_VERSION, True,
+          f"protocol version {PROTOCOL_VERSION}"),
     "type": (_str_max(64), True, "a string"),
     "sender_id": (_str_max(64), True, "a device ID"),
     "sender_key": (_str_max(512), True, "a base64 public key"),
     "receiver_id": (_str_max(64), True, "a device ID"),
     "nonce": (_is_hex(NONCE_HEX_LEN), True, "64 hex characters"),
-    "ts": (_is_number, True, "a UNIX timestamp"),
+    # a range check also refuses NaN (every comparison is false) and infinities
+    "ts": (_number_range(0, TIMESTAMP_MAX), True, "a UNIX timestamp"),
     "in_reply_to": (_optional(_is_hex(NONCE_HEX_LEN)), False, "a nonce"),
     "body": (lambda v: isinstance(v, dict), True, "an object"),
 }
@@ -248,13 +256,71 @@ def seal(
     return {"payload": payload, "signature": base64.b64encode(signature).decode("ascii")}
 
 
-def parse_json(raw: bytes) -> Any:
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 parses as inf
+        raise ValueError(f"number {text[:24]} is out of range")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) - text.startswith("-") > JSON_MAX_INT_DIGITS:
+        raise ValueError(f"integer of {len(text)} digits is too long")
+    return int(text)
+
+
+def _too_deep(max_depth: int) -> ProtocolError:
+    return ProtocolError(400, f"body is not valid JSON: nested too deeply (at most {max_depth} "
+                              "levels)")
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _check_tree(value: Any, max_depth: int) -> None:
+    """Refuse nesting deeper than `max_depth` and strings holding a lone surrogate (a JSON
+    escape such as \\ud800 decodes to one; it cannot be encoded as UTF-8, so SQLite and every
+    encoder after us would fail on it). Iterative: the tree may be as deep as the parser allowed."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                raise ProtocolError(400, "body holds text that is not valid Unicode "
+                                         "(a lone surrogate escape such as \\ud800)")
+        elif isinstance(item, dict | list):
+            if depth > max_depth:
+                raise _too_deep(max_depth)
+            if isinstance(item, dict):
+                stack.extend((k, depth) for k in item)
+                stack.extend((v, depth + 1) for v in item.values())
+            else:
+                stack.extend((v, depth + 1) for v in item)
+
+
+def parse_json(raw: bytes | str, max_depth: int = JSON_MAX_DEPTH) -> Any:
+    """Parse a request body that anyone may have sent; every refusal is a ProtocolError(400).
+
+    Stricter than `json.loads`, because each thing it lets through would fail later as a 500:
+    only UTF-8; no NaN/Infinity (not JSON; NaN makes every comparison false, so a check
+    such as `abs(now - ts) > skew` lets it through);
+    no number that overflows a float (1e400 is inf) and no integer longer than
+    JSON_MAX_INT_DIGITS (a 5000-digit one makes `int()` raise); nesting at most `max_depth`
+    (the parser's own RecursionError is caught too); no lone surrogates."""
     try:
-        return json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ProtocolError(400, f"body is not valid JSON: {err}") from None
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float,
+                           parse_int=_bounded_int)
     except RecursionError:
-        raise ProtocolError(400, "body is nested too deeply") from None
+        raise _too_deep(max_depth) from None
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError and the hooks above
+        raise ProtocolError(400, f"body is not valid JSON: {str(err)[:200]}") from None
+    _check_tree(value, max_depth)
+    return value
 
 
 def open_envelope(
@@ -263,19 +329,23 @@ def open_envelope(
     receiver_id: str,
     now: float,
     skew: float,
-    expected_type: str | None = None,
+    expected_type: str | tuple[str, ...] | None = None,
     expected_sender: str | None = None,
 ) -> Opened:
     """Check structure, freshness, addressee, key-to-ID binding and signature, in that order:
-    cheap checks first so garbage costs no signature verification."""
+    cheap checks first so garbage costs no signature verification. `expected_type` (one type
+    or several) is checked before the body, so a type the caller does not take (e.g. a
+    `response`, whose body has no schema) is refused before any of its content is looked at."""
     validate(envelope, {
         "payload": (lambda v: isinstance(v, dict), True, "an object"),
         "signature": (_str_max(256), True, "a base64 string"),
     }, "message")
     payload = validate(envelope["payload"], PAYLOAD_SPEC, "payload")
     msg_type = payload["type"]
-    if expected_type is not None and msg_type != expected_type:
-        raise ProtocolError(400, f"expected a '{expected_type}' message, got '{msg_type}'")
+    expected = (expected_type,) if isinstance(expected_type, str) else expected_type
+    if expected is not None and msg_type not in expected:
+        wanted = " or ".join(f"'{t}'" for t in expected)
+        raise ProtocolError(400, f"expected a {wanted} message, got '{msg_type[:64]}'")
     spec = BODY_SPECS.get(msg_type) if msg_type != "response" else None
     if msg_type != "response":
         if spec is None:
@@ -294,7 +364,11 @@ def open_envelope(
         raise ProtocolError(401, "public key does not match the claimed device ID")
     if expected_sender is not None and payload["sender_id"] != expected_sender:
         raise ProtocolError(401, "message is not from the expected device")
-    if not verify_signature(key, signature, canonical_json(payload)):
+    try:
+        good = verify_signature(key, signature, canonical_json(payload))
+    except UnsupportedAlgorithm:  # e.g. an EC key on a curve OpenSSL does not implement
+        raise ProtocolError(401, "sender_key is not an EC P-256 public key") from None
+    if not good:
         raise ProtocolError(401, "bad signature")
     return Opened(
         type=msg_type,

@@ -14,6 +14,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
+from .pairing import ProtocolError, parse_json
+
 PEER_PREFIX = "/parallalx/peer/v1"
 MAX_RESPONSE_BYTES = 256 * 1024
 
@@ -71,16 +73,16 @@ class PeerClient:
             message = err.message or str(err)
             if err.response is not None and err.response.body:
                 try:
-                    message = json.loads(err.response.body).get("error", message)
-                except (ValueError, AttributeError):
+                    message = parse_json(err.response.body).get("error", message)
+                except (ProtocolError, AttributeError):
                     pass
             raise PeerError(f"peer at {base_url} refused ({err.code}): {message}") from None
         except (OSError, TimeoutError) as err:
             raise PeerError(f"could not reach peer at {base_url}: {err}") from None
         try:
-            return json.loads(response.body)
-        except ValueError:
-            raise PeerError(f"peer at {base_url} sent a response that is not JSON") from None
+            return parse_json(response.body)  # a peer's answer is as untrusted as a request
+        except ProtocolError as e:
+            raise PeerError(f"peer at {base_url} sent an unusable response: {e}") from None
 
     def close(self) -> None:
         self._http.close()

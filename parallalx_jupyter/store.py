@@ -207,15 +207,17 @@ class Store:
 
     async def insert_request(self, request: dict[str, Any], supersede: bool = False) -> list[str]:
         """Insert a request; with `supersede`, older open requests from the same peer in the same
-        direction are closed first (one pending request per sender). Returns superseded IDs."""
+        direction are closed first (one pending request per sender). Returns superseded IDs.
+        One past its expiry is left for the sweep to mark expired (an unrevealed one then counts
+        as incomplete): it no longer holds the sender's place."""
 
         def fn(c: sqlite3.Connection) -> list[str]:
             superseded: list[str] = []
             if supersede:
                 rows = c.execute(
                     "SELECT id FROM requests WHERE peer_id = ? AND direction = ? AND state IN "
-                    "('handshake', 'pending')",
-                    (request["peer_id"], request["direction"]),
+                    "('handshake', 'pending') AND expires_at >= ?",
+                    (request["peer_id"], request["direction"], request["created_at"]),
                 ).fetchall()
                 superseded = [r["id"] for r in rows]
                 c.executemany(
@@ -237,10 +239,16 @@ class Store:
         )
 
     async def list_requests(
-        self, direction: str | None = None, states: tuple[str, ...] | None = None
+        self, direction: str | None = None, states: tuple[str, ...] | None = None,
+        revealed_only: bool = False,
     ) -> list[dict[str, Any]]:
+        """Newest first, at most 500. `revealed_only` leaves out incoming requests that never
+        got a code (opened, never revealed): in SQL, so a flood of them cannot push the real
+        ones out of the limit."""
         sql = "SELECT * FROM requests WHERE 1=1"
         args: list[Any] = []
+        if revealed_only:
+            sql += " AND NOT (direction = 'incoming' AND code IS NULL)"
         if direction:
             sql += " AND direction = ?"
             args.append(direction)
@@ -331,14 +339,49 @@ class Store:
 
         return await self._run(fn)
 
-    async def count_open(self, source_ip: str | None = None) -> int:
+    async def reveal_request(
+        self, request_id: str, code: str, peer_nonce: str, now: float, expires_at: float
+    ) -> bool:
+        """Fix the code of a request still in its reveal window (handshake, not expired) and
+        give it its full lifetime; False when it was revealed, superseded or timed out."""
+        return await self._run(lambda c: c.execute(
+            "UPDATE requests SET state = 'pending', code = ?, peer_nonce = ?, expires_at = ? "
+            "WHERE id = ? AND state = 'handshake' AND expires_at >= ?",
+            (code, peer_nonce, expires_at, request_id, now),
+        ).rowcount == 1)
+
+    async def count_open(self, now: float, source_ip: str | None = None) -> int:
+        """Open incoming requests for the caps: past its expiry a request stops counting at
+        once, without waiting for the sweep to mark it (an unrevealed one expires after the
+        short reveal window, so unrevealed opens cannot hold the caps for long)."""
         sql = "SELECT COUNT(*) AS n FROM requests WHERE direction = 'incoming' AND state IN " \
-              "('handshake', 'pending')"
-        args: tuple[Any, ...] = ()
+              "('handshake', 'pending') AND expires_at >= ?"
+        args: tuple[Any, ...] = (now,)
         if source_ip is not None:
             sql += " AND source_ip = ?"
-            args = (source_ip,)
+            args = (now, source_ip)
         return await self._run(lambda c: c.execute(sql, args).fetchone()["n"])
+
+    async def count_incomplete(self, now: float, since: float) -> int:
+        """Incoming requests opened since `since` whose reveal window ended without a reveal
+        (expired, or past expiry and not yet swept); superseded ones are not counted, their
+        sender came back."""
+        return await self._run(lambda c: c.execute(
+            "SELECT COUNT(*) AS n FROM requests WHERE direction = 'incoming' AND code IS NULL "
+            "AND (state = 'expired' OR (state = 'handshake' AND expires_at < ?)) "
+            "AND created_at >= ?",
+            (now, since),
+        ).fetchone()["n"])
+
+    async def purge_incomplete(self, before: float) -> int:
+        """Forget never-revealed incoming requests opened before `before`: nobody saw them and
+        they hold nothing to keep, so a steady stream of them cannot grow the database."""
+        return await self._run(lambda c: c.execute(
+            "DELETE FROM requests WHERE direction = 'incoming' AND code IS NULL "
+            "AND state IN ('expired', 'superseded') AND created_at < ? "
+            "AND id NOT IN (SELECT request_id FROM decisions)",
+            (before,),
+        ).rowcount)
 
     # -- devices and grants --
 

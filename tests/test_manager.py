@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import signal
 import time
+from typing import Any
 
 import pytest
 
+from parallalx_jupyter.identity import DeviceIdentity
 from parallalx_jupyter.local_device import DeviceError, wait_for
+from parallalx_jupyter.manager import ApiError, DeviceManager, PairingSettings
+from parallalx_jupyter.pairing import commitment, new_nonce, seal
+from parallalx_jupyter.store import Store
 
 
 def _incoming(dev, request_id):
@@ -115,3 +120,60 @@ def test_expired_requests_are_dropped_across_a_restart(make_device):
         b.api("POST", f"requests/{sent['id']}/accept", {})
     assert err.value.status == 409 and "expired" in str(err.value)
     wait_for(lambda: a.api("GET", f"requests/{sent['id']}")["state"] == "expired", 10)
+
+
+class _HostilePeer:
+    """Stands in for the PeerClient: answers as a peer device would, signed with the peer's
+    key, but with the given fields in its open and reveal answers (responses have no schema)."""
+
+    def __init__(self, me: DeviceIdentity, peer: DeviceIdentity, opened: dict[str, Any],
+                 revealed: dict[str, Any]) -> None:
+        self.me, self.peer, self.opened, self.revealed = me, peer, opened, revealed
+        self.nonce = new_nonce()
+
+    async def call(self, base: str, path: str, body: Any = None) -> Any:
+        if path == "/hello":
+            return {"device_id": self.peer.device_id, "name": "peer",
+                    "public_key": self.peer.public_b64, "protocol": 1}
+        if path == "/requests":
+            answer = {"request_id": "r1", "commitment": commitment(
+                self.peer.public_der, self.me.public_der, self.nonce), **self.opened}
+        else:
+            answer = {"request_id": "r1", "nonce": self.nonce, **self.revealed}
+        return seal(self.peer, "response", self.me.device_id, answer, time.time(),
+                    in_reply_to=body["payload"]["nonce"])
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("opened, revealed, status", [
+    ({"request_id": "\ud800"}, {}, 502),  # our row's key: SQLite cannot encode it
+    ({"request_id": "../../x"}, {}, 502),  # not an ID the API routes could address
+    ({}, {"expires_at": 10**400}, None),  # float() of it overflowed
+    ({}, {"expires_at": float("nan")}, None),
+    ({}, {"expires_at": True}, None),
+], ids=["surrogate-id", "path-id", "expiry-int-401-digits", "expiry-NaN", "expiry-bool"])
+async def test_hostile_answers_to_our_request_are_refused_or_ignored(tmp_path, opened, revealed,
+                                                                    status):
+    """What a peer answers is as untrusted as what it sends: a bad answer is a 502 for our
+    user, or the field is ignored, never a 500."""
+    me = DeviceIdentity.load_or_create(tmp_path / "me")
+    peer = DeviceIdentity.load_or_create(tmp_path / "peer")
+    store = Store(tmp_path / "db.sqlite3")
+    manager = DeviceManager(me, store, PairingSettings(device_name="me"), lambda *a: None)
+    manager.peers.close()
+    manager.peers = _HostilePeer(me, peer, opened, revealed)  # type: ignore[assignment]
+    try:
+        if status is not None:
+            with pytest.raises(ApiError) as err:
+                await manager.send_request("https://127.0.0.1:1", "offer")
+            assert err.value.status == status
+            assert await store.list_requests() == []
+        else:
+            before = time.time()
+            sent = await manager.send_request("https://127.0.0.1:1", "offer")
+            assert sent["state"] == "pending"
+            assert before < sent["expires_at"] <= time.time() + manager.settings.request_ttl
+    finally:
+        store.close()

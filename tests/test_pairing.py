@@ -1,15 +1,18 @@
+import base64
 import copy
 import time
 
 import pytest
 
-from parallalx_jupyter.identity import DeviceIdentity
+from parallalx_jupyter.identity import DeviceIdentity, device_id_from_public_der
 from parallalx_jupyter.pairing import (
     ProtocolError,
+    canonical_json,
     clean_text,
     commitment,
     new_nonce,
     open_envelope,
+    parse_json,
     seal,
     verification_code,
 )
@@ -82,3 +85,101 @@ def test_clean_text_drops_bidi_and_controls_and_caps_length():
     assert "\u202e" not in out and "\x00" not in out and "\n" not in out
     assert out.startswith("evilgnp.exe<script>")
     assert len(out) == 64
+
+
+# --- hostile JSON and envelopes: every refusal is a ProtocolError(400/401), never a crash ------
+
+
+@pytest.mark.parametrize("raw, message", [
+    (b'{"a": ' + b"1" * 5000 + b"}", "too long"),  # json.loads alone: ValueError (int limit)
+    (b'{"a": -' + b"9" * 4301 + b"}", "too long"),
+    (b'{"a": ' + b"1" * 400 + b"}", "too long"),  # parses, but float() of it overflows
+    (b'{"a": NaN}', "NaN"),
+    (b'{"a": Infinity}', "Infinity"),
+    (b'{"a": -Infinity}', "-Infinity"),
+    (b'{"a": 1e400}', "out of range"),  # json.loads alone: inf
+    (b'{"a": -1e400}', "out of range"),
+    (b"[" * 100_000, "nested too deeply"),  # the parser's RecursionError
+    (b"[" * 65 + b"]" * 65, "nested too deeply"),  # valid JSON, deeper than any message
+    (b'{"a": "\\ud800"}', "not valid Unicode"),  # a lone surrogate: SQLite cannot store it
+    (b'{"\\udfff": 1}', "not valid Unicode"),
+    (b"\xff\xfe{}", "not valid JSON"),
+    (b'"\xed\xa0\x80"', "not valid JSON"),  # a surrogate encoded as UTF-8 bytes (CESU)
+    ('{"a": 1}'.encode("utf-16"), "not valid JSON"),
+], ids=["int-5000-digits", "int-4301-digits", "int-400-digits", "NaN", "Infinity", "-Infinity",
+        "1e400", "-1e400", "nested-100000", "nested-65", "surrogate-value", "surrogate-key",
+        "not-utf8", "cesu-surrogate", "utf16"])
+def test_parse_json_refuses_what_would_crash_later(raw, message):
+    with pytest.raises(ProtocolError) as err:
+        parse_json(raw)
+    assert err.value.status == 400
+    assert message in err.value.message and len(err.value.message) < 300
+
+
+def test_parse_json_keeps_ordinary_json():
+    text = '{"a": [1, -2.5, 1e300, "\\ud83d\\ude00", null, true], "b": {"c": ' + "9" * 64 + "}}"
+    assert parse_json(text.encode()) == {
+        "a": [1, -2.5, 1e300, "\U0001F600", None, True], "b": {"c": int("9" * 64)},
+    }
+    assert parse_json(b"[" * 64 + b"]" * 64) is not None
+
+
+def _resigned(identity, env):
+    env["signature"] = base64.b64encode(identity.sign(canonical_json(env["payload"]))).decode()
+    return env
+
+
+@pytest.mark.parametrize("ts", [float("nan"), float("inf"), float("-inf"), 10**400, -1.0, 1e12,
+                                "now", True, None, [1]],
+                         ids=["NaN", "Infinity", "-Infinity", "int-401-digits", "negative",
+                              "year-33658", "string", "bool", "null", "list"])
+def test_impossible_timestamps_are_400_even_when_signed(pair, ts):
+    """NaN made every comparison false, so it passed the clock-skew check (and then broke the
+    nonce store); a 401-digit integer overflowed float() (a 500)."""
+    a, b = pair
+    env = seal(a, "request.open", b.device_id, OPEN_BODY, time.time())
+    env["payload"]["ts"] = ts
+    env = _resigned(a, env)
+    with pytest.raises(ProtocolError) as err:
+        open_envelope(env, receiver_id=b.device_id, now=time.time(), skew=60)
+    assert err.value.status == 400 and "'ts'" in err.value.message
+
+
+def test_a_key_on_an_unsupported_curve_is_refused_not_a_crash(pair):
+    """The sender picks its key; one on a curve OpenSSL lacks made verification raise
+    UnsupportedAlgorithm (not a ValueError): a 500 on the listener."""
+    a, b = pair
+    # SubjectPublicKeyInfo of an EC key on secp112r1 (OID 1.3.132.0.6)
+    der = bytes.fromhex(
+        "3032301006072a8648ce3d020106052b81040006031e0004"
+        "9c856d69facf0fb8955319f836d654020a78688a51f658907355db5e"
+    )
+    env = seal(a, "request.open", b.device_id, OPEN_BODY, time.time())
+    env["payload"]["sender_key"] = base64.b64encode(der).decode()
+    env["payload"]["sender_id"] = device_id_from_public_der(der)
+    with pytest.raises(ProtocolError) as err:
+        open_envelope(env, receiver_id=b.device_id, now=time.time(), skew=60)
+    assert err.value.status == 401 and "P-256" in err.value.message
+
+
+def test_unexpected_types_are_refused_before_the_signature(pair):
+    """A `response` has no body schema; the listener names the types it takes, and anything
+    else is a 400 before its content is looked at (here: before a bad signature)."""
+    a, b = pair
+    env = seal(a, "response", b.device_id, {"anything": [[["goes"]]]}, time.time())
+    env["signature"] = base64.b64encode(b"\0" * 64).decode()
+    with pytest.raises(ProtocolError) as err:
+        open_envelope(env, receiver_id=b.device_id, now=time.time(), skew=60,
+                      expected_type=("request.decided", "device.revoked"))
+    assert err.value.status == 400 and "'response'" in err.value.message
+
+
+@pytest.mark.parametrize("nonce", ["ab " * 16 + "ab" * 8, "g" * 64, "é" * 64],
+                         ids=["spaced-hex", "not-hex", "non-ascii"])
+def test_nonces_are_strict_hex(pair, nonce):
+    """bytes.fromhex skips whitespace, so a spaced string used to pass as a 64-char nonce."""
+    a, b = pair
+    env = seal(a, "request.reveal", b.device_id, {"request_id": "r", "nonce": nonce}, time.time())
+    with pytest.raises(ProtocolError) as err:
+        open_envelope(env, receiver_id=b.device_id, now=time.time(), skew=60)
+    assert err.value.status == 400 and "nonce" in err.value.message

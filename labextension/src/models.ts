@@ -57,6 +57,12 @@ export interface IDevice {
   peer_urls: string[];
   version: string;
   profile: IProfile;
+  /**
+   * Incoming requests opened in the last `request_ttl` seconds but never revealed within the
+   * server's `reveal_window`: a failed pairing, or someone holding this device's request caps.
+   * They are not in the requests list; the panel shows their number. Absent from older servers.
+   */
+  incomplete_requests?: number;
 }
 
 /** What a request asks for, as the server stored it (every field present, null if not asked). */
@@ -807,6 +813,18 @@ export function describeAsks(asks: Partial<IAsksView> | null | undefined): strin
     lines.push(`for ${asks.duration_hours} h`);
   }
   return lines;
+}
+
+/**
+ * The line shown under the incoming requests when some were opened but never completed, or
+ * null when there are none (or the server does not report them).
+ */
+export function describeIncomplete(count: number | undefined): string | null {
+  if (typeof count !== 'number' || !Number.isFinite(count) || count < 1) {
+    return null;
+  }
+  const what = count === 1 ? '1 incomplete request' : `${Math.floor(count)} incomplete requests`;
+  return `${what}: opened by another device but never completed (a failed pairing, or someone probing this device).`;
 }
 
 /** What the request means for this device, in words. */

@@ -25,7 +25,7 @@ from ..environments.service import EnvironmentService
 from ..jobs.registry import JobRegistry
 from ..jobs.spawner import JobSpawner
 from ..manager import ApiError, DeviceManager
-from ..pairing import ProtocolError, validate
+from ..pairing import ProtocolError, parse_json, validate
 
 AUTH_RESOURCE = "parallalx"
 API_PREFIX = "parallalx/api"
@@ -40,16 +40,18 @@ class ParallalxHandler(ExtensionHandlerMixin, APIHandler):
         return self.settings["parallalx_manager"]
 
     def raw_json(self) -> Any:
-        """The request body as JSON (any shape); an empty body means {}."""
+        """The request body as JSON (any shape); an empty body means {}. Parsed as strictly as
+        the peer listener parses (UTF-8, no NaN/Infinity, no overflowing numbers, bounded
+        nesting, no lone surrogates), because each of those would otherwise pass the field
+        checks and fail later as a 500 (SQLite cannot store a lone surrogate, float() of a
+        huge integer overflows)."""
         raw = self.request.body
         if not raw or not raw.strip():
             return {}
         try:
-            return json.loads(raw)
-        except ValueError as err:
-            raise ApiError(400, f"body is not valid JSON: {err}") from None
-        except RecursionError:  # deeply nested arrays/objects: refuse, don't 500
-            raise ApiError(400, "body is not valid JSON: nested too deeply") from None
+            return parse_json(raw)
+        except ProtocolError as err:
+            raise ApiError(400, err.message) from None
 
     def json_body(self, spec: dict[str, Any]) -> dict[str, Any]:
         """The request body as a JSON object checked against `spec`; empty body means {}."""

@@ -357,3 +357,33 @@ async def test_invitation_to_own_listener_is_400(jp_fetch: Any, peer_url: str) -
 async def test_openapi_document_is_served(jp_fetch: Any) -> None:
     doc = _json(await fetch(jp_fetch, "openapi.json"))
     assert doc["openapi"].startswith("3.") and "/invitations" in doc["paths"]
+
+
+_JOB = {"id": "hostile", "workload": "w", "name": "n",
+        "owner": {"kind": "cli", "pid": 1, "host": "h"}}
+HOSTILE_JSON = [
+    # each got past the field checks and failed later as a 500 (SQLite cannot encode a lone
+    # surrogate; float() of a 4000-digit integer overflows), or was refused only by luck
+    ("invitations", b'{"url": "https://\\ud800:1"}', "not valid Unicode"),
+    ("jobs", json.dumps({**_JOB, "id": "s1", "name": "\ud800"}).encode(), "not valid Unicode"),
+    ("jobs/hostile/progress", b'{"error": "\\udfff"}', "not valid Unicode"),
+    ("jobs/hostile/progress", b'{"loss": [' + b"9" * 4000 + b"]}", "too long"),
+    ("jobs/hostile/progress", b'{"progress": {"step": ' + b"9" * 5000 + b"}}", "too long"),
+    ("jobs/hostile/progress", b'{"progress": {"loss": NaN}}', "NaN"),
+    ("jobs/hostile/progress", b'{"loss": [1e400]}', "out of range"),
+    ("jobs/hostile/progress", b'{"progress": {"eta_s": -Infinity}}', "Infinity"),
+    ("requests/abc/accept", b'{"kernel": ' + b"1" * 5000 + b"}", "too long"),
+    ("workloads/abc/run", b'{"params": ' + b'{"a": ' * 65 + b"1" + b"}" * 66, "nested too deeply"),
+    ("workloads/abc/run", b'{"params": {"x": "\\ud800"}}', "not valid Unicode"),
+]
+
+
+@pytest.mark.parametrize("path,body,message", HOSTILE_JSON,
+                         ids=[f"{p}-{i}" for i, (p, _, _) in enumerate(HOSTILE_JSON)])
+async def test_hostile_json_is_400_never_500(jp_fetch: Any, path: str, body: bytes,
+                                             message: str) -> None:
+    """The local API parses bodies like the peer listener: strictly, every refusal a 400."""
+    r = await fetch(jp_fetch, "jobs", method="POST", body=_JOB)
+    assert r.code == 201, r.body
+    r = await fetch(jp_fetch, *path.split("/"), method="POST", body=body)
+    _assert_error(r, 400, message)

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import base64
+import http.client
 import json
+import os
 import ssl
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from itertools import count
 
 import pytest
 
-from parallalx_jupyter.identity import DeviceIdentity
-from parallalx_jupyter.pairing import new_nonce, seal
+from parallalx_jupyter.identity import DeviceIdentity, device_id_from_public_der
+from parallalx_jupyter.local_device import DeviceError, LocalDevice, wait_for
+from parallalx_jupyter.pairing import canonical_json, new_nonce, seal
 
 _TLS = ssl.create_default_context()
 _TLS.check_hostname = False
@@ -202,3 +209,221 @@ def test_flood_is_throttled_while_jupyter_stays_responsive(bravo, bravo_id, send
           f"max {max(latencies) * 1000:.1f} ms")
     assert throttled > len(statuses) * 0.5
     assert max(latencies) < 2.0
+
+
+# --------------------------------------------------------------------------- many addresses
+
+
+def call_from(source_ip, dev, path, body=None, raw=None):
+    """(status, parsed JSON) of one POST sent from `source_ip`: every 127.0.0.x is routed over
+    loopback on Linux, so the listener's per-address caps and rate limits see each source
+    address as another machine. The answer must be JSON (a bare HTML 400 fails here)."""
+    conn = http.client.HTTPSConnection("127.0.0.1", dev.peer_port, context=_TLS, timeout=20,
+                                       source_address=(source_ip, 0))
+    try:
+        data = raw if raw is not None else json.dumps(body).encode()
+        conn.request("POST", f"/parallalx/peer/v1{path}", body=data,
+                     headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        text = resp.read()
+        return resp.status, json.loads(text) if text else None
+    finally:
+        conn.close()
+
+
+def run_cli(dev, *args):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PARALLALX_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "parallalx_jupyter.cli", "--home", str(dev.home / "state"), *args],
+        capture_output=True, text=True, timeout=60, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_unrevealed_opens_cannot_lock_out_a_real_device(make_device, tmp_path):
+    """60 requests opened from 12 addresses and never revealed fill max_pending (50); after the
+    reveal window they stop counting, a real device's invite goes through, and the user sees
+    them as "50 incomplete requests" (device view and CLI), not as requests."""
+    window = 8.0
+    bravo = make_device("bravo", reveal_window=window)
+    bravo_id = bravo.api("GET", "device")["id"]
+    alpha = make_device("alpha")
+    alpha.api("POST", "cluster/start")  # so that the invite below is one quick round trip
+    senders = [DeviceIdentity.load_or_create(tmp_path / f"mallory{i}") for i in range(60)]
+    statuses, opened = [], []
+    for i, ident in enumerate(senders):
+        ip = f"127.0.0.{2 + i % 12}"
+        status, resp = call_from(ip, bravo, "/requests", seal(
+            ident, "request.open", bravo_id, open_body(f"mallory{i}"), time.time()))
+        statuses.append(status)
+        if status == 201:
+            opened.append((ident, ip, resp["payload"]["body"]["request_id"]))
+    last_open = time.time()
+    assert statuses.count(201) == 50 and set(statuses) == {201, 429}, statuses
+    # inside the window the caps hold: a real device is refused, visibly
+    with pytest.raises(DeviceError) as err:
+        alpha.api("POST", "invitations", {"url": bravo.peer_url})
+    assert "too many open requests" in str(err.value)
+    assert time.time() < last_open + window, "the flood took longer than the reveal window"
+
+    time.sleep(max(0.0, last_open + window - time.time()) + 0.5)
+    sent = alpha.api("POST", "invitations", {"url": bravo.peer_url})
+    assert sent["state"] == "pending"
+    shown = bravo.api("GET", "requests")
+    assert [r["id"] for r in shown] == [sent["id"]] and shown[0]["code"] == sent["code"]
+    bravo.api("POST", f"requests/{sent['id']}/accept", {})
+    wait_for(lambda: alpha.api("GET", f"requests/{sent['id']}")["state"] == "accepted", 15)
+
+    # a reveal after the window is refused; the address's own cap is free again
+    ident, ip, rid = opened[0]
+    status, resp = call_from(ip, bravo, f"/requests/{rid}/reveal", seal(
+        ident, "request.reveal", bravo_id, {"request_id": rid, "nonce": new_nonce()},
+        time.time()))
+    assert status == 409 and ("expired" in resp["error"] or "no longer open" in resp["error"])
+    late = DeviceIdentity.load_or_create(tmp_path / "late")
+    status, resp = call_from(ip, bravo, "/requests", seal(
+        late, "request.open", bravo_id, open_body("late"), time.time()))
+    assert status == 201, resp
+
+    # what the user sees: the count, never the unrevealed requests themselves
+    assert bravo.api("GET", "device")["incomplete_requests"] == 50
+    assert [r["id"] for r in bravo.api("GET", "requests?state=all")] == [sent["id"]]
+    assert "50 incomplete requests" in run_cli(bravo, "requests")
+    assert "incomplete" not in run_cli(alpha, "requests")
+
+
+# --------------------------------------------------------------------------- hostile input
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory):
+    """One device for the hostile-input cases (each case comes from its own source address,
+    so the per-address rate limit never answers instead of the check under test)."""
+    dev = LocalDevice(home=tmp_path_factory.mktemp("target"), name="target").start()
+    dev.device_id = dev.api("GET", "device")["id"]
+    dev.mallory = DeviceIdentity.load_or_create(tmp_path_factory.mktemp("mallory"))
+    yield dev
+    dev.stop()
+
+
+_source_ips = (f"127.0.{n // 250}.{2 + n % 250}" for n in count(250))
+
+
+def _signed(ident, receiver, msg_type, message_body, **payload):
+    """A correctly signed envelope whose payload fields are overridden after sealing."""
+    env = seal(ident, msg_type, receiver, message_body, time.time())
+    env["payload"].update(payload)
+    env["signature"] = base64.b64encode(ident.sign(canonical_json(env["payload"]))).decode()
+    return env
+
+
+def _unsupported_curve_key(ident, receiver):
+    # an EC key on secp112r1: loading it raises UnsupportedAlgorithm, not ValueError
+    der = bytes.fromhex("3032301006072a8648ce3d020106052b81040006031e0004"
+                        "9c856d69facf0fb8955319f836d654020a78688a51f658907355db5e")
+    env = seal(ident, "request.open", receiver, open_body(), time.time())
+    env["payload"]["sender_key"] = base64.b64encode(der).decode()
+    env["payload"]["sender_id"] = device_id_from_public_der(der)
+    return env
+
+
+def _nested(depth):
+    value: list = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def _raw(env, old, new):
+    """The envelope as JSON text with one literal replaced (for what json.dumps cannot write)."""
+    text = json.dumps(env)
+    assert old in text
+    return text.replace(old, new, 1).encode()
+
+
+OPEN = "/requests"
+# (id, path, build(ident, receiver) -> envelope dict or raw bytes, status)
+HOSTILE = [
+    ("int-5000-digits", OPEN, lambda i, r: b'{"payload": ' + b"1" * 5000 + b', "signature": ""}',
+     400),
+    ("int-5000-digits-in-ts", OPEN, lambda i, r: _raw(_signed(i, r, "request.open", open_body(),
+                                                               ts=123.25), "123.25", "9" * 5000),
+     400),
+    ("int-401-digits-in-ts", OPEN, lambda i, r: _signed(i, r, "request.open", open_body(),
+                                                        ts=10**400), 400),
+    ("ts-NaN", OPEN, lambda i, r: _signed(i, r, "request.open", open_body(), ts=float("nan")),
+     400),
+    ("ts-Infinity", OPEN, lambda i, r: _signed(i, r, "request.open", open_body(),
+                                               ts=float("inf")), 400),
+    ("ts--Infinity", OPEN, lambda i, r: _signed(i, r, "request.open", open_body(),
+                                                ts=float("-inf")), 400),
+    ("ts-1e400", OPEN, lambda i, r: _raw(_signed(i, r, "request.open", open_body(), ts=123.25),
+                                         "123.25", "1e400"), 400),
+    ("nested-deeply", OPEN, lambda i, r: b"[" * 60_000, 400),
+    ("nested-100-in-signed-body", OPEN, lambda i, r: _signed(
+        i, r, "request.open", {**open_body(), "cluster": {"x": _nested(100)}}), 400),
+    ("not-utf8", OPEN, lambda i, r: b'{"payload": "\xff\xfe"}', 400),
+    ("cesu-surrogate", OPEN, lambda i, r: b'{"payload": "\xed\xa0\x80", "signature": ""}', 400),
+    ("lone-surrogate-in-notify", "/notify", lambda i, r: _signed(
+        i, r, "request.decided", {"request_id": "\ud800", "state": "accepted"}), 400),
+    ("lone-surrogate-in-name", OPEN, lambda i, r: _signed(
+        i, r, "request.open", {**open_body(), "name": "\udfffx"}), 400),
+    ("unsupported-curve-key", OPEN, _unsupported_curve_key, 401),
+    ("response-type", "/notify", lambda i, r: _signed(i, r, "response", {"x": [[1]]}), 400),
+    ("spaced-hex-nonce", OPEN, lambda i, r: _signed(
+        i, r, "request.open", open_body(), nonce="ab " * 16 + "ab" * 8), 400),
+]
+# wrong types, field by field: envelope, payload, each message body, asks and cluster
+_WRONG = [5, "x", None, [], {}, True, 1.5]
+for _field in ("payload", "signature"):
+    for _value in _WRONG:
+        HOSTILE.append((f"envelope-{_field}-{json.dumps(_value)}", OPEN,
+                        lambda i, r, f=_field, v=_value: {
+                            **seal(i, "request.open", r, open_body(), time.time()), f: v},
+                        400))
+for _field in ("v", "type", "sender_id", "sender_key", "receiver_id", "nonce", "ts",
+               "in_reply_to", "body"):
+    for _value in _WRONG:
+        if _field == "in_reply_to" and _value is None:
+            continue  # optional: null is allowed
+        HOSTILE.append((f"payload-{_field}-{json.dumps(_value)}", OPEN,
+                        lambda i, r, f=_field, v=_value: _signed(
+                            i, r, "request.open", open_body(), **{f: v}), (400, 401)))
+for _msg, _path, _body in (
+    ("request.open", OPEN, open_body()),
+    ("request.reveal", "/requests/abc/reveal", {"request_id": "abc", "nonce": "0" * 64}),
+    ("request.status", "/requests/abc/status", {"request_id": "abc"}),
+    ("request.decided", "/notify", {"request_id": "abc", "state": "accepted"}),
+    ("cluster.join", "/cluster/join", {"csr": "x", "shown_hash": "0" * 64}),
+):
+    for _field in _body:
+        for _value in _WRONG:
+            if (_field in ("name", "request_id", "csr") and isinstance(_value, str)
+                    or _field == "asks" and _value == {}):
+                continue  # the right type there (other checks answer 403/404)
+            HOSTILE.append((f"{_msg}-{_field}-{json.dumps(_value)}", _path,
+                            lambda i, r, m=_msg, b=_body, f=_field, v=_value: _signed(
+                                i, r, m, {**b, f: v}), 400))
+for _sub, _fields in (("asks", ("purpose", "nthreads", "memory_limit_gb", "gpus",
+                                "duration_hours", "requirements")),
+                      ("cluster", ("scheduler_port", "ca_fingerprint"))):
+    for _field in _fields:
+        for _value in (["x"], {"a": 1}, "x", -1, 10**30, 1e300):
+            if (_field, _value) in (("purpose", "x"), ("requirements", ["x"])):
+                continue  # valid
+            inner = {"scheduler_port": 1, "ca_fingerprint": "0" * 64} if _sub == "cluster" else {}
+            HOSTILE.append((f"{_sub}-{_field}-{json.dumps(_value)}", OPEN,
+                            lambda i, r, s=_sub, base=inner, f=_field, v=_value: _signed(
+                                i, r, "request.open", {**open_body(), s: {**base, f: v}}), 400))
+
+
+@pytest.mark.parametrize("path, build, status", [h[1:] for h in HOSTILE],
+                         ids=[h[0] for h in HOSTILE])
+def test_hostile_input_is_a_json_4xx_never_a_500(target, path, build, status):
+    built = build(target.mallory, target.device_id)
+    raw = built if isinstance(built, bytes) else json.dumps(built).encode()
+    got, resp = call_from(next(_source_ips), target, path, raw=raw)
+    assert got in (status if isinstance(status, tuple) else (status,)), (got, resp)
+    assert set(resp) == {"error"} and isinstance(resp["error"], str) and resp["error"]
+    assert "Traceback" not in resp["error"] and "internal" not in resp["error"]

@@ -6,6 +6,7 @@ import {
   IKernelChoice,
   IRequest,
   describeAsks,
+  describeIncomplete,
   describeKind,
   formatCode,
   formatCountdown
@@ -16,7 +17,9 @@ import { Section } from './section';
 /**
  * "Requests": each pending incoming request (who, device ID, what is asked, expiry countdown,
  * verification code, kernel selector, Accept / Reject) and the outgoing requests waiting for the
- * other device, with their code.
+ * other device, with their code. Requests opened but never completed are not shown one by one;
+ * a line says how many there were (the device's `incomplete_requests`), so that a flood holding
+ * this device's request caps is visible instead of silent.
  *
  * Incoming cards are keyed by request ID and updated in place, so a refresh never resets the
  * kernel a user is choosing.
@@ -34,10 +37,17 @@ export class RequestsSection extends Section {
       return;
     }
     if (!this._built) {
-      this.node.replaceChildren(this._incomingHeader, this._incomingList, this._outgoingHeader, this._outgoingList);
+      this.node.replaceChildren(
+        this._incomingHeader,
+        this._incomingList,
+        this._incomplete,
+        this._outgoingHeader,
+        this._outgoingList
+      );
       this._built = true;
     }
     this._renderIncoming();
+    this._renderIncomplete();
     this._renderOutgoing();
     this._tick();
     this._updateTicker();
@@ -87,6 +97,14 @@ export class RequestsSection extends Section {
     }
   }
 
+  private _renderIncomplete(): void {
+    const text = describeIncomplete(this.model.device?.incomplete_requests);
+    this._incomplete.hidden = text === null;
+    if (this._incomplete.textContent !== (text ?? '')) {
+      this._incomplete.textContent = text ?? '';
+    }
+  }
+
   private _renderOutgoing(): void {
     const outgoing = this.model.pendingOutgoing;
     this._outgoingHeader.hidden = outgoing.length === 0;
@@ -132,6 +150,10 @@ export class RequestsSection extends Section {
   private _cards = new Map<string, IncomingCard>();
   private _incomingHeader = h('h3', { class: 'jp-Parallalx-subheader' }, 'Incoming');
   private _incomingList = h('div', { class: 'jp-Parallalx-incoming' });
+  private _incomplete = h('div', {
+    class: 'jp-Parallalx-hint jp-Parallalx-incomplete',
+    attrs: { role: 'status' }
+  });
   private _outgoingHeader = h('h3', { class: 'jp-Parallalx-subheader' }, 'Sent, waiting for the other device');
   private _outgoingList = h('div', { class: 'jp-Parallalx-outgoing' });
   private _built = false;

@@ -1,0 +1,63 @@
+"""The peer client reads a peer's answer as untrusted input: a real HTTPS server answers
+garbage, and every answer is one clear PeerError, never a RecursionError or a 500 upstream."""
+
+from __future__ import annotations
+
+import ssl
+
+import pytest
+import tornado.httpserver
+import tornado.web
+
+from parallalx_jupyter.identity import DeviceIdentity
+from parallalx_jupyter.local_device import free_port
+from parallalx_jupyter.peer_client import PeerClient, PeerError
+
+ANSWERS = {
+    "deep": b"[" * 100_000 + b"]" * 100_000,
+    "nan": b'{"state": NaN}',
+    "huge-int": b'{"n": ' + b"9" * 5000 + b"}",
+    "not-utf8": b'{"x": "\xff"}',
+    "not-json": b"<html>hello</html>",
+}
+
+
+class _Answer(tornado.web.RequestHandler):
+    def initialize(self, status: int) -> None:
+        self.status = status
+
+    def get(self, which: str) -> None:
+        self.set_status(self.status)
+        self.write(ANSWERS[which])
+
+
+@pytest.fixture
+async def hostile_peer(tmp_path):
+    ident = DeviceIdentity.load_or_create(tmp_path / "peer")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(ident.cert_path, ident.key_path)
+    app = tornado.web.Application(
+        [
+            (r"/parallalx/peer/v1/ok/(\w[\w-]*)", _Answer, {"status": 200}),
+            (r"/parallalx/peer/v1/bad/(\w[\w-]*)", _Answer, {"status": 400}),
+        ]
+    )
+    port = free_port()
+    server = tornado.httpserver.HTTPServer(app, ssl_options=ctx)
+    server.listen(port, "127.0.0.1")
+    try:
+        yield f"https://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("which", sorted(ANSWERS))
+@pytest.mark.parametrize("status", ["ok", "bad"])
+async def test_a_peers_garbage_answer_is_one_clear_error(hostile_peer, which, status):
+    client = PeerClient(timeout=10)
+    try:
+        with pytest.raises(PeerError) as err:
+            await client.call(hostile_peer, f"/{status}/{which}")
+        assert hostile_peer in str(err.value)
+    finally:
+        client.close()
