@@ -7,6 +7,7 @@ carry everything the user needs (the remote traceback as text, never a live trac
 
 from __future__ import annotations
 
+from ..jobs.failures import DeviceFailure, UserCodeFailure
 from ..jobs.handle import JobCancelledError
 
 
@@ -14,7 +15,7 @@ class TrainingError(RuntimeError):
     """Base class for every error the training engine raises on purpose."""
 
 
-class UserCodeError(TrainingError):
+class UserCodeError(TrainingError, UserCodeFailure):
     """The user's model, dataset, loss or optimizer code raised on a worker.
 
     ``remote_traceback`` is the formatted traceback from the worker process; it is also part of
@@ -37,7 +38,7 @@ class UserCodeError(TrainingError):
         return f"user code failed{where}: {self.message}{tb}"
 
 
-class RankInfraError(TrainingError):
+class RankInfraError(TrainingError, DeviceFailure):
     """A rank lost its peers (gloo connection reset, group timeout, rendezvous failure).
 
     Raised inside rank tasks so the driver can tell "the cluster changed, re-form and resume"

@@ -15,8 +15,10 @@ Facts this is built on (measured, see DESIGN section 5):
   loaded machine is not excluded. Lost workers are excluded for the rest of the job and their
   pinned tasks are cancelled.
 
-Classification: any :class:`UserCodeError` wins (restarting would fail again); otherwise the
-attempt failed for infrastructure reasons and the job re-forms with the survivors.
+Classification (``jobs.failures.classify_failure``, shared with inference and sweeps): any
+:class:`UserCodeError` wins (restarting would fail again); otherwise the attempt failed for
+infrastructure reasons, or for reasons nobody explained, and the job re-forms with the
+survivors (bounded by ``max_restarts``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any
 
 from distributed import Client, Future
 
+from ..jobs.failures import classify_failure
 from .errors import RankInfraError, UserCodeError
 
 logger = logging.getLogger(__name__)
@@ -168,12 +171,13 @@ def classify(futures: Sequence[Future], workers: Sequence[str], lost: set[str]) 
             exc = f.exception(timeout=5)
         except Exception as e:  # pragma: no cover - defensive
             exc = e
-        if isinstance(exc, UserCodeError):
+        kind = classify_failure(exc)
+        if kind == "user" and isinstance(exc, UserCodeError):
             user_errors.append(exc)
-        elif not isinstance(exc, RankInfraError):
-            other.append(f"{w}:\n{remote_error_text(f)}")
-        elif isinstance(exc, RankInfraError):
+        elif kind == "device":
             other.append(f"{w}: {exc}")
+        else:  # unexplained: re-formed like the device's, with the remote traceback
+            other.append(f"{w}:\n{remote_error_text(f)}")
     if user_errors:
         first = min(user_errors, key=lambda e: e.rank)
         return AttemptOutcome("user_error", lost=set(lost), error=first, detail=str(first))

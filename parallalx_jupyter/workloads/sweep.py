@@ -21,6 +21,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..jobs.failures import classify_failure
 from ..wire import from_wire
 from .base import JobContext, Workload, WorkloadError, validate_params
 
@@ -331,9 +332,7 @@ class _SweepRun:
         exc = fut.exception() if fut.status == "error" else None
         # "lost": the trial had finished but its result died with its device before it was
         # fetched; like a killed worker, that is the device's loss, not the trial's failure
-        lost = fut.status == "lost" or (
-            exc is not None and type(exc).__name__ in ("KilledWorker", "CommClosedError")
-        )
+        lost = classify_failure(exc, fut.status) == "device"
         _tell(self.study, trial, state=TrialState.FAIL)
         if lost and attempt < self.params["max_retries"]:
             self.retry.append((dict(trial.params), attempt + 1, grid_point(self.study, trial)))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from ...jobs.failures import UserCodeFailure
+
 log = logging.getLogger(__name__)
 
 
@@ -26,7 +28,7 @@ class InferenceError(RuntimeError):
     """The inference job could not finish (no worker left, a range lost too often, ...)."""
 
 
-class InferenceUserError(InferenceError):
+class InferenceUserError(InferenceError, UserCodeFailure):
     """The model, ``postprocess`` or the data set raised; the message holds the worker's
     traceback. Never retried: it would fail the same way on every worker."""
 

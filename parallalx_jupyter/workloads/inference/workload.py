@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ...jobs.failures import classify_failure
 from ...wire import from_wire
 from ..base import JobContext, Workload, WorkloadError, validate_params
 from .common import (
@@ -48,21 +49,6 @@ class _Shard:
     future: Any
     data: Any  # the scattered rows' future (None for worker-built data sets)
 
-
-
-def _is_infra(exc: BaseException) -> bool:
-    """Errors that mean "the worker or the network went away", not "the code is wrong"."""
-    import asyncio
-
-    from distributed import KilledWorker
-    from distributed.client import FutureCancelledError
-    from distributed.comm.core import CommClosedError
-
-    return isinstance(
-        exc,
-        (KilledWorker, CommClosedError, FutureCancelledError, asyncio.CancelledError,
-         ConnectionError, TimeoutError, OSError),
-    )
 
 
 class InferenceWorkload(Workload):
@@ -410,12 +396,13 @@ class _Run:
         if fut.status == "error":
             with contextlib.suppress(Exception):
                 exc = fut.exception(timeout=5)
-        if isinstance(exc, InferenceUserError):
+        kind = classify_failure(exc, fut.status)
+        if kind == "user":
             raise InferenceUserError(f"inference failed: {what}: {exc}") from None
         self._poll(force=True)  # a dying worker often fails its tasks before it is removed
         if w in self.lost:
             return  # _lose already put its work back
-        if exc is None or _is_infra(exc):
+        if kind == "device":
             retry()
             return
         tb = ""
