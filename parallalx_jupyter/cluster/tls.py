@@ -1,6 +1,6 @@
 """TLS material for one cluster: per-cluster CA, device certificates, revocation, Security.
 
-Trust model (DESIGN.md section 4):
+Trust model (docs/cluster.md, "The device boundary"):
 
 * The main device creates a per-cluster CA (EC P-256). Its key is written with mode 0600 into
   the cluster directory and never leaves the device; peers only ever see the CA *certificate*

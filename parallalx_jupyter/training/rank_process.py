@@ -69,9 +69,8 @@ from .spec import (
 from .stop_vote import StopVote, vote_every
 from .strategies import EXACT, make_strategy
 
-# "peer" as a word only: as a substring it matched every "TypeError" ("ty-PEER-ror"), so a
-# TypeError in the user's code was retried as a lost peer until the restarts ran out. The
-# others stay substrings ("ProcessGroupGloo", "ProcessGroupNCCL").
+# "peer" as a word only: as a substring it matches "TypeError". The others stay substrings
+# ("ProcessGroupGloo", "ProcessGroupNCCL").
 _COMM_MARKERS = re.compile(
     r"gloo|nccl|connection (reset|closed|refused)|broken pipe|timed out|timeout|socket|\bpeers?\b"
 )
@@ -284,8 +283,7 @@ class RankTrainer:
         # A second batch size separates per-step overhead from per-sample cost, which only
         # matters for splitting the batch between ranks; one rank times its own batch alone.
         # Half the even share, not twice it: the line through both points is as good and its
-        # steps cost half as much (a 17M-parameter MLP on one core, 64 samples per rank: three
-        # steps of ~250 ms at 128 samples, of ~130 ms at 32), time every rank waits for.
+        # steps cost half as much, time every rank waits for.
         if self.world == 1:
             n2 = n1
         else:
@@ -524,11 +522,10 @@ class RankTrainer:
         position = (epoch, step)
         cancelled = False
         step_s = report.compute_s_per_step + report.comm_s_per_step.get(report.strategy, 0.0)
-        # The rank process holds everything its forkserver preloaded (~320k objects here) plus
-        # the model and data: each full collection walked all of it, a pause that the other
-        # ranks wait out in their next all-reduce. None of it becomes garbage while training,
-        # so move it out of the collector's sight (measured: 0.85-0.99x of a plain process's
-        # steps/s without this, 0.95-1.14x with it).
+        # The rank process holds everything its forkserver preloaded plus the model and data:
+        # each full collection walks all of it, a pause the other ranks wait out in their next
+        # all-reduce. None of it becomes garbage while training, so move it out of the
+        # collector's sight (docs/benchmarks.md, "Measurements behind code choices").
         gc.freeze()
         vote = StopVote(
             vote_every(step_s, job.control_every),

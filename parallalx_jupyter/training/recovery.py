@@ -1,6 +1,6 @@
 """Failure detection and classification for one attempt of a job.
 
-Facts this is built on (measured, see DESIGN section 5):
+Facts this is built on (measured on this project's test cluster; docs/cluster.md):
 
 * A *crashed* worker makes the survivors fail within milliseconds (gloo "Connection reset by
   peer"); its own pinned task never fails, it waits in ``no-worker`` forever, so it must be

@@ -108,15 +108,10 @@ def choose_strategy(
         )
     if sp_ddp >= 1.0:
         return "ddp", f"all-reduce is {share:.0%} of compute; DDP still predicts {sp_ddp:.2f}x", 0
-    # Averaging is hidden behind H // 2 steps of training, but not free: flattening, the reduction
-    # and the network stack take CPU from the training on the same cores. The period is five fp32
-    # all-reduce times of compute; an average sends fp16 progress, half of one, so the overlap
-    # window (H // 2 steps: 2.5 fp32 all-reduce times) covers it five times over. Measured on 2
-    # shared cores (docs/benchmarks.md (c)): a period of 2.5 fp32 all-reduce times cost a third of
-    # the throughput (fp32 averages, before the heap setting); fp16 averages every 2.5 fp32 times
-    # (H = 8) made two devices' steps slower than one device's in the same run (237 vs 206 ms;
-    # 169-184 ms at H = 14-19 in other runs). The halved bytes make each average cheaper, not more
-    # frequent.
+    # Averaging is hidden behind H // 2 steps of training but not free (flattening, the reduction
+    # and the network stack take CPU from training on the same cores), so the period is five fp32
+    # all-reduce times of compute: the overlap window covers an fp16 average five times over.
+    # Shorter periods measured slower (docs/benchmarks.md, "Local SGD's averaging period").
     h = int(min(64, max(2, math.ceil(AVERAGE_EVERY_COMM_TIMES * c_ddp / max(compute_s, 1e-9)))))
     return (
         "local_sgd",
@@ -139,7 +134,7 @@ class Strategy:
 
         if dist.get_world_size() == 1:
             # Nothing to average, but DDP's hooks and gradient buckets still cost 5-10 % of a
-            # step of a 17M-parameter model on one CPU thread (230-244 vs 255-257 ms measured).
+            # step on one CPU thread.
             return model
         ids = [device.index if device.index is not None else 0] if device.type == "cuda" else None
         return DDP(model, device_ids=ids, gradient_as_bucket_view=True)
