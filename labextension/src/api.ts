@@ -7,7 +7,7 @@
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 
-import {
+import type {
   IAcceptBody,
   IAddSelfBody,
   IClusterState,
@@ -20,9 +20,9 @@ import {
   IRequest,
   IWorkload,
   IWorkloadRunBody,
-  RequestDirection,
-  parseKernelChoices
-} from './models';
+  RequestDirection
+} from './models/apiTypes';
+import { parseKernelChoices } from './models/requestViews';
 
 /** URL namespace of the parallalx server extension. */
 export const API_NAMESPACE = ['parallalx', 'api'];

@@ -10,15 +10,16 @@ import { LabIcon, refreshIcon } from '@jupyterlab/ui-components';
 
 import iconSvg from '../style/icon.svg';
 import { ParallalxAPI } from './api';
-import { formatCode, RequestKind } from './models';
+import type { RequestKind } from './models/apiTypes';
+import { formatCode } from './models/requestViews';
 import { RequestToasts } from './notify';
 import { ParallalxPanel } from './panel';
-import { ParallalxModel } from './state';
+import { ParallalxModel } from './state/model';
 import { PendingStatus } from './statusbar';
 
 export { APIError, ParallalxAPI, getDevice, requestAPI } from './api';
-export type { IDevice, IJob, IPairedDevice, IRequest } from './models';
-export { ParallalxModel } from './state';
+export type { IDevice, IJob, IPairedDevice, IRequest } from './models/apiTypes';
+export { ParallalxModel } from './state/model';
 export { ParallalxPanel } from './panel';
 
 const PLUGIN_ID = 'parallalx-jupyter:plugin';

@@ -1,7 +1,8 @@
 import { Notification } from '@jupyterlab/apputils';
 
-import { IRequest, toastMessage } from './models';
-import { ParallalxModel } from './state';
+import type { IRequest } from './models/apiTypes';
+import { toastMessage } from './models/requestViews';
+import { ParallalxModel } from './state/model';
 
 /**
  * A toast for each new incoming request, with Accept / Reject actions; the toast goes away when

@@ -8,7 +8,7 @@ import { DeviceSection } from './sections/device';
 import { DevicesSection } from './sections/devices';
 import { JobsSection } from './sections/jobs';
 import { RequestsSection } from './sections/requests';
-import { ParallalxModel } from './state';
+import { ParallalxModel } from './state/model';
 
 /**
  * The left-sidebar panel: a header, a toolbar (invite, refresh) and one collapsible section per

@@ -2,7 +2,7 @@ import { LabIcon } from '@jupyterlab/ui-components';
 import { Widget } from '@lumino/widgets';
 
 import { h } from './dom';
-import { ParallalxModel } from './state';
+import { ParallalxModel } from './state/model';
 
 /**
  * Status-bar item: the number of pending incoming requests. Register it with

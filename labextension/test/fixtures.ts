@@ -1,4 +1,4 @@
-import type { IDevice, IJob, IPairedDevice, IRequest, IWorkload } from '../src/models';
+import type { IDevice, IJob, IPairedDevice, IRequest, IWorkload } from '../src/models/apiTypes';
 
 export function makeRequest(overrides: Partial<IRequest> = {}): IRequest {
   return {

@@ -1,46 +1,49 @@
 import { describe, expect, it } from 'vitest';
 
 import {
-  SCHEMA_PREFIX,
+  describeServedState,
+  describeWorker,
+  groupWorkers,
+  safeLink
+} from '../src/models/clusterViews';
+import {
+  describeResources,
+  deviceLabel,
+  deviceNames,
+  shortId,
+  sortDevices
+} from '../src/models/deviceViews';
+import { SCHEMA_PREFIX, parseEvent } from '../src/models/events';
+import { formatBytes, formatEta, formatLoss, formatRate } from '../src/models/format';
+import {
+  describeJobProgress,
+  describeJobState,
+  describeOwner,
+  jobCancellable,
+  jobEnded,
+  jobFraction,
+  sortJobs,
+  sparklinePoints
+} from '../src/models/jobViews';
+import {
+  describeAsks,
+  describeKind,
+  formatCode,
+  formatCountdown,
+  newRequests,
+  parseKernelChoices,
+  pendingIncoming,
+  pendingOutgoing
+} from '../src/models/requestViews';
+import {
   buildRunBody,
   defaultParams,
   defaultParamsText,
   describeWorkloadParams,
   pickWorkload,
-  workloadRunnable,
-  describeAsks,
-  describeJobProgress,
-  describeJobState,
-  describeOwner,
-  describeServedState,
-  describeWorker,
-  deviceLabel,
-  deviceNames,
-  groupWorkers,
-  safeLink,
-  shortId,
-  describeKind,
-  describeResources,
-  formatBytes,
-  formatCode,
-  formatCountdown,
-  formatEta,
-  formatLoss,
-  formatRate,
-  jobCancellable,
-  jobEnded,
-  jobFraction,
-  maxPollDelay,
-  newRequests,
-  nextPollDelay,
-  parseEvent,
-  parseKernelChoices,
-  pendingIncoming,
-  pendingOutgoing,
-  sortDevices,
-  sortJobs,
-  sparklinePoints
-} from '../src/models';
+  workloadRunnable
+} from '../src/models/workloadForm';
+import { maxPollDelay, nextPollDelay } from '../src/state/polling';
 import { makeDevice, makeJob, makePaired, makeRequest, makeWorkload } from './fixtures';
 
 describe('parseEvent', () => {

@@ -2,7 +2,7 @@ import { readFileSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 
-import { toastMessage } from '../src/models';
+import { toastMessage } from '../src/models/requestViews';
 import { makeRequest } from './fixtures';
 
 function sources(dir: string): string[] {

@@ -1,17 +1,19 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 
 import { APIError } from '../src/api';
-import {
+import type {
   IClusterState,
   IDevice,
   IJob,
   IPairedDevice,
   IRequest,
   IWorkload,
-  IWorkloadRunBody,
-  SCHEMA_PREFIX
-} from '../src/models';
-import { IModelAPI, JOBS_MIN_INTERVAL_MS, ParallalxModel } from '../src/state';
+  IWorkloadRunBody
+} from '../src/models/apiTypes';
+import { SCHEMA_PREFIX } from '../src/models/events';
+import type { IModelAPI } from '../src/state/host';
+import { JOBS_MIN_INTERVAL_MS } from '../src/state/jobs';
+import { ParallalxModel } from '../src/state/model';
 import { makeDevice, makeJob, makePaired, makeRequest, makeWorkload } from './fixtures';
 
 /** An in-memory server behind the model. */

@@ -1,18 +1,14 @@
 import { button, h, row } from '../dom';
+import type { ClusterAction, IClusterState, IServedMain } from '../models/apiTypes';
 import {
-  ClusterAction,
-  IClusterState,
-  IServedMain,
   IWorkerGroup,
   describeServedState,
   describeWorker,
-  deviceLabel,
-  deviceNames,
   groupWorkers,
-  safeLink,
-  shortId
-} from '../models';
-import { ParallalxModel } from '../state';
+  safeLink
+} from '../models/clusterViews';
+import { deviceLabel, deviceNames, shortId } from '../models/deviceViews';
+import { ParallalxModel } from '../state/model';
 import { Section } from './section';
 
 /**

@@ -1,8 +1,8 @@
 import { Clipboard } from '@jupyterlab/apputils';
 
 import { button, h, row } from '../dom';
-import { describeResources } from '../models';
-import { ParallalxModel } from '../state';
+import { describeResources } from '../models/deviceViews';
+import { ParallalxModel } from '../state/model';
 import { Section } from './section';
 
 /** "This device": name, device ID, peer URLs and resources (cores, memory, GPUs). */

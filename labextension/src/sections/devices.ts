@@ -2,13 +2,10 @@ import { Dialog, Notification, showDialog } from '@jupyterlab/apputils';
 import { Widget } from '@lumino/widgets';
 
 import { button, h, row } from '../dom';
-import {
-  IPairedDevice,
-  describeAsks,
-  describePairedState,
-  describeRole
-} from '../models';
-import { ParallalxModel } from '../state';
+import type { IPairedDevice } from '../models/apiTypes';
+import { describePairedState, describeRole } from '../models/deviceViews';
+import { describeAsks } from '../models/requestViews';
+import { ParallalxModel } from '../state/model';
 import { Section } from './section';
 
 /** "Devices": paired devices with their role and state; revoke asks for confirmation. */

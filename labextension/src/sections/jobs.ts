@@ -1,27 +1,27 @@
 import { Notification } from '@jupyterlab/apputils';
 
 import { button, h, row } from '../dom';
+import type { IJob, IWorkload } from '../models/apiTypes';
+import { formatEta, formatLoss, formatRate } from '../models/format';
+import { isFiniteNumber } from '../models/guards';
 import {
-  IJob,
-  IWorkload,
-  buildRunBody,
-  defaultParamsText,
   describeJobProgress,
   describeJobState,
   describeOwner,
-  describeWorkloadParams,
-  formatEta,
-  formatLoss,
-  formatRate,
-  isFiniteNumber,
   jobCancellable,
   jobEnded,
   jobFraction,
+  sparklinePoints
+} from '../models/jobViews';
+import {
+  buildRunBody,
+  defaultParamsText,
+  describeWorkloadParams,
   pickWorkload,
-  sparklinePoints,
   workloadRunnable
-} from '../models';
-import { ParallalxModel } from '../state';
+} from '../models/workloadForm';
+import { ParallalxModel } from '../state/model';
+import { KeyedCards, setChildren } from './keyedCards';
 import { Section } from './section';
 
 export const NO_JOBS_TEXT =
@@ -65,30 +65,7 @@ export class JobsSection extends Section {
     this._error.hidden = !why;
     this._empty.hidden = jobs.length > 0 || why !== null;
 
-    const cards: HTMLElement[] = [];
-    const seen = new Set<string>();
-    for (const job of jobs) {
-      seen.add(job.id);
-      let card = this._cards.get(job.id);
-      if (!card) {
-        card = new JobCard(job.id, {
-          cancel: j => this._cancel(j),
-          remove: j => this._remove(j)
-        });
-        this._cards.set(job.id, card);
-      }
-      card.update(job, this.model.jobBusy(job.id));
-      cards.push(card.node);
-    }
-    for (const id of [...this._cards.keys()]) {
-      if (!seen.has(id)) {
-        this._cards.delete(id);
-      }
-    }
-    const current = Array.from(this._list.children);
-    if (current.length !== cards.length || current.some((node, i) => node !== cards[i])) {
-      this._list.replaceChildren(...cards);
-    }
+    setChildren(this._list, this._cards.update(jobs));
   }
 
   private async _cancel(job: IJob): Promise<void> {
@@ -117,7 +94,15 @@ export class JobsSection extends Section {
   private readonly _empty: HTMLElement;
   private readonly _error: HTMLElement;
   private readonly _runForm: RunWorkloadForm;
-  private readonly _cards = new Map<string, JobCard>();
+  private readonly _cards = new KeyedCards<IJob, HTMLElement, JobCard>({
+    key: job => job.id,
+    create: job =>
+      new JobCard(job.id, {
+        cancel: j => this._cancel(j),
+        remove: j => this._remove(j)
+      }),
+    update: (card, job) => card.update(job, this.model.jobBusy(job.id))
+  });
   private _built = false;
 }
 

@@ -2,16 +2,16 @@ import { Notification } from '@jupyterlab/apputils';
 import { Message } from '@lumino/messaging';
 
 import { button, h, row } from '../dom';
+import type { IKernelChoice, IRequest } from '../models/apiTypes';
 import {
-  IKernelChoice,
-  IRequest,
   describeAsks,
   describeIncomplete,
   describeKind,
   formatCode,
   formatCountdown
-} from '../models';
-import { ParallalxModel } from '../state';
+} from '../models/requestViews';
+import { ParallalxModel } from '../state/model';
+import { KeyedCards, setChildren } from './keyedCards';
 import { Section } from './section';
 
 /**
@@ -69,32 +69,13 @@ export class RequestsSection extends Section {
   }
 
   private _renderIncoming(): void {
-    const pending = this.model.pendingIncoming;
-    const ids = new Set(pending.map(r => r.id));
-    for (const [id, card] of this._cards) {
-      if (!ids.has(id)) {
-        card.node.remove();
-        this._cards.delete(id);
-      }
-    }
-    const nodes: HTMLElement[] = [];
-    for (const request of pending) {
-      let card = this._cards.get(request.id);
-      if (!card) {
-        card = new IncomingCard(this.model, request);
-        this._cards.set(request.id, card);
-      }
-      card.update(request, this.model.kernelChoices);
-      nodes.push(card.node);
-    }
-    const current = Array.from(this._incomingList.children);
-    if (nodes.length === 0) {
-      this._incomingList.replaceChildren(
-        h('div', { class: 'jp-Parallalx-empty' }, 'No requests waiting for you.')
-      );
-    } else if (current.length !== nodes.length || nodes.some((n, i) => current[i] !== n)) {
-      this._incomingList.replaceChildren(...nodes);
-    }
+    const nodes = this._cards.update(this.model.pendingIncoming);
+    setChildren(
+      this._incomingList,
+      nodes.length > 0
+        ? nodes
+        : [h('div', { class: 'jp-Parallalx-empty' }, 'No requests waiting for you.')]
+    );
   }
 
   private _renderIncomplete(): void {
@@ -147,7 +128,11 @@ export class RequestsSection extends Section {
     }
   }
 
-  private _cards = new Map<string, IncomingCard>();
+  private readonly _cards = new KeyedCards<IRequest, HTMLElement, IncomingCard>({
+    key: request => request.id,
+    create: request => new IncomingCard(this.model, request),
+    update: (card, request) => card.update(request, this.model.kernelChoices)
+  });
   private _incomingHeader = h('h3', { class: 'jp-Parallalx-subheader' }, 'Incoming');
   private _incomingList = h('div', { class: 'jp-Parallalx-incoming' });
   private _incomplete = h('div', {

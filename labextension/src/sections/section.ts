@@ -1,7 +1,7 @@
 import { Widget } from '@lumino/widgets';
 
 import { h } from '../dom';
-import { ParallalxModel } from '../state';
+import { ParallalxModel } from '../state/model';
 
 /**
  * Base of the sidebar sections: one widget per section, re-rendered from the model.

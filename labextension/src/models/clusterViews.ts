@@ -1,0 +1,74 @@
+/**
+ * This device's cluster as the panel shows it: workers grouped by device, a worker in words,
+ * the served main devices' states and the dashboard link (http(s) only). Pure functions (no DOM).
+ */
+
+import type { IClusterWorker } from './apiTypes';
+import { deviceLabel } from './deviceViews';
+import { formatBytes } from './format';
+
+/** Cluster workers grouped by device: this device first, then by label. */
+export interface IWorkerGroup {
+  deviceId: string;
+  label: string;
+  isSelf: boolean;
+  workers: IClusterWorker[];
+}
+
+export function groupWorkers(
+  workers: readonly IClusterWorker[],
+  names: ReadonlyMap<string, string>,
+  selfId: string | null
+): IWorkerGroup[] {
+  const groups = new Map<string, IWorkerGroup>();
+  for (const w of workers) {
+    const id = typeof w.device_id === 'string' ? w.device_id : '';
+    let group = groups.get(id);
+    if (!group) {
+      group = { deviceId: id, label: deviceLabel(id, names), isSelf: id === selfId, workers: [] };
+      groups.set(id, group);
+    }
+    group.workers.push(w);
+  }
+  return [...groups.values()].sort(
+    (a, b) =>
+      Number(b.isSelf) - Number(a.isSelf) ||
+      a.label.localeCompare(b.label) ||
+      a.deviceId.localeCompare(b.deviceId)
+  );
+}
+
+/** One worker in words: `4 threads, 2.0 GiB` (and its non-empty resources). */
+export function describeWorker(worker: IClusterWorker): string {
+  const parts: string[] = [];
+  if (typeof worker.nthreads === 'number') {
+    parts.push(`${worker.nthreads} thread${worker.nthreads === 1 ? '' : 's'}`);
+  }
+  if (typeof worker.memory_limit === 'number' && worker.memory_limit > 0) {
+    parts.push(formatBytes(worker.memory_limit));
+  }
+  for (const [key, value] of Object.entries(worker.resources ?? {})) {
+    if (typeof value === 'number' || typeof value === 'string') {
+      parts.push(`${key} ${value}`);
+    }
+  }
+  return parts.join(', ');
+}
+
+/** The URL if it is http(s) (absolute or relative to the page), else null: never `javascript:`. */
+export function safeLink(url: string | null | undefined, base = 'http://localhost/'): string | null {
+  if (typeof url !== 'string' || !url.trim()) {
+    return null;
+  }
+  try {
+    const parsed = new URL(url, base);
+    return parsed.protocol === 'http:' || parsed.protocol === 'https:' ? url : null;
+  } catch {
+    return null;
+  }
+}
+
+/** A served main device's state in words. */
+export function describeServedState(state: string): string {
+  return state.replace(/-/g, ' ');
+}

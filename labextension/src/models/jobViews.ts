@@ -1,0 +1,112 @@
+/**
+ * Jobs as the panel shows them: ended or cancellable, order, state and owner in words, the
+ * progress bar's fraction and text, and the loss sparkline's points. Pure functions (no DOM).
+ */
+
+import type { IJob, IJobOwner, IJobProgress, JobState } from './apiTypes';
+import { isFiniteNumber } from './guards';
+
+/** States a job does not leave any more. */
+export const JOB_ENDED_STATES: readonly JobState[] = ['finished', 'failed', 'cancelled', 'lost'];
+
+/** True once the job finished, failed, was cancelled or lost (it can be removed then). */
+export function jobEnded(job: Pick<IJob, 'state'>): boolean {
+  return JOB_ENDED_STATES.includes(job.state);
+}
+
+/** True while a cancel can still be asked for (not ended, not asked already). */
+export function jobCancellable(job: Pick<IJob, 'state' | 'cancel_requested'>): boolean {
+  return !jobEnded(job) && job.state !== 'cancelling' && !job.cancel_requested;
+}
+
+/** Jobs newest first (the server's order; kept stable by ID). */
+export function sortJobs(jobs: readonly IJob[]): IJob[] {
+  return [...jobs].sort((a, b) => b.created_at - a.created_at || a.id.localeCompare(b.id));
+}
+
+/** A job's state in words. */
+export function describeJobState(state: string): string {
+  return state === 'lost' ? 'lost (stopped reporting)' : state;
+}
+
+/** Who runs the job: `kernel 1234 on host`. */
+export function describeOwner(owner: Partial<IJobOwner> | null | undefined): string {
+  if (!owner || typeof owner.kind !== 'string') {
+    return '';
+  }
+  const pid = isFiniteNumber(owner.pid) ? ` ${owner.pid}` : '';
+  const host = typeof owner.host === 'string' && owner.host ? ` on ${owner.host}` : '';
+  return `${owner.kind}${pid}${host}`;
+}
+
+/**
+ * How far the job is, 0..1: the reported fraction, else step / total; null when unknown (the bar
+ * is then indeterminate).
+ */
+export function jobFraction(progress: Partial<IJobProgress> | null | undefined): number | null {
+  if (!progress) {
+    return null;
+  }
+  if (isFiniteNumber(progress.fraction)) {
+    return clamp01(progress.fraction);
+  }
+  if (isFiniteNumber(progress.step) && isFiniteNumber(progress.total) && progress.total > 0) {
+    return clamp01(progress.step / progress.total);
+  }
+  return null;
+}
+
+/** The progress bar's text: `step 30 / 100 · 30%`, `step 30`, `30%` or ''. */
+export function describeJobProgress(progress: Partial<IJobProgress> | null | undefined): string {
+  if (!progress) {
+    return '';
+  }
+  const parts: string[] = [];
+  if (isFiniteNumber(progress.step)) {
+    parts.push(
+      isFiniteNumber(progress.total) && progress.total > 0
+        ? `step ${progress.step} / ${progress.total}`
+        : `step ${progress.step}`
+    );
+  }
+  const fraction = jobFraction(progress);
+  if (fraction !== null) {
+    parts.push(`${Math.floor(fraction * 100)}%`);
+  }
+  return parts.join(' · ');
+}
+
+/**
+ * The `points` of a sparkline polyline through `values` in a `width` x `height` box (`pad` from
+ * the edges; higher values are higher up). Only finite numbers are used, so the attribute is
+ * always numbers, commas and spaces. One point or a flat series gives a flat line in the middle;
+ * no points gives ''.
+ */
+export function sparklinePoints(
+  values: readonly unknown[] | null | undefined,
+  width: number,
+  height: number,
+  pad = 1
+): string {
+  const ys = (Array.isArray(values) ? values : []).filter(isFiniteNumber);
+  if (ys.length === 0 || !(width > 0) || !(height > 0)) {
+    return '';
+  }
+  const round = (v: number) => String(Math.round(v * 100) / 100);
+  const innerW = Math.max(0, width - 2 * pad);
+  const innerH = Math.max(0, height - 2 * pad);
+  const min = Math.min(...ys);
+  const max = Math.max(...ys);
+  if (ys.length === 1 || max === min) {
+    const y = round(height / 2);
+    return `${round(pad)},${y} ${round(pad + innerW)},${y}`;
+  }
+  const step = innerW / (ys.length - 1);
+  return ys
+    .map((v, i) => `${round(pad + i * step)},${round(pad + ((max - v) / (max - min)) * innerH)}`)
+    .join(' ');
+}
+
+function clamp01(value: number): number {
+  return Math.min(1, Math.max(0, value));
+}
