@@ -61,7 +61,7 @@ def baseline(world: int = 2) -> float:
 
 
 def engine(client) -> dict[str, float]:
-    from parallalx_jupyter.training import train
+    from parallalx_jupyter.workloads.train import train
 
     job = train(make_model, make_data(20 * BATCH), nn.CrossEntropyLoss(),
                 functools.partial(torch.optim.SGD, lr=0.05), epochs=1, batch_size=BATCH,

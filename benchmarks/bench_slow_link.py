@@ -92,8 +92,9 @@ def search_config(  # noqa: ANN201
     """First epoch at which the test accuracy reaches ``target``, and the strategy used."""
     from torch import nn
 
-    from parallalx_jupyter.training import TrainingCancelledError, train
+    from parallalx_jupyter.training import TrainingCancelledError
     from parallalx_jupyter.training.checkpoint import unpack
+    from parallalx_jupyter.workloads.train import train
 
     x_tr, y_tr, x_te, y_te = digits()
     common = _common(client, workers, batch, max_epochs, seed)
@@ -135,7 +136,7 @@ def timed_run(  # noqa: ANN201
     """The searched training up to the epoch found, timed from train() to the model."""
     from torch import nn
 
-    from parallalx_jupyter.training import train
+    from parallalx_jupyter.workloads.train import train
 
     x_tr, y_tr, x_te, y_te = digits()
     common = _common(client, workers, batch, found["reached"], seed)

@@ -104,7 +104,7 @@ def single_process(steps: int) -> float:
 
 # --------------------------------------------------------------------------- engine
 def engine(client, strategy: str, steps: int) -> tuple[float, float, object]:
-    from parallalx_jupyter.training import train
+    from parallalx_jupyter.workloads.train import train
 
     t0 = time.perf_counter()
     job = train(

@@ -18,7 +18,7 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     """Lazy exports: ``train`` and ``run`` (any workload) import torch and dask when first used."""
     if name == "train":
-        from .training import train
+        from .workloads.train import train
 
         return train
     if name == "run":

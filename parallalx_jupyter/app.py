@@ -27,14 +27,14 @@ from traitlets import Float, Int, Unicode, default
 
 from ._version import __version__
 from .cluster.service import ClusterService
+from .devices import DeviceManager, PairingSettings
 from .environments.service import EnvironmentService
 from .files import FileLock, LockHeld, read_lock_info, write_private
 from .identity import DeviceIdentity
-from .jobs.registry import JobRegistry
-from .jobs.spawner import JobSpawner
-from .manager import DeviceManager, PairingSettings
 from .server import events
 from .server.handlers import handlers
+from .server.job_registry import JobRegistry
+from .server.job_spawner import JobSpawner
 from .server.peer import PeerListener
 from .store import Store
 

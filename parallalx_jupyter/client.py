@@ -1,8 +1,20 @@
 """Finding the local Jupyter server that runs parallalx and calling its REST API.
 
 The extension writes `<home>/server.json` (URL, token, pid; mode 0600) when it starts. Several
-devices on one host each have their own home, so `--home` picks the device. Kernels first look for
-the Jupyter server they belong to (`parallalx_jupyter.notebook.api`) and fall back to this.
+devices on one host each have their own home, so `--home` picks the device (`find_server`).
+
+`locate_server` is how a kernel, or any process running a job (`jobs.reporter`), finds its
+device's server; first match wins:
+
+1. explicit `url`/`token` arguments (`notebook.connect(url=..., token=...)`);
+2. the Jupyter server this kernel belongs to (`find_kernel_server`): the kernel's connection file
+   names its kernel ID and sits in the server's runtime dir; among the `jpserver-*.json` files
+   there (those `jupyter_server.serverapp.list_running_servers()` reads; read here directly
+   because importing `jupyter_server.serverapp` costs ~2.5 s in a kernel, and read-only, without
+   deleting stale files), the server whose pid is `JPY_PARENT_PID`/our parent is tried first and
+   the one that lists our kernel ID under `/api/kernels/<id>` is ours, if it runs parallalx;
+3. `PARALLALX_URL` / `PARALLALX_TOKEN` from the environment;
+4. `<home>/server.json` written by the extension (`find_server`; `PARALLALX_HOME`).
 
 `ApiClient` is the one HTTP code path of the CLI and the notebook surface (magics, widgets): JSON
 in and out, errors as `ClientError` with the server's `{"error": ...}` message and HTTP status.
@@ -12,14 +24,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import urllib.error
+import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from jupyter_core.paths import jupyter_data_dir
 
 API_PREFIX = "parallalx/api/"
+# Prefix of every parallalx event schema ID: `server.events` registers the schemas, kernels
+# (`notebook.api.EventStream`) keep the events whose schema ID starts with it.
+SCHEMA_BASE = "https://events.parallalx.dev/parallalx_jupyter"
 
 
 class ServerNotFound(Exception):
@@ -143,3 +161,120 @@ def find_server(
     if isinstance(pid, int) and not _alive(pid):
         raise ServerNotFound(f"the Jupyter server recorded in {path} (pid {pid}) is not running")
     return str(info["url"]), str(token or info.get("token") or "")
+
+
+# ------------------------------------------------------------------------ from a kernel or a job
+
+
+@dataclass(frozen=True)
+class ServerRef:
+    url: str
+    token: str
+    found_by: str  # "argument" | "kernel" | "PARALLALX_URL" | "server.json"
+
+    def __repr__(self) -> str:  # never show the token
+        return f"ServerRef(url={self.url!r}, found_by={self.found_by!r})"
+
+
+def kernel_connection_file() -> Path | None:
+    """The running ipykernel's connection file, or None outside a kernel."""
+    try:
+        from ipykernel.kernelapp import IPKernelApp
+    except ImportError:
+        return None
+    if not IPKernelApp.initialized():
+        return None
+    app = IPKernelApp.instance()
+    path = getattr(app, "abs_connection_file", None) or app.connection_file
+    return Path(path) if path else None
+
+
+def _runtime_dirs(connection_file: Path | None) -> list[Path]:
+    dirs = [connection_file.parent] if connection_file else []
+    try:
+        from jupyter_core.paths import jupyter_runtime_dir
+
+        dirs.append(Path(jupyter_runtime_dir()))
+    except Exception:  # a broken jupyter_core config must not break the fallbacks
+        pass
+    out: list[Path] = []
+    for d in dirs:
+        if d.resolve() not in [o.resolve() for o in out]:
+            out.append(d)
+    return out
+
+
+def running_servers(runtime_dirs: list[Path]) -> list[dict[str, Any]]:
+    """The `jpserver-*.json` infos of live Jupyter servers in these dirs (read-only)."""
+    found = []
+    for d in runtime_dirs:
+        try:
+            names = sorted(os.listdir(d))
+        except OSError:
+            continue
+        for name in names:
+            if not re.fullmatch(r"jpserver-.+\.json", name):
+                continue
+            try:
+                info = json.loads((d / name).read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(info, dict) and isinstance(info.get("pid"), int) and info.get("url") \
+                    and _alive(info["pid"]):
+                found.append(info)
+    return found
+
+
+def find_kernel_server(timeout: float = 2.0) -> tuple[str, str] | None:
+    """(url, token) of the Jupyter server that started this kernel, or None."""
+    connection_file = kernel_connection_file()
+    if connection_file is None:
+        return None
+    match = re.fullmatch(r"kernel-(.+)\.json", connection_file.name)
+    kernel_id = match.group(1) if match else None
+    try:
+        parent = int(os.environ.get("JPY_PARENT_PID") or os.getppid())
+    except ValueError:
+        parent = os.getppid()
+    servers = running_servers(_runtime_dirs(connection_file))
+    servers.sort(key=lambda info: info["pid"] != parent)
+    for info in servers:
+        url, token = str(info["url"]), str(info.get("token") or "")
+        if kernel_id is None:
+            if info["pid"] == parent:
+                return url, token
+            continue
+        try:
+            ApiClient(url, token, timeout).request(
+                "GET", f"api/kernels/{urllib.parse.quote(kernel_id, safe='')}"
+            )
+        except ClientError:
+            continue
+        return url, token
+    return None
+
+
+def locate_server(
+    url: str | None = None, token: str | None = None, home: str | Path | None = None
+) -> ServerRef:
+    """Where this kernel's device is (see the module docstring for the order)."""
+    if url:
+        return ServerRef(url, token or "", "argument")
+    notes = []
+    if home is None:
+        owner = find_kernel_server()
+        if owner is not None:
+            try:
+                ApiClient(*owner, timeout=5).call("GET", "device")
+                return ServerRef(owner[0], owner[1], "kernel")
+            except ClientError as err:
+                notes.append(f"this kernel's Jupyter server {owner[0]} has no parallalx ({err})")
+        env_url = os.environ.get("PARALLALX_URL")
+        if env_url:
+            return ServerRef(env_url, os.environ.get("PARALLALX_TOKEN", ""), "PARALLALX_URL")
+    try:
+        found = find_server(home=Path(home).expanduser() if home else None)
+    except ServerNotFound as err:
+        message = str(err).replace("pass --url and --token", "set PARALLALX_URL/PARALLALX_TOKEN")
+        raise ServerNotFound("; ".join([*notes, message])) from None
+    return ServerRef(found[0], found[1], "server.json")

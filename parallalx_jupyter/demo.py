@@ -8,7 +8,7 @@ that the devices share a host.
 
 Then the point of it all: the accepted devices' workers join the main device's hardened
 scheduler, and the demo connects *as the main device* (``cluster.connect.main_client``) and
-trains an MLP on scikit-learn's digits across them with ``parallalx_jupyter.training.train``,
+trains an MLP on scikit-learn's digits across them with ``parallalx_jupyter.train``,
 printing the preflight report, each device's share of the samples, test accuracy and time.
 """
 
@@ -127,7 +127,7 @@ def _train_digits(main: LocalDevice, others: list[LocalDevice], as_json: bool) -
 
     from .client import ApiClient
     from .cluster.connect import main_client
-    from .training import train
+    from .workloads.train import train
 
     t0 = time.perf_counter()
     _say(as_json, "waiting for every accepted device's worker to join the cluster ...")

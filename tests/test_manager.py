@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from parallalx_jupyter.devices import ApiError, DeviceManager, PairingSettings
 from parallalx_jupyter.identity import DeviceIdentity
 from parallalx_jupyter.local_device import DeviceError, wait_for
-from parallalx_jupyter.manager import ApiError, DeviceManager, PairingSettings
 from parallalx_jupyter.pairing import commitment, new_nonce, seal
 from parallalx_jupyter.store import Store
 

@@ -1,6 +1,6 @@
 """Feed a running job's progress to this device's Jupyter server, and bring cancels back.
 
-The reporter is the owner side of the jobs API (``jobs.registry``): it registers the job, then
+The reporter is the owner side of the jobs API (``server.job_registry``): it registers the job, then
 posts state and progress from its own thread at most ``interval`` apart (and a heartbeat every
 ``heartbeat`` seconds while nothing changes, so the server can tell a quiet job from a dead
 kernel). Each answer says whether a user asked to cancel (from the panel, the CLI or another
@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Any
 
-from ..client import ApiClient, ClientError
+from ..client import ApiClient, ClientError, locate_server
 from . import FINAL_STATES
 from .handle import Job
 from .hub import Record
@@ -100,7 +100,7 @@ class JobReporter:
     def start(self, adopt: bool = False) -> JobReporter:
         """Register the job (synchronously: a refusal is known at once), then report.
 
-        ``adopt``: the server registered it already (a job it started, ``jobs.spawner``)."""
+        ``adopt``: the server registered it already (a job it started, ``server.job_spawner``)."""
         if not adopt:
             owner = {"kind": owner_kind(), "pid": os.getpid(),
                      "host": socket.gethostname()[:255]}
@@ -189,8 +189,9 @@ def attach_reporter(
 ) -> JobReporter | None:
     """Report ``job`` to this device's server if one is found; None when it stays local.
 
-    ``report``: True (find the server like the notebook does: this kernel's server,
-    ``PARALLALX_URL``/``PARALLALX_TOKEN``, ``<home>/server.json``), False, or an ``ApiClient``.
+    ``report``: True (find the server as the notebook does, ``client.locate_server``: this
+    kernel's server, ``PARALLALX_URL``/``PARALLALX_TOKEN``, ``<home>/server.json``), False, or
+    an ``ApiClient``.
     ``PARALLALX_REPORT_JOBS=0`` turns reporting off.
     """
     if report is False or os.environ.get("PARALLALX_REPORT_JOBS", "1") in ("0", "false", "no"):
@@ -198,8 +199,6 @@ def attach_reporter(
     client = report if isinstance(report, ApiClient) else None
     if client is None:
         try:
-            from ..notebook.api import locate_server
-
             ref = locate_server()
         except Exception as err:  # no server of this device: the job stays local
             log.debug("job %s not reported: %s", job.id, err)

@@ -3,17 +3,10 @@
 Magics and widgets use nothing else, and this module uses `client.ApiClient`, the HTTP code path
 the CLI uses too: one REST API, one event stream, no behaviour that lives only in a notebook.
 
-Finding the server (`locate_server`), first match wins:
-
-1. explicit `url`/`token` arguments (`connect(url=..., token=...)`);
-2. the Jupyter server this kernel belongs to: the kernel's connection file names its kernel ID
-   and sits in the server's runtime dir; among the `jpserver-*.json` files there (those
-   `jupyter_server.serverapp.list_running_servers()` reads; read here directly because importing
-   `jupyter_server.serverapp` costs ~2.5 s in a kernel, and read-only, without deleting stale
-   files), the server whose pid is `JPY_PARENT_PID`/our parent is tried first and the one that
-   lists our kernel ID under `/api/kernels/<id>` is ours, if it runs parallalx;
-3. `PARALLALX_URL` / `PARALLALX_TOKEN` from the environment;
-4. `<home>/server.json` written by the extension (`client.find_server`; `PARALLALX_HOME`).
+Finding the server: `locate_server`, which lives in `parallalx_jupyter.client` (a job's reporter
+uses it too) and is re-exported here. First match wins: `url`/`token` arguments
+(`connect(url=..., token=...)`), the Jupyter server this kernel belongs to, `PARALLALX_URL` /
+`PARALLALX_TOKEN`, `<home>/server.json` (see `client`'s docstring for the details).
 
 Live updates (`EventStream`): one background thread per connection reads jupyter_server's
 `/api/events/subscribe` websocket (token in a header, never in the URL) and passes on the events
@@ -29,18 +22,23 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import re
 import threading
 import time
 import urllib.parse
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..client import ApiClient, ClientError, ServerNotFound, _alive, find_server, match_device
-from ..server.events import SCHEMA_BASE
+from ..client import (
+    SCHEMA_BASE,
+    ApiClient,
+    ClientError,
+    ServerNotFound,
+    ServerRef,
+    find_kernel_server,
+    locate_server,
+    match_device,
+)
 
 log = logging.getLogger("parallalx_jupyter.notebook")
 
@@ -58,123 +56,6 @@ __all__ = [
     "find_kernel_server",
     "locate_server",
 ]
-
-
-# ---------------------------------------------------------------------------- finding the server
-
-
-@dataclass(frozen=True)
-class ServerRef:
-    url: str
-    token: str
-    found_by: str  # "argument" | "kernel" | "PARALLALX_URL" | "server.json"
-
-    def __repr__(self) -> str:  # never show the token
-        return f"ServerRef(url={self.url!r}, found_by={self.found_by!r})"
-
-
-def kernel_connection_file() -> Path | None:
-    """The running ipykernel's connection file, or None outside a kernel."""
-    try:
-        from ipykernel.kernelapp import IPKernelApp
-    except ImportError:
-        return None
-    if not IPKernelApp.initialized():
-        return None
-    app = IPKernelApp.instance()
-    path = getattr(app, "abs_connection_file", None) or app.connection_file
-    return Path(path) if path else None
-
-
-def _runtime_dirs(connection_file: Path | None) -> list[Path]:
-    dirs = [connection_file.parent] if connection_file else []
-    try:
-        from jupyter_core.paths import jupyter_runtime_dir
-
-        dirs.append(Path(jupyter_runtime_dir()))
-    except Exception:  # a broken jupyter_core config must not break the fallbacks
-        pass
-    out: list[Path] = []
-    for d in dirs:
-        if d.resolve() not in [o.resolve() for o in out]:
-            out.append(d)
-    return out
-
-
-def running_servers(runtime_dirs: list[Path]) -> list[dict[str, Any]]:
-    """The `jpserver-*.json` infos of live Jupyter servers in these dirs (read-only)."""
-    found = []
-    for d in runtime_dirs:
-        try:
-            names = sorted(os.listdir(d))
-        except OSError:
-            continue
-        for name in names:
-            if not re.fullmatch(r"jpserver-.+\.json", name):
-                continue
-            try:
-                info = json.loads((d / name).read_text())
-            except (OSError, ValueError):
-                continue
-            if isinstance(info, dict) and isinstance(info.get("pid"), int) and info.get("url") \
-                    and _alive(info["pid"]):
-                found.append(info)
-    return found
-
-
-def find_kernel_server(timeout: float = 2.0) -> tuple[str, str] | None:
-    """(url, token) of the Jupyter server that started this kernel, or None."""
-    connection_file = kernel_connection_file()
-    if connection_file is None:
-        return None
-    match = re.fullmatch(r"kernel-(.+)\.json", connection_file.name)
-    kernel_id = match.group(1) if match else None
-    try:
-        parent = int(os.environ.get("JPY_PARENT_PID") or os.getppid())
-    except ValueError:
-        parent = os.getppid()
-    servers = running_servers(_runtime_dirs(connection_file))
-    servers.sort(key=lambda info: info["pid"] != parent)
-    for info in servers:
-        url, token = str(info["url"]), str(info.get("token") or "")
-        if kernel_id is None:
-            if info["pid"] == parent:
-                return url, token
-            continue
-        try:
-            ApiClient(url, token, timeout).request(
-                "GET", f"api/kernels/{urllib.parse.quote(kernel_id, safe='')}"
-            )
-        except ClientError:
-            continue
-        return url, token
-    return None
-
-
-def locate_server(
-    url: str | None = None, token: str | None = None, home: str | Path | None = None
-) -> ServerRef:
-    """Where this kernel's device is (see the module docstring for the order)."""
-    if url:
-        return ServerRef(url, token or "", "argument")
-    notes = []
-    if home is None:
-        owner = find_kernel_server()
-        if owner is not None:
-            try:
-                ApiClient(*owner, timeout=5).call("GET", "device")
-                return ServerRef(owner[0], owner[1], "kernel")
-            except ClientError as err:
-                notes.append(f"this kernel's Jupyter server {owner[0]} has no parallalx ({err})")
-        env_url = os.environ.get("PARALLALX_URL")
-        if env_url:
-            return ServerRef(env_url, os.environ.get("PARALLALX_TOKEN", ""), "PARALLALX_URL")
-    try:
-        found = find_server(home=Path(home).expanduser() if home else None)
-    except ServerNotFound as err:
-        message = str(err).replace("pass --url and --token", "set PARALLALX_URL/PARALLALX_TOKEN")
-        raise ServerNotFound("; ".join([*notes, message])) from None
-    return ServerRef(found[0], found[1], "server.json")
 
 
 # ---------------------------------------------------------------------------- the connection

@@ -222,7 +222,7 @@ def _train(ctx: Context, args: Any) -> Result:
     functools.partial(torch.optim.SGD, lr=0.1)) or an optimizer instance. An optional `client`
     (a Dask Client or scheduler address) picks the cluster; without it, the default Dask client
     or this device's parallalx cluster. The job is stored in VAR (-o, default `job`)."""
-    from ..training import train
+    from ..workloads.train import train
 
     var = args.output or "job"
     args.output = None  # the job object (not JSON) is stored below, under VAR

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-SCHEMA_BASE = "https://events.parallalx.dev/parallalx_jupyter"
+from ..client import SCHEMA_BASE
 
 _PEER = {
     "peer_id": {"type": "string", "description": "The other device's ID."},

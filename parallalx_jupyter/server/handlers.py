@@ -20,12 +20,12 @@ from jupyter_server.utils import url_path_join
 from tornado import web
 
 from ..cluster.service import ClusterError, ClusterService
+from ..devices import ApiError, DeviceManager
 from ..environments.errors import EnvironmentStepError
 from ..environments.service import EnvironmentService
-from ..jobs.registry import JobRegistry
-from ..jobs.spawner import JobSpawner
-from ..manager import ApiError, DeviceManager
 from ..pairing import ProtocolError, parse_json, validate
+from .job_registry import JobRegistry
+from .job_spawner import JobSpawner
 
 AUTH_RESOURCE = "parallalx"
 API_PREFIX = "parallalx/api"

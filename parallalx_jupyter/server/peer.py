@@ -19,7 +19,7 @@ from tornado import web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
-from ..manager import DeviceManager
+from ..devices import DeviceManager
 from ..pairing import ProtocolError, parse_json
 
 log = logging.getLogger("parallalx_jupyter.peer")

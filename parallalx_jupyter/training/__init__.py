@@ -1,6 +1,11 @@
-"""Data-parallel PyTorch training over any dask.distributed cluster (see ``api.train``)."""
+"""The training engine: data-parallel PyTorch over any dask.distributed cluster.
 
-from .api import TrainingJob, train
+Driver, ranks, strategies, checkpoints, preflight and the errors they raise. The public call,
+``train(...)`` and the ``TrainingJob`` it returns, is the ``train`` workload
+(:mod:`parallalx_jupyter.workloads.train`, also ``parallalx_jupyter.train``): this package
+never imports ``workloads``.
+"""
+
 from .errors import (
     NotEnoughWorkersError,
     RestartsExhaustedError,
@@ -17,8 +22,6 @@ __all__ = [
     "RestartsExhaustedError",
     "TrainingCancelledError",
     "TrainingError",
-    "TrainingJob",
     "UserCodeError",
     "VersionMismatchError",
-    "train",
 ]

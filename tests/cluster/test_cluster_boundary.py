@@ -211,7 +211,7 @@ async def test_training_next_to_an_evil_device_runs_nothing_on_the_main_device(e
     import torch
     from torch import nn
 
-    from parallalx_jupyter.training import train
+    from parallalx_jupyter.workloads.train import train
 
     sp, good, evil, marker = evil_device
 

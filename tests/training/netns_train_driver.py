@@ -18,7 +18,7 @@ from distributed.security import Security
 from test_training_faults import data, model_factory  # this script's directory is on the path
 from torch import nn
 
-from parallalx_jupyter.training import train
+from parallalx_jupyter.workloads.train import train
 
 
 def emit(obj: dict) -> None:

@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from parallalx_jupyter.training import train  # noqa: E402
+from parallalx_jupyter.workloads.train import train  # noqa: E402
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from parallalx_jupyter.training import train
+from parallalx_jupyter.workloads.train import train
 
 pytestmark = pytest.mark.timeout(120)
 

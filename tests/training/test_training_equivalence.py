@@ -20,10 +20,10 @@ from parallalx_jupyter.training import (
     NotEnoughWorkersError,
     TrainingCancelledError,
     UserCodeError,
-    train,
 )
 from parallalx_jupyter.training.checkpoint import unpack
 from parallalx_jupyter.workloads.base import WorkloadError
+from parallalx_jupyter.workloads.train import train
 
 # Classes below are shipped to the workers by value, as a notebook's would be.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])

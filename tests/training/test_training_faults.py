@@ -15,7 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from parallalx_jupyter.training import NotEnoughWorkersError, train
+from parallalx_jupyter.training import NotEnoughWorkersError
+from parallalx_jupyter.workloads.train import train
 
 # Functions below are shipped to the workers by value, as a notebook's would be.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])

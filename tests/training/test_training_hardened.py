@@ -19,7 +19,7 @@ import pytest
 import torch
 from torch import nn
 
-from parallalx_jupyter.training import train
+from parallalx_jupyter.workloads.train import train
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cluster"))
 from cluster_helpers import Harness  # noqa: E402

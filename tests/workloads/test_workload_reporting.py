@@ -16,8 +16,9 @@ from torch import nn
 
 from parallalx_jupyter.client import ApiClient
 from parallalx_jupyter.local_device import wait_for
-from parallalx_jupyter.training import TrainingCancelledError, train
+from parallalx_jupyter.training import TrainingCancelledError
 from parallalx_jupyter.workloads import run
+from parallalx_jupyter.workloads.train import train
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 pytestmark = pytest.mark.timeout(240)

@@ -15,9 +15,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..manager import ApiError
+from ..devices import ApiError
+from ..jobs import ACTIVE_STATES, FINAL_STATES
 from ..pairing import ProtocolError, _int_range, _optional, _str_max, validate
-from . import ACTIVE_STATES, FINAL_STATES
 
 Emit = Callable[[str, dict[str, Any]], None]
 

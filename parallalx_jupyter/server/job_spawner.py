@@ -23,9 +23,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from ..manager import ApiError
-from . import FINAL_STATES
-from .registry import JobRegistry
+from ..devices import ApiError
+from ..jobs import FINAL_STATES
+from .job_registry import JobRegistry
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,159 @@
+"""This device's part in its paired devices' clusters, following the device events.
+
+On `device-added` for a main device, join its cluster (certificate over the pairing channel,
+environment, worker); on `device-revoked`, stop sharing at once (our worker for that main
+device, or that device's worker here). Nothing calls this back: it subscribes to the events
+the pairing flows publish (see events.py). It also answers a paired worker's certificate
+request (`cluster.join` on the peer listener) and gives the cluster service the signed
+exchange it renews its worker certificates with.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from ..pairing import Opened, ProtocolError, shown_hash
+from ..peer_client import PeerError
+from ..store import Store
+from .channel import PeerChannel
+from .errors import ApiError
+from .events import DeviceEvents
+from .outbound import OutboundInvitations
+from .tasks import TaskSet
+
+if TYPE_CHECKING:
+    from ..cluster.service import ClusterService
+
+ResolvePython = Callable[[dict[str, Any]], Awaitable[str]]
+Exchange = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+async def _server_python(selection: dict[str, Any]) -> str:
+    return sys.executable
+
+
+class ClusterMembership:
+    def __init__(
+        self,
+        store: Store,
+        events: DeviceEvents,
+        channel: PeerChannel,
+        outbound: OutboundInvitations,
+        tasks: TaskSet,
+    ) -> None:
+        self.store = store
+        self.channel = channel
+        self.outbound = outbound
+        self.tasks = tasks
+        self.cluster: ClusterService | None = None
+        #: the Python a joined worker runs, from what the user chose when accepting
+        self.resolve_python: ResolvePython = _server_python
+        events.subscribe("device-added", self._on_device_added)
+        events.subscribe("device-revoked", self._on_device_revoked)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        if self.cluster is not None:
+            self.cluster.exchange_for = self.cluster_exchange  # certificate renewal
+            self.tasks.spawn(self.cluster.restore())
+
+    async def close(self) -> None:
+        if self.cluster is not None:
+            await self.cluster.close()
+
+    # ------------------------------------------------------------------ following the events
+
+    async def _on_device_added(self, event: dict[str, Any]) -> None:
+        if event["role"] == "main" and self.cluster is not None:
+            self.tasks.spawn(self.join_main(event["peer_id"]))
+
+    async def _on_device_revoked(self, event: dict[str, Any]) -> None:
+        if self.cluster is None:
+            return
+        device = await self.store.get_device(event["peer_id"])
+        if device is None:
+            return
+        if device["role"] == "main":
+            await self.cluster.leave(device["id"])
+        else:
+            await self.cluster.revoke_device(device["id"])
+
+    # ------------------------------------------------------------------ worker side
+
+    async def _current_grant(self, main_id: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """The paired main device and what its user granted it; None once either is gone."""
+        device = await self.store.get_device(main_id)
+        grants = [g for g in await self.store.list_grants(main_id) if g["revoked_at"] is None]
+        if device is None or device["state"] != "paired" or not grants:
+            return None
+        return device, grants[-1]
+
+    async def join_main(self, main_id: str) -> None:
+        """Serve a main device: certificate, environment, worker (see ClusterService.join)."""
+        assert self.cluster is not None
+        current = await self._current_grant(main_id)
+        if current is None or not current[0]["peer_url"]:
+            return
+        device, grant = current
+        exchange = await self.cluster_exchange(main_id)
+        if exchange is None:
+            return
+        try:
+            python = await self.resolve_python(grant["selection"] or {})
+        except Exception as err:
+            self.cluster._set_join(main_id, {"state": "failed", "message": str(err)})
+            return
+        await self.cluster.join(main_id, device["peer_url"], exchange, python, grant["asks"],
+                                expected=grant["asks"].get("cluster"))
+
+    async def cluster_exchange(self, main_id: str) -> Exchange | None:
+        """The signed `cluster.join` round trip to a main device we serve, bound to the request
+        the user accepted: used to join, and again to renew the worker certificate before it
+        expires (ClusterService.renew). None once the device is no longer paired or granted."""
+        current = await self._current_grant(main_id)
+        if current is None:
+            return None
+        device = current[0]
+        request = await self.store.get_request(device["request_id"])
+        if request is None:
+            return None
+        accepted = shown_hash(request["id"], request["kind"], request["asks"], request["code"])
+
+        async def exchange(body: dict[str, Any]) -> dict[str, Any]:
+            body = {**body, "shown_hash": accepted}
+            try:
+                opened = await self.channel.exchange(device["peer_url"], main_id, "cluster.join",
+                                                     body, path="/cluster/join")
+            except PeerError as err:
+                raise ApiError(502, err.message) from None
+            return opened.body
+
+        return exchange
+
+    # ------------------------------------------------------------------ main side
+
+    async def handle_join(self, opened: Opened) -> dict[str, Any]:
+        """A paired worker device asks for its cluster certificate."""
+        from ..cluster.service import ClusterError
+
+        device = await self.store.get_device(opened.sender_id)
+        if device is None or device["state"] != "paired":
+            # the accept may have raced its own notification: ask the peer now
+            await self.outbound.poll_pending(opened.sender_id)
+            device = await self.store.get_device(opened.sender_id)
+        if device is None or device["state"] != "paired" or device["role"] != "worker":
+            raise ProtocolError(403, "not a paired worker device of this main device")
+        request = await self.store.get_request(device["request_id"] or "")
+        if request is None or opened.body["shown_hash"] != shown_hash(
+                request["id"], request["kind"], request["asks"], request["code"]):
+            raise ProtocolError(403, "the certificate request is not bound to the accepted request")
+        if self.cluster is None:
+            raise ProtocolError(503, "this device cannot run a cluster")
+        try:
+            await self.cluster.ensure_started()
+            return self.cluster.sign_join(opened.sender_id, opened.body["csr"])
+        except ClusterError as err:
+            raise ProtocolError(err.status if err.status < 500 else 503, err.message) from None
