@@ -31,6 +31,7 @@ from typing import Any
 
 from cryptography.exceptions import UnsupportedAlgorithm
 
+from .errors import ParallalxError
 from .identity import DeviceIdentity, device_id_from_public_der, verify_signature
 
 PROTOCOL_VERSION = 1
@@ -52,13 +53,11 @@ REQUEST_KINDS = ("invite", "offer")
 `offer`: the sender offers to run workers for the receiver, which becomes its main device."""
 
 
-class ProtocolError(Exception):
+class ProtocolError(ParallalxError):
     """A peer message that must be refused; `status` is the HTTP status the listener answers."""
 
     def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+        super().__init__(message, status)
 
 
 def canonical_json(obj: Any) -> bytes:

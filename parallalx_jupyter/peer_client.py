@@ -14,19 +14,18 @@ from urllib.parse import urlsplit, urlunsplit
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
+from .errors import ParallalxError
 from .pairing import ProtocolError, parse_json
 
 PEER_PREFIX = "/parallalx/peer/v1"
 MAX_RESPONSE_BYTES = 256 * 1024
 
 
-class PeerError(Exception):
+class PeerError(ParallalxError):
     """A peer could not be reached or refused; `status` is what our own API should answer."""
 
     def __init__(self, message: str, status: int = 502) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
+        super().__init__(message, status)
 
 
 def normalise_peer_url(url: str) -> str:

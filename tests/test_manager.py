@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from parallalx_jupyter.devices import ApiError, DeviceManager, PairingSettings
+from parallalx_jupyter.devices import DeviceManager, PairingSettings
+from parallalx_jupyter.errors import ParallalxError
 from parallalx_jupyter.identity import DeviceIdentity
 from parallalx_jupyter.local_device import DeviceError, wait_for
 from parallalx_jupyter.pairing import commitment, new_nonce, seal
@@ -166,7 +167,7 @@ async def test_hostile_answers_to_our_request_are_refused_or_ignored(tmp_path, o
     manager.peers = _HostilePeer(me, peer, opened, revealed)  # type: ignore[assignment]
     try:
         if status is not None:
-            with pytest.raises(ApiError) as err:
+            with pytest.raises(ParallalxError) as err:  # ApiError or PeerError: status + message
                 await manager.send_request("https://127.0.0.1:1", "offer")
             assert err.value.status == status
             assert await store.list_requests() == []

@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from ..errors import ParallalxError
 from . import crl
 from ._livetls import crl_number, read_crl_number
 from .scheduler import SchedulerConfig, SchedulerProcess
@@ -80,11 +81,11 @@ def renewal_due(cert: x509.Certificate) -> dt.datetime:
     return issued + (cert.not_valid_after_utc - issued) * RENEW_AT
 
 
-class ClusterError(Exception):
+class ClusterError(ParallalxError):
+    """The cluster cannot do what was asked (not running, not available on this server, ...)."""
+
     def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+        super().__init__(message, status)
 
 
 def main_versions() -> dict[str, str]:

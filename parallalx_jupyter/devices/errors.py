@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from ..errors import ParallalxError
 
-class ApiError(Exception):
+
+class ApiError(ParallalxError):
     """An error for the local API: HTTP status plus a message for the user."""
 
     def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+        super().__init__(message, status)

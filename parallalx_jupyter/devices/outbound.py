@@ -64,49 +64,36 @@ class OutboundInvitations:
         the verification code the user compares with the peer's screen."""
         if kind not in ("invite", "offer"):
             raise ApiError(400, "kind must be 'invite' or 'offer'")
-        try:
-            base = normalise_peer_url(url)
-            clean = clean_asks(asks or {})
-        except PeerError as err:
-            raise ApiError(err.status, err.message) from None
-        except ProtocolError as err:
-            raise ApiError(400, err.message) from None
+        base = normalise_peer_url(url)  # a bad URL or asks: their own 400
+        clean = clean_asks(asks or {})
         cluster_info = None
         if kind == "invite" and self.cluster is not None:
-            from ..cluster.service import ClusterError
-
-            try:
-                cluster_info = await self.cluster.offer_info()
-            except ClusterError as err:
-                raise ApiError(err.status, err.message) from None
-        try:
-            hello = await self.channel.peers.call(base, "/hello")
-            peer_key, peer_id, peer_name = self._check_hello(hello)
-            if peer_id == self.identity.device_id:
-                raise ApiError(400, "that address is this device's own peer listener")
-            open_body: dict[str, Any] = {
-                "kind": kind,
-                "name": self.settings.device_name,
-                "asks": clean,
-                "reply_port": self.settings.peer_port or None,
-            }
-            if cluster_info is not None:
-                open_body["cluster"] = cluster_info
-                clean = {**clean, "cluster": cluster_info}
-            opened = await self.channel.exchange(base, peer_id, "request.open", open_body)
-            request_id = opened.body.get("request_id")
-            their_commit = opened.body.get("commitment")
-            # the peer's response has no schema: its ID becomes our row's key and a URL path
-            # segment (a lone surrogate in it would make SQLite raise: a 500 here)
-            if not (isinstance(request_id, str) and _REQUEST_ID.fullmatch(request_id)
-                    and isinstance(their_commit, str)):
-                raise PeerError("peer sent an incomplete response")
-            my_nonce = new_nonce()
-            revealed = await self.channel.exchange(base, peer_id, "request.reveal", {
-                "request_id": request_id, "nonce": my_nonce,
-            })
-        except PeerError as err:
-            raise ApiError(err.status, err.message) from None
+            cluster_info = await self.cluster.offer_info()
+        hello = await self.channel.peers.call(base, "/hello")
+        peer_key, peer_id, peer_name = self._check_hello(hello)
+        if peer_id == self.identity.device_id:
+            raise ApiError(400, "that address is this device's own peer listener")
+        open_body: dict[str, Any] = {
+            "kind": kind,
+            "name": self.settings.device_name,
+            "asks": clean,
+            "reply_port": self.settings.peer_port or None,
+        }
+        if cluster_info is not None:
+            open_body["cluster"] = cluster_info
+            clean = {**clean, "cluster": cluster_info}
+        opened = await self.channel.exchange(base, peer_id, "request.open", open_body)
+        request_id = opened.body.get("request_id")
+        their_commit = opened.body.get("commitment")
+        # the peer's response has no schema: its ID becomes our row's key and a URL path
+        # segment (a lone surrogate in it would make SQLite raise: a 500 here)
+        if not (isinstance(request_id, str) and _REQUEST_ID.fullmatch(request_id)
+                and isinstance(their_commit, str)):
+            raise PeerError("peer sent an incomplete response")
+        my_nonce = new_nonce()
+        revealed = await self.channel.exchange(base, peer_id, "request.reveal", {
+            "request_id": request_id, "nonce": my_nonce,
+        })
         their_nonce = revealed.body.get("nonce")
         if not isinstance(their_nonce, str) or len(their_nonce) != 64:
             raise ApiError(502, "peer sent an incomplete reveal")

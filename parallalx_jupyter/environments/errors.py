@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from ..errors import ParallalxError
 
-class EnvironmentStepError(Exception):
-    """Base class for everything this package raises on purpose."""
+
+class EnvironmentStepError(ParallalxError):
+    """Base class for everything this package raises on purpose (the caller's selection or
+    requirement is wrong: 400, unless a subclass says otherwise)."""
 
 
 class InterpreterError(EnvironmentStepError):
     """A Python interpreter is missing, cannot run, timed out, or did not answer as Python."""
+
+    status = 422  # the request was understood; the interpreter it names cannot be used
 
     def __init__(self, python: str, reason: str) -> None:
         super().__init__(f"{python}: {reason}")
@@ -33,6 +38,8 @@ class InstallError(EnvironmentStepError):
     ``packages`` names what failed (empty when pip gave no package), ``pip_error`` is pip's last
     error line, ``output`` the tail of pip's output.
     """
+
+    status = 422  # the request was understood; installing into that environment failed
 
     def __init__(
         self,

@@ -19,11 +19,11 @@ from jupyter_server.extension.handler import ExtensionHandlerMixin
 from jupyter_server.utils import url_path_join
 from tornado import web
 
-from ..cluster.service import ClusterError, ClusterService
+from ..cluster.service import ClusterService
 from ..devices import ApiError, DeviceManager
-from ..environments.errors import EnvironmentStepError
 from ..environments.service import EnvironmentService
-from ..pairing import ProtocolError, parse_json, validate
+from ..errors import ParallalxError
+from ..pairing import parse_json, validate
 from .job_registry import JobRegistry
 from .job_spawner import JobSpawner
 
@@ -48,18 +48,11 @@ class ParallalxHandler(ExtensionHandlerMixin, APIHandler):
         raw = self.request.body
         if not raw or not raw.strip():
             return {}
-        try:
-            return parse_json(raw)
-        except ProtocolError as err:
-            raise ApiError(400, err.message) from None
+        return parse_json(raw)
 
     def json_body(self, spec: dict[str, Any]) -> dict[str, Any]:
         """The request body as a JSON object checked against `spec`; empty body means {}."""
-        data = self.raw_json()
-        try:
-            return validate(data, spec, "body")
-        except ProtocolError as err:
-            raise ApiError(400, err.message) from None
+        return validate(self.raw_json(), spec, "body")
 
     def write_json(self, data: Any, status: int = 200) -> None:
         self.set_status(status)
@@ -68,7 +61,7 @@ class ParallalxHandler(ExtensionHandlerMixin, APIHandler):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, ApiError):
+        if isinstance(exc, ParallalxError):
             message = exc.message
         elif isinstance(exc, web.HTTPError) and status_code < 500:
             message = exc.log_message or exc.reason or self._reason
@@ -80,7 +73,9 @@ class ParallalxHandler(ExtensionHandlerMixin, APIHandler):
         self.finish(json.dumps({"error": message}))
 
     def _handle_request_exception(self, e: BaseException) -> None:
-        if isinstance(e, ApiError):
+        # The one place errors become responses: every error raised on purpose carries its
+        # status (errors.ParallalxError); anything else is a 500 without details.
+        if isinstance(e, ParallalxError):
             self.send_error(e.status, exc_info=(type(e), e, e.__traceback__))
             return
         super()._handle_request_exception(e)
@@ -140,10 +135,7 @@ class AcceptHandler(ParallalxHandler):
         body = self.json_body(ACCEPT_SPEC)
         selection = {k: body.get(k) for k in ("kernel", "ide") if body.get(k)}
         if selection:
-            try:
-                python = await self.settings["parallalx_environments"].resolve_python(selection)
-            except EnvironmentStepError as err:
-                raise ApiError(400, str(err)) from None
+            python = await self.settings["parallalx_environments"].resolve_python(selection)
             selection["python"] = python
         self.write_json(await self.manager.decide(request_id, True, selection,
                                                   expected_hash=body.get("shown_hash")))
@@ -228,21 +220,16 @@ class ClusterActionHandler(ClusterHandler):
     @web.authenticated
     @authorized
     async def post(self, action: str) -> None:
-        try:
-            if action == "start":
-                self.json_body({})
-                result = await self.cluster.start()
-            elif action == "stop":
-                self.json_body({})
-                result = await self.cluster.stop()
-            else:
-                body = self.json_body(ADD_SELF_SPEC)
-                python = await self.manager.resolve_python({"kernel": body.get("kernel")})
-                result = await self.cluster.add_self(python, body.get("nthreads", 1))
-        except ClusterError as err:
-            raise ApiError(err.status, err.message) from None
-        except EnvironmentStepError as err:  # e.g. an unknown kernel: the caller's mistake
-            raise ApiError(400, str(err)) from None
+        if action == "start":
+            self.json_body({})
+            result = await self.cluster.start()
+        elif action == "stop":
+            self.json_body({})
+            result = await self.cluster.stop()
+        else:
+            body = self.json_body(ADD_SELF_SPEC)
+            python = await self.manager.resolve_python({"kernel": body.get("kernel")})
+            result = await self.cluster.add_self(python, body.get("nthreads", 1))
         self.write_json(result)
 
 
@@ -252,10 +239,7 @@ class EnvironmentHandlerBase(ParallalxHandler):
         return self.settings["parallalx_environments"]
 
     async def python_for(self, body: dict[str, Any]) -> str:
-        try:
-            return await self.environments.resolve_python(body)
-        except EnvironmentStepError as err:
-            raise ApiError(400, str(err)) from None
+        return await self.environments.resolve_python(body)
 
 
 class KernelsHandler(EnvironmentHandlerBase):
@@ -294,14 +278,10 @@ class EnvironmentActionHandler(EnvironmentHandlerBase):
         body = self.json_body(ENVIRONMENT_SPEC)
         python = await self.python_for(body)
         extra = body.get("requirements") or []
-        try:
-            if action == "check":
-                result = await self.environments.check(python, extra)
-            else:
-                result = await self.environments.install(python, extra)
-        except EnvironmentStepError as err:
-            status = 400 if isinstance(err, ValueError) else 422
-            raise ApiError(status, str(err)) from None
+        if action == "check":
+            result = await self.environments.check(python, extra)
+        else:
+            result = await self.environments.install(python, extra)
         self.write_json(result)
 
 

@@ -40,7 +40,6 @@ class JobSpawner:
         self._watchers: set[asyncio.Task[None]] = set()
 
     async def run(self, workload: str, body: dict[str, Any]) -> dict[str, Any]:
-        from ..workloads.base import WorkloadError
         from ..workloads.registry import get
 
         params = body.get("params") or {}
@@ -50,11 +49,7 @@ class JobSpawner:
             wl = get(workload)
             return wl, wl.validate(dict(params))
 
-        try:
-            wl, checked = await loop.run_in_executor(None, check)
-        except WorkloadError as err:
-            status = 404 if str(err).startswith("unknown workload") else 400
-            raise ApiError(status, str(err)) from None
+        wl, checked = await loop.run_in_executor(None, check)  # WorkloadError: 400 or 404
         job_id = uuid.uuid4().hex[:12]
         name = body.get("name") or wl.job_name(checked)
         view = await self.registry.register({

@@ -20,6 +20,7 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from ..devices import DeviceManager
+from ..errors import ParallalxError
 from ..pairing import ProtocolError, parse_json
 
 log = logging.getLogger("parallalx_jupyter.peer")
@@ -106,7 +107,7 @@ class PeerHandler(web.RequestHandler):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, ProtocolError):
+        if isinstance(exc, ParallalxError):
             message = exc.message
         elif isinstance(exc, web.HTTPError) and status_code < 500:
             message = exc.log_message or exc.reason or self._reason
@@ -116,7 +117,7 @@ class PeerHandler(web.RequestHandler):
         self.finish(json.dumps({"error": message}))
 
     def _handle_request_exception(self, e: BaseException) -> None:
-        if isinstance(e, ProtocolError):
+        if isinstance(e, ParallalxError):  # every error raised on purpose carries its status
             if e.status == 401:
                 log.info("refused peer message from %s: %s", self.request.remote_ip, e.message)
             self.send_error(e.status, exc_info=(type(e), e, e.__traceback__))

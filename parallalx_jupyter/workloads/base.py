@@ -24,11 +24,18 @@ import time
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
+from ..errors import ParallalxError
 from ..jobs.handle import Job, JobCancelledError
 
 
-class WorkloadError(ValueError):
-    """A workload cannot start: unknown name or parameters that fail its schema (one line)."""
+class WorkloadError(ParallalxError, ValueError):
+    """A workload cannot start: parameters that fail its schema (one line)."""
+
+
+class UnknownWorkloadError(WorkloadError):
+    """No workload of that name is installed."""
+
+    status = 404
 
 
 class WorkloadCancelledError(JobCancelledError):

@@ -11,7 +11,7 @@ import logging
 from importlib.metadata import entry_points
 from typing import Any
 
-from .base import Workload, WorkloadError
+from .base import UnknownWorkloadError, Workload, WorkloadError
 
 GROUP = "parallalx_jupyter.workloads"
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def get(name: str) -> Workload:
     if name in bad:
         raise WorkloadError(f"workload {name!r} is installed but cannot be loaded: {bad[name]}")
     known = ", ".join(sorted(found)) or "none"
-    raise WorkloadError(f"unknown workload {name!r}; available: {known}")
+    raise UnknownWorkloadError(f"unknown workload {name!r}; available: {known}")
 
 
 def describe_all() -> list[dict[str, Any]]:
