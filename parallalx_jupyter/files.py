@@ -19,6 +19,19 @@ def write_private(path: str | os.PathLike[str], data: bytes | str) -> None:
     and a crash leaves either the old or the new content."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _private_temp(path, data)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    os.chmod(path, 0o600)
+
+
+def _private_temp(path: Path, data: bytes | str) -> str:
+    """A 0600 temp file beside `path` holding `data`, fsynced: the complete content that a
+    rename or a link then makes appear under `path` at once."""
     if isinstance(data, str):
         data = data.encode()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -28,12 +41,11 @@ def write_private(path: str | os.PathLike[str], data: bytes | str) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    os.chmod(path, 0o600)
+    return tmp
 
 
 def create_private_exclusive(path: str | os.PathLike[str], data: bytes | str) -> bool:
@@ -51,13 +63,8 @@ def create_private_exclusive(path: str | os.PathLike[str], data: bytes | str) ->
     path = Path(path)
     if isinstance(data, str):
         data = data.encode()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    tmp = _private_temp(path, data)
     try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
         try:
             os.link(tmp, path)
         except FileExistsError:
