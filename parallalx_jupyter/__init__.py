@@ -7,6 +7,12 @@ from typing import Any
 from ._version import __version__
 
 __all__ = [
+    "CheckpointOptions",
+    "CommunicationOptions",
+    "DataOptions",
+    "MetricsOptions",
+    "PlacementOptions",
+    "RecoveryOptions",
     "__version__",
     "load_ipython_extension",
     "run",
@@ -14,9 +20,20 @@ __all__ = [
     "unload_ipython_extension",
 ]
 
+# train()'s option groups (parallalx_jupyter.training.options)
+_TRAIN_OPTIONS = frozenset({
+    "CheckpointOptions", "CommunicationOptions", "DataOptions", "MetricsOptions",
+    "PlacementOptions", "RecoveryOptions",
+})
+
 
 def __getattr__(name: str) -> Any:
-    """Lazy exports: ``train`` and ``run`` (any workload) import torch and dask when first used."""
+    """Lazy exports: ``train`` and ``run`` (any workload) import torch and dask when first used,
+    and so do ``train()``'s option groups (``CheckpointOptions``, ...: they import dask)."""
+    if name in _TRAIN_OPTIONS:
+        from .training import options
+
+        return getattr(options, name)
     if name == "train":
         from .workloads.train import train
 

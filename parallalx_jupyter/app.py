@@ -1,5 +1,6 @@
 """ParallalxApp: the Jupyter server extension that gives a device its identity and peer listener.
 
+The configurable traits, their types, defaults and help are the table `settings.SETTINGS`.
 Each trait can also be set with an environment variable `PARALLALX_<TRAIT>` (e.g.
 `PARALLALX_PEER_PORT=8477`), which is what lets several devices run side by side on one host:
 give each its own `home` and ports. Config files and the command line still win over the
@@ -21,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Float, Int, Unicode, default
 
@@ -36,6 +36,7 @@ from .server.handlers import handlers
 from .server.job_registry import JobRegistry
 from .server.job_spawner import JobSpawner
 from .server.peer import PeerListener
+from .settings import SETTINGS, Computed, resolve
 from .store import Store
 
 SERVER_INFO_FILE = "server.json"
@@ -117,16 +118,31 @@ def _unusable_line(home: Path, err: OSError) -> str:
     )
 
 
-def _env(name: str) -> str | None:
-    value = os.environ.get(f"PARALLALX_{name.upper()}")
-    return value if value not in (None, "") else None
+_TRAIT_TYPES = {str: Unicode, int: Int, float: Float}
 
 
-def _env_default(name: str, cast: Any, fallback: Any) -> Any:
-    value = _env(name)
-    if value is None:
-        return fallback
-    return cast(value)
+def _setting_traits() -> dict[str, Any]:
+    """One configurable trait per row of `settings.SETTINGS`, each with a `@default` that reads
+    PARALLALX_<NAME> before the table's default (so config files and the command line, which
+    set the trait itself, still win over the environment)."""
+    out: dict[str, Any] = {}
+    for row in SETTINGS:
+        computed = isinstance(row.default, Computed)
+        shown = f" Default: {row.default.shown}." if computed else ""
+        static = {} if computed else {"default_value": row.default}  # what --help-all shows
+        out[row.name] = _TRAIT_TYPES[row.type](
+            help=f"{row.help}{shown} Env: {row.env}.", **static
+        ).tag(config=True)
+        out[f"_{row.name}_from_env"] = default(row.name)(_from_env_or_table(row.name))
+    return out
+
+
+def _from_env_or_table(name: str) -> Any:
+    def value(self: Any) -> Any:
+        return resolve(name, lambda other: getattr(self, other))
+
+    value.__name__ = f"_{name}_from_env"
+    return value
 
 
 def advertised_urls(ip: str, port: int) -> list[str]:
@@ -152,110 +168,11 @@ class ParallalxApp(ExtensionApp):
     load_other_extensions = True
     version = __version__
 
-    home = Unicode(help="State directory (keys, database). Env: PARALLALX_HOME.").tag(config=True)
-    device_name = Unicode(help="Name shown to other devices. Env: PARALLALX_DEVICE_NAME.").tag(
-        config=True
-    )
-    peer_ip = Unicode(
-        help="Interface of the peer listener (pairing only). 0.0.0.0 = every interface; "
-        "127.0.0.1 = this machine only. Env: PARALLALX_PEER_IP."
-    ).tag(config=True)
-    peer_port = Int(help="Peer listener port; 0 picks a free one. Env: PARALLALX_PEER_PORT.").tag(
-        config=True
-    )
-    request_ttl = Float(help="Seconds a connection request stays open. Env: PARALLALX_REQUEST_TTL."
-                        ).tag(config=True)
-    reveal_window = Float(
-        help="Seconds an opened request may wait for its reveal (the second step of pairing, "
-        "sent at once by a real device); unrevealed requests stop counting toward the caps "
-        "after it. Env: PARALLALX_REVEAL_WINDOW."
-    ).tag(config=True)
-
-    @default("reveal_window")
-    def _reveal_window(self) -> float:
-        return _env_default("reveal_window", float, 30.0)
-
-    clock_skew = Float(help="Allowed clock difference between devices, seconds.").tag(config=True)
-    max_pending = Int(help="Most open incoming requests in total.").tag(config=True)
-    max_pending_per_ip = Int(help="Most open incoming requests from one address.").tag(config=True)
-    peer_rate = Float(help="Peer listener requests per second allowed per address.").tag(
-        config=True
-    )
-    peer_burst = Int(help="Burst size for peer_rate.").tag(config=True)
-    peer_global_rate = Float(help="Peer listener requests per second in total.").tag(config=True)
-    poll_interval = Float(help="Seconds between polls for outcomes of sent requests.").tag(
-        config=True
-    )
-    scheduler_ip = Unicode(
-        help="Interface the Dask scheduler binds when this is a main device (default: peer_ip). "
-        "Env: PARALLALX_SCHEDULER_IP."
-    ).tag(config=True)
-    scheduler_port = Int(help="Dask scheduler port; 0 picks one once and keeps it. "
-                         "Env: PARALLALX_SCHEDULER_PORT.").tag(config=True)
-    job_stale_after = Float(
-        help="Seconds without a report after which a running job is shown as lost (its kernel "
-        "died or its machine slept). Env: PARALLALX_JOB_STALE_AFTER."
-    ).tag(config=True)
-
-    @default("home")
-    def _home(self) -> str:
-        return _env_default("home", str, str(Path(jupyter_data_dir()) / "parallalx"))
-
-    @default("device_name")
-    def _device_name(self) -> str:
-        return _env_default("device_name", str, socket.gethostname())
-
-    @default("peer_ip")
-    def _peer_ip(self) -> str:
-        return _env_default("peer_ip", str, "0.0.0.0")
-
-    @default("peer_port")
-    def _peer_port(self) -> int:
-        return _env_default("peer_port", int, 8476)
-
-    @default("request_ttl")
-    def _request_ttl(self) -> float:
-        return _env_default("request_ttl", float, 600.0)
-
-    @default("clock_skew")
-    def _clock_skew(self) -> float:
-        return _env_default("clock_skew", float, 300.0)
-
-    @default("max_pending")
-    def _max_pending(self) -> int:
-        return _env_default("max_pending", int, 50)
-
-    @default("max_pending_per_ip")
-    def _max_pending_per_ip(self) -> int:
-        return _env_default("max_pending_per_ip", int, 5)
-
-    @default("peer_rate")
-    def _peer_rate(self) -> float:
-        return _env_default("peer_rate", float, 5.0)
-
-    @default("peer_burst")
-    def _peer_burst(self) -> int:
-        return _env_default("peer_burst", int, 20)
-
-    @default("peer_global_rate")
-    def _peer_global_rate(self) -> float:
-        return _env_default("peer_global_rate", float, 200.0)
-
-    @default("poll_interval")
-    def _poll_interval(self) -> float:
-        return _env_default("poll_interval", float, 2.0)
-
-    @default("scheduler_ip")
-    def _scheduler_ip(self) -> str:
-        return _env_default("scheduler_ip", str, self.peer_ip)
-
-    @default("scheduler_port")
-    def _scheduler_port(self) -> int:
-        return _env_default("scheduler_port", int, 0)
-
-    @default("job_stale_after")
-    def _job_stale_after(self) -> float:
-        return _env_default("job_stale_after", float, 30.0)
+    # home, device_name, peer_ip, peer_port, request_ttl, reveal_window, clock_skew,
+    # max_pending, max_pending_per_ip, peer_rate, peer_burst, peer_global_rate, poll_interval,
+    # scheduler_ip, scheduler_port, job_stale_after: one trait per row of `settings.SETTINGS`
+    # (name, type, default, help), defaulting to PARALLALX_<NAME>, else the table's default
+    locals().update(_setting_traits())
 
     # ------------------------------------------------------------------ lifecycle
 

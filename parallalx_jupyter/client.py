@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jupyter_core.paths import jupyter_data_dir
+from . import settings
 
 API_PREFIX = "parallalx/api/"
 # Prefix of every parallalx event schema ID: `server.events` registers the schemas, kernels
@@ -126,8 +126,8 @@ def match_device(devices: list[dict[str, Any]], ref: str) -> dict[str, Any]:
 
 
 def default_home() -> Path:
-    env = os.environ.get("PARALLALX_HOME")
-    return Path(env).expanduser() if env else Path(jupyter_data_dir()) / "parallalx"
+    """The app's `home` without config: PARALLALX_HOME, else the settings table's default."""
+    return Path(settings.resolve("home")).expanduser()
 
 
 def _alive(pid: int) -> bool:

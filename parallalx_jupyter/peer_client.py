@@ -14,6 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
+from . import settings
 from .errors import ParallalxError
 from .pairing import ProtocolError, parse_json
 
@@ -44,7 +45,7 @@ def normalise_peer_url(url: str) -> str:
     except ValueError:
         raise PeerError("peer URL has an invalid port", 400) from None
     host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
-    return urlunsplit(("https", f"{host}:{port or 8476}", "", "", ""))
+    return urlunsplit(("https", f"{host}:{port or settings.default('peer_port')}", "", "", ""))
 
 
 class PeerClient:

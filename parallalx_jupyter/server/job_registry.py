@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .. import settings
 from ..devices import ApiError
 from ..jobs import ACTIVE_STATES, FINAL_STATES
 from ..pairing import ProtocolError, _int_range, _optional, _str_max, validate
@@ -94,7 +95,9 @@ def _spread(points: list[float], n: int) -> list[float]:
 class JobRegistry:
     """Jobs as the REST API shows them; every change is also a ``job-progress`` event."""
 
-    def __init__(self, store: Any, emit: Emit, stale_after: float = 30.0) -> None:
+    def __init__(
+        self, store: Any, emit: Emit, stale_after: float = settings.default("job_stale_after")
+    ) -> None:
         self.store = store
         self.emit = emit
         self.stale_after = stale_after

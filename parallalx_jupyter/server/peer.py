@@ -19,6 +19,7 @@ from tornado import web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
+from .. import settings
 from ..devices import DeviceManager
 from ..errors import ParallalxError
 from ..pairing import ProtocolError, parse_json
@@ -197,9 +198,9 @@ class PeerListener:
         port: int,
         certfile: str,
         keyfile: str,
-        rate: float = 5.0,
-        burst: float = 20.0,
-        global_rate: float = 100.0,
+        rate: float = settings.default("peer_rate"),
+        burst: float = settings.default("peer_burst"),
+        global_rate: float = settings.default("peer_global_rate"),
     ) -> None:
         self.limiter = RateLimiter(rate, burst, global_rate)
         kwargs = {"manager": manager, "limiter": self.limiter}

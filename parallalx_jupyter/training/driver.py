@@ -41,6 +41,7 @@ from .launcher import (
     submit_ranks,
 )
 from .metrics import ProgressAggregator, ProgressHub
+from .options import RecoveryOptions
 from .preflight import PreflightReport, check_versions, probe_environment, probe_task
 from .rank import run_rank
 from .recovery import AttemptOutcome, WorkerWatch, classify, settle
@@ -60,12 +61,7 @@ class Driver:
         store: CheckpointStore,
         hub: ProgressHub,
         cancel: threading.Event,
-        min_workers: int = 1,
-        max_restarts: int = 3,
-        group_timeout: float = 60.0,
-        settle_timeout: float = 5.0,
-        heartbeat_timeout: float = 15.0,
-        probe_timeout: float = 60.0,
+        recovery: RecoveryOptions | None = None,
         workers: Sequence[str] | None = None,
     ) -> None:
         self.client = client
@@ -73,13 +69,14 @@ class Driver:
         self.store = store
         self.hub = hub
         self.cancel_event = cancel
-        self.min_workers = min_workers
-        self.max_restarts = max_restarts
-        self.group_timeout = group_timeout
-        self.settle_timeout = settle_timeout
-        self.probe_timeout = probe_timeout
+        recovery = recovery or RecoveryOptions()
+        self.min_workers = recovery.min_workers
+        self.max_restarts = recovery.max_restarts
+        self.group_timeout = float(recovery.group_timeout)
+        self.settle_timeout = float(recovery.settle_timeout)
+        self.probe_timeout = float(recovery.probe_timeout)
         self.only_workers = set(workers) if workers else None
-        self.watch = WorkerWatch(client, stale_after_s=heartbeat_timeout)
+        self.watch = WorkerWatch(client, stale_after_s=float(recovery.heartbeat_timeout))
         #: wall-clock times of the phases of an attempt (merged with rank 0's: ``timeline``)
         self.marks: dict[str, float] = {}
         self.aggregator = ProgressAggregator(job.job_id, total_steps=0)

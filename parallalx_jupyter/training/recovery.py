@@ -34,6 +34,7 @@ from distributed import Client, Future
 
 from ..jobs.failures import classify_failure
 from .errors import RankInfraError, UserCodeError
+from .options import RecoveryOptions
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,12 @@ class WorkerWatch:
     measured as how long (on our clock) the value has not changed.
     """
 
-    def __init__(self, client: Client, stale_after_s: float = 15.0, min_interval_s: float = 0.5):
+    def __init__(
+        self,
+        client: Client,
+        stale_after_s: float = RecoveryOptions.heartbeat_timeout,
+        min_interval_s: float = 0.5,
+    ):
         self.client = client
         self.stale_after_s = stale_after_s
         self.min_interval_s = min_interval_s

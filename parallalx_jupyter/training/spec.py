@@ -19,6 +19,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .options import (
+    CheckpointOptions,
+    CommunicationOptions,
+    DataOptions,
+    MetricsOptions,
+    PlacementOptions,
+)
+
 
 @dataclass
 class JobSpec:
@@ -28,15 +36,16 @@ class JobSpec:
     user_objects: bytes  # cloudpickle of (model, dataset, loss_fn, optimizer factory)
     epochs: int
     global_batch: int
-    strategy: str = "auto"
-    seed: int = 0
-    shuffle: bool = True
-    checkpoint_every: int = 50
-    max_steps: int | None = None
-    metrics_interval: float = 0.5
-    torch_threads: int | None = None
-    shares: Sequence[float] | None = None
-    local_sgd_every: int | None = None
+    # train()'s settings (their defaults: the option groups of .options)
+    strategy: str = CommunicationOptions.strategy
+    seed: int = DataOptions.seed
+    shuffle: bool = DataOptions.shuffle
+    checkpoint_every: int = CheckpointOptions.every
+    max_steps: int | None = DataOptions.max_steps
+    metrics_interval: float = MetricsOptions.interval
+    torch_threads: int | None = PlacementOptions.torch_threads
+    shares: Sequence[float] | None = PlacementOptions.shares
+    local_sgd_every: int | None = CommunicationOptions.local_sgd_every
     preflight_steps: int = 5
     control_every: int = 10  # minimum steps between stop votes (see stop_vote.vote_every)
     # The final checkpoint carries the optimizer state only when it is kept for a later resume

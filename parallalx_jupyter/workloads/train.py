@@ -28,6 +28,18 @@ from ..jobs.hub import ProgressHub, Record
 from ..training.checkpoint import CheckpointStore, unpack
 from ..training.driver import Driver
 from ..training.errors import TrainingError
+from ..training.options import (
+    PARAMETERS,
+    CheckpointOptions,
+    CommunicationOptions,
+    DataOptions,
+    MetricsOptions,
+    PlacementOptions,
+    RecoveryOptions,
+    from_params,
+    gather,
+    schema_properties,
+)
 from ..training.preflight import PreflightReport
 from ..training.spec import (
     JobSpec,
@@ -36,16 +48,12 @@ from ..training.spec import (
     optimizer_factory,
     pack_user_objects,
 )
-from ..training.strategies import STRATEGIES
 from .base import JobContext, Workload, WorkloadError, validate_params
 from .runner import start
 
 __all__ = ["TrainWorkload", "TrainingJob", "train"]
 
 _PY = {"x-python": True}
-_POS_INT = {"type": "integer", "minimum": 1}
-_NONNEG_INT = {"type": "integer", "minimum": 0}
-_SECONDS = {"type": "number", "exclusiveMinimum": 0}
 
 
 class TrainingJob(Job):
@@ -107,28 +115,8 @@ class TrainWorkload(Workload):
             "dataset": {**_PY, "description": "a map-style data set, (x, y) tensors or factory"},
             "loss_fn": {**_PY, "description": "loss(output, target), mean over the batch"},
             "optimizer": {**_PY, "description": "factory taking the parameters, or an optimizer"},
-            "on_progress": {**_PY, "description": "called with every progress record"},
-            "epochs": {**_POS_INT, "default": 1},
-            "batch_size": {**_POS_INT, "default": 64, "description": "the global batch"},
-            "strategy": {"enum": ["auto", *STRATEGIES], "default": "auto"},
-            "checkpoint_dir": {"type": ["string", "null"], "default": None},
-            "checkpoint_every": {**_NONNEG_INT, "default": 50},
-            "resume": {"type": "boolean", "default": True},
-            "min_workers": {**_POS_INT, "default": 1},
-            "max_restarts": {**_NONNEG_INT, "default": 3},
-            "group_timeout": {**_SECONDS, "default": 60.0},
-            "workers": {"type": ["array", "null"], "items": {"type": "string"}, "default": None},
-            "seed": {"type": "integer", "default": 0},
-            "shuffle": {"type": "boolean", "default": True},
-            "max_steps": {"type": ["integer", "null"], "minimum": 1, "default": None},
-            "shares": {"type": ["array", "null"], "items": {"type": "number", "minimum": 0},
-                       "default": None},
-            "local_sgd_every": {"type": ["integer", "null"], "minimum": 1, "default": None},
-            "torch_threads": {"type": ["integer", "null"], "minimum": 1, "default": None},
-            "metrics_interval": {**_SECONDS, "default": 0.5},
-            "settle_timeout": {**_SECONDS, "default": 5.0},
-            "heartbeat_timeout": {**_SECONDS, "default": 15.0},
-            "probe_timeout": {**_SECONDS, "default": 60.0},
+            # every setting of the option groups, by its flat name, with its default
+            **schema_properties(),
         },
     }
     job_class = TrainingJob
@@ -178,24 +166,28 @@ class TrainWorkload(Workload):
             ship_model = copy.deepcopy(model) if _is_module(model) else model
         except Exception as err:  # a lock or a socket inside the model
             raise cannot_ship("model", err) from None
+        data = from_params(DataOptions, params)
+        placement = from_params(PlacementOptions, params)
+        communication = from_params(CommunicationOptions, params)
+        checkpoint = from_params(CheckpointOptions, params)
         spec = JobSpec(
             job_id=job.id,
             user_objects=pack_user_objects(
                 ship_model, params["dataset"], params["loss_fn"],
                 optimizer_factory(params["optimizer"]),
             ),
-            epochs=params["epochs"],
-            global_batch=params["batch_size"],
-            strategy=params["strategy"],
-            seed=params["seed"],
-            shuffle=params["shuffle"],
-            checkpoint_every=params["checkpoint_every"],
-            max_steps=params["max_steps"],
-            metrics_interval=float(params["metrics_interval"]),
-            torch_threads=params["torch_threads"],
-            shares=list(params["shares"]) if params["shares"] is not None else None,
-            local_sgd_every=params["local_sgd_every"],
-            final_optimizer=params["checkpoint_dir"] is not None,
+            epochs=data.epochs,
+            global_batch=data.batch_size,
+            strategy=communication.strategy,
+            seed=data.seed,
+            shuffle=data.shuffle,
+            checkpoint_every=checkpoint.every,
+            max_steps=data.max_steps,
+            metrics_interval=float(from_params(MetricsOptions, params).interval),
+            torch_threads=placement.torch_threads,
+            shares=list(placement.shares) if placement.shares is not None else None,
+            local_sgd_every=communication.local_sgd_every,
+            final_optimizer=checkpoint.dir is not None,
         )
         driver = Driver(
             ctx.client,
@@ -203,16 +195,22 @@ class TrainWorkload(Workload):
             store=job._store,
             hub=job.hub,
             cancel=job._cancel,
-            min_workers=params["min_workers"],
-            max_restarts=params["max_restarts"],
-            group_timeout=float(params["group_timeout"]),
-            settle_timeout=float(params["settle_timeout"]),
-            heartbeat_timeout=float(params["heartbeat_timeout"]),
-            probe_timeout=float(params["probe_timeout"]),
-            workers=params["workers"],
+            recovery=from_params(RecoveryOptions, params),
+            workers=placement.workers,
         )
         final = driver.run()
         return _load_result(model, ship_model, final)
+
+
+class _Unset:
+    """The default of ``train()``'s flat keywords: "not given", so the option groups' own
+    defaults apply and a keyword given together with its group can be told apart."""
+
+    def __repr__(self) -> str:
+        return "<default>"
+
+
+_UNSET: Any = _Unset()
 
 
 def train(
@@ -221,64 +219,86 @@ def train(
     loss_fn: Any,
     optimizer: Any,
     *,
-    epochs: int = 1,
-    batch_size: int = 64,
-    strategy: str = "auto",
-    checkpoint_dir: str | Path | None = None,
-    checkpoint_every: int = 50,
+    data: DataOptions | None = None,
+    placement: PlacementOptions | None = None,
+    communication: CommunicationOptions | None = None,
+    checkpoint: CheckpointOptions | None = None,
+    recovery: RecoveryOptions | None = None,
+    metrics: MetricsOptions | None = None,
     client: Any = None,
-    min_workers: int = 1,
-    max_restarts: int = 3,
-    group_timeout: float = 60.0,
-    on_progress: Callable[[Record], Any] | None = None,
     security: Any = None,
-    workers: Sequence[str] | None = None,
-    seed: int = 0,
-    shuffle: bool = True,
-    max_steps: int | None = None,
-    resume: bool = True,
-    shares: Sequence[float] | None = None,
-    local_sgd_every: int | None = None,
-    torch_threads: int | None = None,
-    metrics_interval: float = 0.5,
-    settle_timeout: float = 5.0,
-    heartbeat_timeout: float = 15.0,
-    probe_timeout: float = 60.0,
     name: str | None = None,
     report: Any = True,
+    # every setting of the groups as a flat keyword too (defaults: the groups' fields)
+    epochs: int = _UNSET,
+    batch_size: int = _UNSET,
+    strategy: str = _UNSET,
+    checkpoint_dir: str | Path | None = _UNSET,
+    checkpoint_every: int = _UNSET,
+    min_workers: int = _UNSET,
+    max_restarts: int = _UNSET,
+    group_timeout: float = _UNSET,
+    on_progress: Callable[[Record], Any] | None = _UNSET,
+    workers: Sequence[str] | None = _UNSET,
+    seed: int = _UNSET,
+    shuffle: bool = _UNSET,
+    max_steps: int | None = _UNSET,
+    resume: bool = _UNSET,
+    shares: Sequence[float] | None = _UNSET,
+    local_sgd_every: int | None = _UNSET,
+    torch_threads: int | None = _UNSET,
+    metrics_interval: float = _UNSET,
+    settle_timeout: float = _UNSET,
+    heartbeat_timeout: float = _UNSET,
+    probe_timeout: float = _UNSET,
 ) -> TrainingJob:
     """Train ``model`` data-parallel on every worker of a Dask cluster; returns at once.
 
     ``model``/``dataset``/``loss_fn`` are objects or zero-argument factories; ``optimizer`` is
     a factory taking the parameters (e.g. ``functools.partial(torch.optim.SGD, lr=0.1)``) or an
     optimizer instance whose class and defaults are reused. ``loss_fn(output, target)`` must
-    return the mean over the batch. ``batch_size`` is the *global* batch, split between ranks
-    in proportion to measured throughput (or ``shares``: one weight per worker, in rank order,
-    i.e. the preflight report's; a wrong count is refused). ``strategy`` is ``auto`` or one of
-    ``ddp``, ``ddp_fp16``, ``local_sgd``, ``fsdp``.
+    return the mean over the batch.
 
-    Checkpoints are shipped to this process every ``checkpoint_every`` steps and at the end,
-    kept in memory for recovery and written to ``checkpoint_dir`` if given (from which the job
-    resumes when ``resume`` is true). A lost worker makes the job re-form with the rest (at most
-    ``max_restarts`` times, never below ``min_workers``). A frozen worker is detected after
-    ``group_timeout`` seconds. ``on_progress`` receives progress records.
+    The settings come in typed groups (frozen dataclasses of
+    :mod:`parallalx_jupyter.training.options`, each field documented there, with its default):
 
-    Training is the ``train`` workload (:class:`TrainWorkload`, below): the job is
+    * ``data=DataOptions(epochs=1, batch_size=64, max_steps=None, shuffle=True, seed=0)``:
+      ``batch_size`` is the *global* batch, split between ranks in proportion to measured
+      throughput;
+    * ``placement=PlacementOptions(workers=None, shares=None, torch_threads=None)``:
+      ``shares`` is one weight per worker, in rank order (the preflight report's), instead;
+    * ``communication=CommunicationOptions(strategy="auto", local_sgd_every=None)``:
+      ``auto`` or one of ``ddp``, ``ddp_fp16``, ``local_sgd``, ``fsdp``;
+    * ``checkpoint=CheckpointOptions(dir=None, every=50, resume=True)``: checkpoints are
+      shipped to this process every ``every`` steps and at the end, kept in memory for
+      recovery and written to ``dir`` if given (from which the job resumes when ``resume``);
+    * ``recovery=RecoveryOptions(min_workers=1, max_restarts=3, group_timeout=60.0, ...)``:
+      a lost worker makes the job re-form with the rest (at most ``max_restarts`` times, never
+      below ``min_workers``); a frozen worker is detected after ``group_timeout`` seconds;
+    * ``metrics=MetricsOptions(interval=0.5, on_progress=None)``: ``on_progress`` receives
+      progress records.
+
+    Every setting is also a flat keyword, as before the groups: ``epochs=``, ``batch_size=``,
+    ``checkpoint_dir=`` (``CheckpointOptions.dir``), ``checkpoint_every=``
+    (``CheckpointOptions.every``), ``metrics_interval=`` (``MetricsOptions.interval``), and
+    each other field under its own name. A group fixes all of its settings, so a flat keyword
+    given with its group is a ``TypeError`` (``dataclasses.replace`` changes one field).
+
+    Training is the ``train`` workload (:class:`TrainWorkload`, above): the job is
     listed by this device's server (``name`` shows there; ``report=False`` keeps it local), so
-    the panel, the CLI and other kernels see its progress and can cancel it.
+    the panel, the CLI and other kernels see its progress and can cancel it. ``client`` is a
+    ``distributed.Client``, a scheduler address (with ``security=`` for TLS) or None.
     """
+    given = {k: v for k, v in locals().items() if k in PARAMETERS and v is not _UNSET}
+    groups = {"data": data, "placement": placement, "communication": communication,
+              "checkpoint": checkpoint, "recovery": recovery, "metrics": metrics}
+    settings = gather(given, groups)
     params = {
         "model": model, "dataset": dataset, "loss_fn": loss_fn, "optimizer": optimizer,
-        "epochs": epochs, "batch_size": batch_size, "strategy": strategy,
-        "checkpoint_dir": None if checkpoint_dir is None else str(checkpoint_dir),
-        "checkpoint_every": checkpoint_every, "min_workers": min_workers,
-        "max_restarts": max_restarts, "group_timeout": group_timeout,
-        "on_progress": on_progress, "workers": None if workers is None else list(workers),
-        "seed": seed, "shuffle": shuffle, "max_steps": max_steps, "resume": resume,
-        "shares": None if shares is None else list(shares),
-        "local_sgd_every": local_sgd_every, "torch_threads": torch_threads,
-        "metrics_interval": metrics_interval, "settle_timeout": settle_timeout,
-        "heartbeat_timeout": heartbeat_timeout, "probe_timeout": probe_timeout,
+        **settings,
+        "checkpoint_dir": _text(settings["checkpoint_dir"]),
+        "workers": _listed(settings["workers"]),
+        "shares": _listed(settings["shares"]),
     }
     try:
         job = start(TrainWorkload(), params, client=client, security=security, name=name,
@@ -287,6 +307,21 @@ def train(
         raise TrainingError(str(err)) from None
     assert isinstance(job, TrainingJob)
     return job
+
+
+def _text(path: Any) -> Any:
+    return None if path is None else str(path)
+
+
+def _listed(seq: Any) -> Any:
+    """Sequences as JSON arrays (lists) for the schema; a string or a non-iterable as given,
+    to be refused there with the parameter's name."""
+    if seq is None or isinstance(seq, (str, bytes)):
+        return seq
+    try:
+        return list(seq)
+    except TypeError:
+        return seq
 
 
 def _is_module(obj: Any) -> bool:
