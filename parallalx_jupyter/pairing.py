@@ -68,6 +68,15 @@ def new_nonce() -> str:
     return secrets.token_hex(32)
 
 
+def new_request_id() -> str:
+    """A random request ID (URL-safe) that never starts with "-" or "_": users type it after a
+    command (`parallalx accept ID`), where a leading "-" reads as an option."""
+    while True:
+        request_id = secrets.token_urlsafe(12)
+        if request_id[0].isalnum():
+            return request_id
+
+
 def clean_text(value: str, limit: int) -> str:
     """Peer-supplied text is data: drop control and format characters (bidi overrides, zero-width
     joiners) that could disguise a name, collapse whitespace and cap the length."""

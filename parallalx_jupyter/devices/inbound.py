@@ -10,7 +10,6 @@ once revealed. Never-revealed requests are not shown as requests: the user sees 
 
 from __future__ import annotations
 
-import secrets
 import time
 from typing import Any
 
@@ -24,6 +23,7 @@ from ..pairing import (
     clean_text,
     commitment,
     new_nonce,
+    new_request_id,
     shown_hash,
     validate,
     verification_code,
@@ -93,7 +93,7 @@ class InboundRequests:
         reply_port = body.get("reply_port")
         host = f"[{source_ip}]" if ":" in source_ip else source_ip
         row = {
-            "id": secrets.token_urlsafe(12),
+            "id": new_request_id(),
             "direction": "incoming",
             "kind": body["kind"],
             "peer_id": opened.sender_id,
