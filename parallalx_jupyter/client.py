@@ -16,8 +16,10 @@ device's server; first match wins:
 3. `PARALLALX_URL` / `PARALLALX_TOKEN` from the environment;
 4. `<home>/server.json` written by the extension (`find_server`; `PARALLALX_HOME`).
 
-`ApiClient` is the one HTTP code path of the CLI and the notebook surface (magics, widgets): JSON
-in and out, errors as `ClientError` with the server's `{"error": ...}` message and HTTP status.
+`ApiClient` is the one HTTP code path to the REST API: the CLI and the magics (through the
+command table, `commands`), the widgets, a job's reporter and `local_device` use it. JSON in and
+out, one method per route, errors as `ClientError` with the server's `{"error": ...}` message and
+HTTP status (None when the server could not be reached).
 """
 
 from __future__ import annotations
@@ -106,6 +108,97 @@ class ApiClient:
     def call(self, method: str, path: str, body: Any = None, timeout: float | None = None) -> Any:
         """`method` on `<url>/parallalx/api/<path>`: the parallalx REST API."""
         return self.request(method, API_PREFIX + path.lstrip("/"), body, timeout)
+
+    # -- the parallalx REST API, one method per route (the CLI, the magics, the widgets)
+
+    def device(self, refresh: bool = False) -> dict[str, Any]:
+        return self.call("GET", "device" + ("?refresh=true" if refresh else ""))
+
+    def requests(self, state: str = "open", direction: str | None = None) -> list[dict[str, Any]]:
+        query = {"state": state, **({"direction": direction} if direction else {})}
+        return self.call("GET", "requests?" + urllib.parse.urlencode(query))
+
+    def get_request(self, request_id: str) -> dict[str, Any]:
+        return self.call("GET", f"requests/{_q(request_id)}")
+
+    def accept(
+        self, request_id: str, kernel: str | None = None, ide: str | None = None
+    ) -> dict[str, Any]:
+        body = {k: v for k, v in (("kernel", kernel), ("ide", ide)) if v}
+        return self.call("POST", f"requests/{_q(request_id)}/accept", body)
+
+    def reject(self, request_id: str, reason: str | None = None) -> dict[str, Any]:
+        return self.call("POST", f"requests/{_q(request_id)}/reject",
+                         {"reason": reason} if reason else {})
+
+    def devices(self) -> list[dict[str, Any]]:
+        return self.call("GET", "devices")
+
+    def revoke(self, device: str) -> dict[str, Any]:
+        """Revoke a paired device given its ID, a unique ID prefix or its name."""
+        try:
+            target = match_device(self.devices(), device)
+        except ValueError as err:
+            raise ClientError(str(err)) from None
+        return self.call("POST", f"devices/{_q(target['id'])}/revoke")
+
+    def invite(self, url: str, *, offer: bool = False, **asks: Any) -> dict[str, Any]:
+        """Send a connection request to the peer listener at `url` (`offer=True`: offer this
+        device as a worker instead). `asks`: purpose, nthreads, memory_limit_gb, gpus,
+        duration_hours, requirements. Returns our outgoing request with the verification code."""
+        asks = {k: v for k, v in asks.items() if v is not None}
+        return self.call("POST", "invitations",
+                         {"url": url, "kind": "offer" if offer else "invite", "asks": asks})
+
+    def cluster(
+        self, action: str = "show", *, nthreads: int = 1, kernel: str | None = None
+    ) -> dict[str, Any]:
+        """`show` this device's cluster, or `start`, `stop` it, or `add-self` (a local worker
+        of `nthreads` threads, in `kernel`); the cluster's state."""
+        if action == "show":
+            return self.call("GET", "cluster")
+        if action == "add-self":
+            body: dict[str, Any] = {"nthreads": nthreads}
+            if kernel:
+                body["kernel"] = kernel
+            return self.call("POST", "cluster/add-self", body)
+        return self.call("POST", f"cluster/{_q(action)}")
+
+    def kernels(self, refresh: bool = False) -> list[dict[str, Any]]:
+        return self.call("GET", "kernels" + ("?refresh=true" if refresh else ""))
+
+    def ides(self) -> list[dict[str, Any]]:
+        return self.call("GET", "ides")
+
+    def environment(
+        self, action: str, requirements: list[str] | tuple[str, ...] = (),
+        kernel: str | None = None, ide: str | None = None,
+    ) -> dict[str, Any]:
+        """`check` or `install` what an environment (a kernel, an IDE's Python, else the
+        server's) needs for the cluster plus `requirements`."""
+        body: dict[str, Any] = {"requirements": list(requirements)}
+        if kernel:
+            body["kernel"] = kernel
+        if ide:
+            body["ide"] = ide
+        return self.call("POST", f"environment/{_q(action)}", body)
+
+    def workloads(self) -> list[dict[str, Any]]:
+        return self.call("GET", "workloads")
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return self.call("GET", "jobs")
+
+    def cancel_job(self, job_id: str) -> dict[str, Any]:
+        return self.call("POST", f"jobs/{_q(job_id)}/cancel")
+
+    def remove_job(self, job_id: str) -> None:
+        self.call("DELETE", f"jobs/{_q(job_id)}")
+
+
+def _q(value: str) -> str:
+    """An ID as one URL path segment."""
+    return urllib.parse.quote(value, safe="")
 
 
 def match_device(devices: list[dict[str, Any]], ref: str) -> dict[str, Any]:

@@ -15,11 +15,11 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .client import ApiClient, ClientError
 
 
 def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:
@@ -174,24 +174,12 @@ class LocalDevice:
             return "(no log)"
 
     def api(self, method: str, path: str, body: Any = None, timeout: float = 30.0) -> Any:
-        url = f"{self.url}/parallalx/api/{path.lstrip('/')}"
-        data = None if body is None else json.dumps(body).encode()
-        if data is None and method in ("POST", "PUT", "PATCH"):
-            data = b"{}"
-        request = urllib.request.Request(url, data=data, method=method)
-        request.add_header("Authorization", f"token {self.token}")
-        request.add_header("Content-Type", "application/json")
+        """`method` on this device's REST API (`client.ApiClient`); DeviceError on failure."""
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                return json.loads(response.read() or b"null")
-        except urllib.error.HTTPError as err:
-            try:
-                message = json.loads(err.read()).get("error", err.reason)
-            except ValueError:
-                message = err.reason
-            raise DeviceError(f"{method} {path}: {err.code} {message}", err.code) from None
-        except urllib.error.URLError as err:
-            raise DeviceError(f"{method} {path}: {err.reason}") from None
+            return ApiClient(self.url, self.token, timeout).call(method, path, body)
+        except ClientError as err:
+            status = "" if err.status is None else f"{err.status} "
+            raise DeviceError(f"{method} {path}: {status}{err.message}", err.status) from None
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
         if self.proc is None or self.proc.poll() is not None:

@@ -24,7 +24,6 @@ import json
 import logging
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,6 @@ from ..client import (
     ServerRef,
     find_kernel_server,
     locate_server,
-    match_device,
 )
 
 log = logging.getLogger("parallalx_jupyter.notebook")
@@ -85,46 +83,37 @@ class Connection:
     def call(self, method: str, path: str, body: Any = None) -> Any:
         return self.client.call(method, path, body)
 
-    # -- this device, requests, devices (one method per REST route)
+    # -- this device, requests, devices: the client's methods (one per REST route)
 
     def device(self, refresh: bool = False) -> dict[str, Any]:
-        return self.call("GET", "device" + ("?refresh=true" if refresh else ""))
+        return self.client.device(refresh)
 
     def requests(self, state: str = "open", direction: str | None = None) -> list[dict[str, Any]]:
-        query = {"state": state, **({"direction": direction} if direction else {})}
-        return self.call("GET", "requests?" + urllib.parse.urlencode(query))
+        return self.client.requests(state, direction)
 
     def request(self, request_id: str) -> dict[str, Any]:
-        return self.call("GET", f"requests/{_q(request_id)}")
+        return self.client.get_request(request_id)
 
     def accept(
         self, request_id: str, kernel: str | None = None, ide: str | None = None
     ) -> dict[str, Any]:
-        body = {k: v for k, v in (("kernel", kernel), ("ide", ide)) if v}
-        return self.call("POST", f"requests/{_q(request_id)}/accept", body)
+        return self.client.accept(request_id, kernel, ide)
 
     def reject(self, request_id: str, reason: str | None = None) -> dict[str, Any]:
-        return self.call("POST", f"requests/{_q(request_id)}/reject",
-                         {"reason": reason} if reason else {})
+        return self.client.reject(request_id, reason)
 
     def devices(self) -> list[dict[str, Any]]:
-        return self.call("GET", "devices")
+        return self.client.devices()
 
     def revoke(self, device: str) -> dict[str, Any]:
         """Revoke a paired device given its ID, a unique ID prefix or its name."""
-        try:
-            target = match_device(self.devices(), device)
-        except ValueError as err:
-            raise ClientError(str(err)) from None
-        return self.call("POST", f"devices/{_q(target['id'])}/revoke")
+        return self.client.revoke(device)
 
     def invite(self, url: str, *, offer: bool = False, **asks: Any) -> dict[str, Any]:
         """Send a connection request to the peer listener at `url` (`offer=True`: offer this
         device as a worker instead). `asks`: purpose, nthreads, memory_limit_gb, gpus,
         duration_hours. Returns our outgoing request with the verification code."""
-        asks = {k: v for k, v in asks.items() if v is not None}
-        return self.call("POST", "invitations",
-                         {"url": url, "kind": "offer" if offer else "invite", "asks": asks})
+        return self.client.invite(url, offer=offer, **asks)
 
     def wait_request(self, request_id: str, timeout: float = 60.0) -> dict[str, Any]:
         """Block until a request is decided (or `timeout`); returns its latest state."""
@@ -159,10 +148,6 @@ class Connection:
             self._live.stop()
         if self._events is not None:
             self._events.stop()
-
-
-def _q(value: str) -> str:
-    return urllib.parse.quote(value, safe="")
 
 
 _default: Connection | None = None

@@ -9,6 +9,9 @@
 for Python-object parameters the name of a variable in the notebook (`objective=my_objective`)
 or a `package.module:attribute` reference. The job runs in this kernel, shows a live view and
 is stored in VAR (`-o`, default `job`); the panel and the CLI see it and can cancel it.
+
+`workloads`, `run` and `jobs` are table commands (`parallalx_jupyter.commands`, shared with the
+CLI); `run` is implemented here, since the job runs in this kernel.
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ from typing import Any
 import ipywidgets as widgets
 
 from ..jobs.reporter import summarize
-from ..jobs.text import eta, jobs_table, workloads_table
-from .magics import Context, Result, argument, magic_error, subcommand
+from ..text import progress_text
+from .magics import Context, Result, handles, magic_error
 from .training import _JOBS_LOCK, FINAL_STATES, JOBS, TrainingDashboard, sparkline
 
 
@@ -58,11 +61,7 @@ class JobView(widgets.VBox):
                 if p["loss"] is not None:
                     self._values.append(p["loss"])
                     self.plot.value = sparkline(self._values)
-                parts = [p["message"] or (f"{p['step']}/{p['total']}" if p["total"] else "")]
-                if p["samples_per_s"] is not None:
-                    parts.append(f"{p['samples_per_s']:,.0f}/s")
-                parts.append(f"ETA {eta(p['eta_s'])}")
-                self.text.value = html.escape(" · ".join(x for x in parts if x))
+                self.text.value = html.escape(progress_text(p))
             elif rec.get("kind") == "state":
                 self.state = str(rec.get("state"))
                 if self.state in FINAL_STATES:
@@ -96,24 +95,9 @@ def _param_value(ns: dict[str, Any], schema: dict[str, Any], key: str, value: An
     return value
 
 
-@subcommand("workloads", "workloads installed on this device (train, sweep, inference, ...)")
-def _workloads(ctx: Context, args: Any) -> Result:
-    """List the workloads the server finds (entry-point group `parallalx_jupyter.workloads`)."""
-    data = ctx.connection.call("GET", "workloads")
-    return Result(data, lambda: workloads_table(data))
-
-
-@subcommand("run", "run a workload in this kernel: run NAME key=value ...")
-@argument("workload", help="workload name (see `%%parallalx workloads`)")
-@argument("params", nargs="*", help="key=value parameters (JSON values; notebook variables "
-          "for Python objects)")
-@argument("--params-json", metavar="JSON", help="parameters as one JSON object")
-@argument("--name", help="name shown in the job list")
-@argument("--scheduler", metavar="ADDR", help="Dask scheduler address (default: a `client` "
-          "variable, the default Dask client, or this device's cluster)")
+@handles("run")
 def _run(ctx: Context, args: Any) -> Result:
-    """Start the workload in the background with a live view; the job is stored in VAR (-o,
-    default `job`) and listed by this device's server (panel, CLI, `%%parallalx jobs`)."""
+    """Start the workload in the background with a live view (see the command's help)."""
     from ..workloads import WorkloadError
     from ..workloads.params import parse_params
     from ..workloads.registry import get
@@ -137,24 +121,3 @@ def _run(ctx: Context, args: Any) -> Result:
     ns[var] = job
     view = TrainingDashboard(job) if job.workload == "train" else JobView(job)
     return Result({"id": job.id, "workload": job.workload, "state": job.state}, lambda: view)
-
-
-@subcommand("jobs", "jobs of every workload on this device: list, cancel ID, remove ID")
-@argument("action", nargs="?", default="list", choices=("list", "cancel", "remove"))
-@argument("job", nargs="?", help="job ID (cancel, remove)")
-def _jobs(ctx: Context, args: Any) -> Result:
-    """The device's job list: jobs from every kernel, the CLI and the panel's view of them."""
-    import urllib.parse
-
-    conn = ctx.connection
-    if args.action == "list":
-        data = conn.call("GET", "jobs")
-        return Result(data, lambda: jobs_table(data))
-    if not args.job:
-        raise magic_error(f"jobs {args.action}: which job? (an ID from `%parallalx jobs`)")
-    job_id = urllib.parse.quote(args.job, safe="")
-    if args.action == "cancel":
-        data = conn.call("POST", f"jobs/{job_id}/cancel")
-        return Result(data, lambda: f"cancel requested for {data['workload']} job {data['id']}")
-    conn.call("DELETE", f"jobs/{job_id}")
-    return Result({"removed": args.job}, lambda: f"removed job {args.job}")

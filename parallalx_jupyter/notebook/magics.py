@@ -19,15 +19,22 @@
 Every subcommand takes `--help`, `--json` (print the REST API's JSON) and `-o VAR` (store that
 JSON data in the variable VAR). Errors are one line (`UsageError: parallalx: ...`), no traceback.
 
-Adding a subcommand is a few lines, anywhere that is imported when the extension loads:
+The built-in subcommands come from the command table (`parallalx_jupyter.commands`), which the
+`parallalx` CLI is built from too: each command's arguments, help, REST call and text are
+declared there once. Here a table command may show a live widget instead of its text
+(`@shows(name)`: `devices`, `requests`, `invite`, `accept`, `reject`) or run a notebook
+implementation of its own (`@handles(name)`: `status`, `run`, `install`).
+
+A subcommand of the notebook only (`%%parallalx train`, or a plugin's) is a few lines, anywhere
+that is imported when the extension loads:
 
     from parallalx_jupyter.notebook.magics import Result, argument, subcommand
 
-    @subcommand("kernels", "list this device's kernels")
-    @argument("--all", action="store_true", help="include non-Python kernels")
-    def _kernels(ctx, args):
-        '''List the kernelspecs a worker can run in.'''
-        data = ctx.connection.call("GET", "kernels")
+    @subcommand("gpus", "this device's GPUs")
+    @argument("--cuda", action="store_true", help="CUDA devices only")
+    def _gpus(ctx, args):
+        '''List the accelerators a worker can use.'''
+        data = ctx.connection.device()["profile"]["accelerators"]
         return Result(data, lambda: my_widget(data))   # or a str for plain text
 
 `ctx.connection` is the `Connection` (REST API), `ctx.cell` the cell body (with `cell=True`).
@@ -49,6 +56,7 @@ from IPython.display import display
 from IPython.utils.process import arg_split
 from IPython.utils.text import DollarFormatter
 
+from ..commands import COMMANDS, MAGIC, Command, CommandError, Invocation
 from . import api
 from .api import ClientError, Connection, ServerNotFound
 
@@ -60,7 +68,9 @@ __all__ = [
     "Result",
     "Subcommand",
     "argument",
+    "handles",
     "load_ipython_extension",
+    "shows",
     "subcommand",
     "unload_ipython_extension",
 ]
@@ -95,6 +105,10 @@ class Context:
         if self._connection is None:
             self._connection = api.connect()
         return self._connection
+
+    def invocation(self, name: str, args: Any) -> Invocation:
+        """A table command's run on this kernel's connection."""
+        return Invocation(name, self.connection.client, args, MAGIC, self.cell)
 
     def job_reporting(self) -> Any:
         """Where a job started here reports: the magics' own server, or nowhere (local job)."""
@@ -205,6 +219,8 @@ def run_subcommand(shell: Any, line: str, cell: str | None = None) -> None:
     except (ClientError, ServerNotFound) as err:
         _forget_if_unreachable(err)
         raise magic_error(str(err)) from None
+    except CommandError as err:
+        raise magic_error(str(err)) from None
 
 
 def _forget_if_unreachable(err: Exception) -> None:
@@ -262,132 +278,98 @@ def unload_ipython_extension(ipython: Any) -> None:
     api.disconnect()
 
 
-# ---------------------------------------------------------------------------- subcommands
+# ---------------------------------------------------------------------------- the command table
+
+Handler = Callable[[Context, Any], Result]
+View = Callable[[Context, Any, Any], Any]
+
+#: the notebook's own implementation of a table command (instead of its REST call and text)
+HANDLERS: dict[str, Handler] = {}
+#: what a table command displays instead of its text (a live widget)
+VIEWS: dict[str, View] = {}
 
 
-@subcommand("status", "this device, the server the kernel talks to, counts")
+def handles(name: str) -> Callable[[Handler], Handler]:
+    """`func(ctx, args) -> Result` runs the table command `name` in a notebook."""
+
+    def register(func: Handler) -> Handler:
+        HANDLERS[name] = func
+        return func
+
+    return register
+
+
+def shows(name: str) -> Callable[[View], View]:
+    """`func(ctx, args, data)` builds what the table command `name` displays."""
+
+    def register(func: View) -> View:
+        VIEWS[name] = func
+        return func
+
+    return register
+
+
+def _table_subcommand(command: Command) -> None:
+    """`%parallalx <command>` from the command table: its arguments, help and REST call."""
+
+    def run(ctx: Context, args: Any) -> Result:
+        handler = HANDLERS.get(command.name)
+        if handler is not None:
+            return handler(ctx, args)
+        if command.call is None:
+            raise magic_error(f"{command.name}: not available in a notebook")
+        inv = ctx.invocation(command.name, args)
+        data = command.call(inv)
+        view = VIEWS.get(command.name)
+        if view is not None:
+            return Result(data, lambda: view(ctx, args, data))
+        return Result(data, lambda: command.show(inv, data))
+
+    run.__name__ = run.__qualname__ = f"parallalx_{command.name.replace('-', '_')}"
+    run.__doc__ = command.description_for(MAGIC) or command.help_for(MAGIC)
+    func: Any = run
+    for flags, options in reversed(command.arguments(MAGIC)):
+        func = argument(*flags, **options)(func)
+    subcommand(command.name, command.help_for(MAGIC), cell=command.cell)(func)
+
+
+for _command in COMMANDS.values():
+    if MAGIC in _command.surfaces:
+        _table_subcommand(_command)
+
+
+@handles("status")
 def _status(ctx: Context, args: Any) -> Result:
-    """Show this device (name, ID, peer URLs, resources), the Jupyter server this kernel talks
-    to and how it was found, and how many devices are paired and requests open."""
     from .widgets import StatusView, status_data
 
     data = status_data(ctx.connection)
     return Result(data, lambda: StatusView(data))
 
 
-@subcommand("devices", "paired devices (live table with Revoke buttons)")
-def _devices(ctx: Context, args: Any) -> Result:
-    """List the devices paired with this one: name, ID, role, state."""
+@shows("devices")
+def _devices(ctx: Context, args: Any, data: Any) -> Any:
     from .widgets import DeviceTable
 
-    conn = ctx.connection
-    return Result(conn.devices(), lambda: DeviceTable(conn))
+    return DeviceTable(ctx.connection)
 
 
-@subcommand("requests", "connection requests (live inbox with Accept / Reject)")
-@argument("--all", action="store_true", help="include decided, expired and superseded ones")
-@argument("--direction", choices=["incoming", "outgoing"], help="only one direction")
-def _requests(ctx: Context, args: Any) -> Result:
-    """List connection requests: who asks (name, device ID), what is asked, the verification
-    code and the expiry. Incoming ones get Accept / Reject buttons."""
+@shows("requests")
+def _requests(ctx: Context, args: Any, data: Any) -> Any:
     from .widgets import Inbox
 
-    conn = ctx.connection
-    data = conn.requests("all" if args.all else "open", args.direction)
-    return Result(data, lambda: Inbox(conn, direction=args.direction, show_all=args.all))
+    return Inbox(ctx.connection, direction=args.direction, show_all=args.all)
 
 
-ASK_FIELDS = {"purpose": str, "nthreads": int, "memory_limit_gb": float, "gpus": int,
-              "duration_hours": float}
-
-
-def _parse_asks(body: str) -> dict[str, Any]:
-    """`%%parallalx invite` body: a JSON object, or `key: value` / `key = value` lines."""
-    text = body.strip()
-    if not text:
-        return {}
-    if text.startswith("{"):
-        try:
-            asks = json.loads(text)
-        except ValueError as err:
-            raise magic_error(f"invite: the cell body is not valid JSON: {err}") from None
-        if not isinstance(asks, dict):
-            raise magic_error("invite: the cell body must be a JSON object")
-        return asks
-    asks: dict[str, Any] = {}
-    for raw in text.splitlines():
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        key, sep, value = line.partition(":") if ":" in line else line.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or key not in ASK_FIELDS:
-            raise magic_error(
-                f"invite: cannot read {raw.strip()!r}; lines are `key: value` with key one of "
-                + ", ".join(ASK_FIELDS)
-            )
-        try:
-            asks[key] = ASK_FIELDS[key](value.strip())
-        except ValueError:
-            raise magic_error(f"invite: {key} must be a number, not {value.strip()!r}") from None
-    return asks
-
-
-@subcommand("invite", "send a connection request to another device", cell=True)
-@argument("peer_url", help="the other device's peer address, e.g. https://192.168.1.20:8476")
-@argument("--offer", action="store_true",
-          help="offer this device as a worker instead of inviting the peer")
-@argument("--purpose", help="what the workers will be used for")
-@argument("--nthreads", type=int, help="threads per worker")
-@argument("--memory-limit-gb", dest="memory_limit_gb", type=float, help="memory limit")
-@argument("--gpus", type=int, help="GPUs to use")
-@argument("--duration-hours", dest="duration_hours", type=float, help="how long")
-def _invite(ctx: Context, args: Any) -> Result:
-    """Send a connection request to another device's peer listener. The verification code
-    shown must match the one the other device's user sees before they accept. With
-    `%%parallalx invite URL`, the cell body gives what is asked (`key: value` lines or JSON)."""
+@shows("invite")
+def _invite(ctx: Context, args: Any, sent: Any) -> Any:
     from .widgets import Inbox
 
-    asks = _parse_asks(ctx.cell or "")
-    for key in ASK_FIELDS:
-        if getattr(args, key) is not None:
-            asks[key] = getattr(args, key)
-    conn = ctx.connection
-    sent = conn.invite(args.peer_url, offer=args.offer, **asks)
-    return Result(sent, lambda: Inbox(conn, ids=[sent["id"]], title="Request sent"))
+    return Inbox(ctx.connection, ids=[sent["id"]], title="Request sent")
 
 
-@subcommand("accept", "accept an incoming connection request")
-@argument("request_id", help="the request's ID (see %%parallalx requests)")
-@argument("--kernel", help="kernelspec the worker runs in")
-def _accept(ctx: Context, args: Any) -> Result:
-    """Accept an incoming connection request: only if its verification code matches the code
-    on the other device."""
+@shows("accept")
+@shows("reject")
+def _decided(ctx: Context, args: Any, decided: Any) -> Any:
     from .widgets import RequestCard
 
-    conn = ctx.connection
-    decided = conn.accept(args.request_id, args.kernel)
-    return Result(decided, lambda: RequestCard(decided, conn))
-
-
-@subcommand("reject", "reject an incoming connection request")
-@argument("request_id", help="the request's ID (see %%parallalx requests)")
-@argument("--reason", help="a note for this device's records")
-def _reject(ctx: Context, args: Any) -> Result:
-    """Reject an incoming connection request."""
-    from .widgets import RequestCard
-
-    conn = ctx.connection
-    decided = conn.reject(args.request_id, args.reason)
-    return Result(decided, lambda: RequestCard(decided, conn))
-
-
-@subcommand("revoke", "stop sharing with a paired device")
-@argument("device", help="device ID (a unique prefix is enough) or name")
-def _revoke(ctx: Context, args: Any) -> Result:
-    """Revoke a paired device: its workers are removed and the device is told."""
-    from .widgets import plain
-
-    device = ctx.connection.revoke(args.device)
-    return Result(device, lambda: f"revoked {plain(device.get('name'), 64)} "
-                                  f"[{plain(device.get('id_display'), 80)}]")
+    return RequestCard(decided, ctx.connection)

@@ -21,6 +21,7 @@ from typing import Any
 
 import ipywidgets as widgets
 
+from ..text import eta, rate
 from .magics import Context, Result, argument, magic_error, subcommand
 
 REQUIRED = ("model", "dataset", "loss_fn", "optimizer")
@@ -30,13 +31,6 @@ LOSS_POINTS = 200
 #: every job started from this kernel (`%%parallalx train`, `%parallalx run`), oldest first
 JOBS: dict[str, Any] = {}
 _JOBS_LOCK = threading.Lock()
-
-
-def _fmt_eta(seconds: Any) -> str:
-    if not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
-        return "-"
-    seconds = int(seconds)
-    return f"{seconds // 60}m {seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 def _num(value: Any, default: float = 0.0) -> float:
@@ -132,7 +126,7 @@ class TrainingDashboard(widgets.VBox):
             bar, label = self._bar(worker, int(_num(r.get("rank"))))
             bar.value = min(_num(r.get("global_step")) / total, 1.0)
             label.value = html.escape(
-                f"{worker[:80]}: {_num(r.get('samples_per_s')):.0f} samples/s, "
+                f"{worker[:80]}: {rate(_num(r.get('samples_per_s')))} samples/s, "
                 f"comm {_num(r.get('comm_share')):.0%}, "
                 f"{int(_num(by_worker.get(worker)))} samples"
             )
@@ -140,9 +134,9 @@ class TrainingDashboard(widgets.VBox):
         self.stats.value = html.escape(
             f"step {int(_num(rec.get('global_step')))}/{total} · epoch "
             f"{int(_num(rec.get('epoch')))} · loss {_num(rec.get('loss'), math.nan):.4g} · "
-            f"{_num(rec.get('samples_per_s')):.0f} samples/s · communication "
+            f"{rate(_num(rec.get('samples_per_s')))} samples/s · communication "
             f"{_num(rec.get('comm_share')):.0%} · stragglers: {stragglers or 'none'} · "
-            f"ETA {_fmt_eta(rec.get('eta_s'))}"
+            f"ETA {eta(rec.get('eta_s'))}"
         )
         self.loss_plot.value = sparkline(self._losses)
 

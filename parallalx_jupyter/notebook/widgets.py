@@ -4,8 +4,9 @@ Buttons decide for real through the REST API (`Connection`), exactly as the CLI 
 panel do; the card then shows the outcome or the server's error.
 
 Text from other devices (names, purposes) is data. Every string that reaches a widget goes
-through `plain()` (control and format characters such as bidi overrides removed, whitespace
-collapsed, length capped) and, where the widget renders HTML, `html.escape` (`esc()`). Labels and
+through `plain()` (`parallalx_jupyter.text`: control and format characters such as bidi
+overrides removed, whitespace collapsed, length capped) and, where the widget renders HTML,
+`html.escape` (`esc()`). Labels and
 button descriptions are plain text in ipywidgets 8.
 
 Threads. Views are created in the foreground (the cell that displays them); only the card of a
@@ -23,27 +24,41 @@ that started before a click can land after it: cards never go back from a decisi
 "pending", device rows never to an older `updated_at`.
 
 Without a widget frontend (terminal IPython, nbconvert to text) every view shows a plain-text
-`text/plain`: `__repr__`, `_repr_pretty_` and `_repr_mimebundle_` all give the same text.
+`text/plain`: `__repr__`, `_repr_pretty_` and `_repr_mimebundle_` all give the same text, the
+one the CLI prints (made by `parallalx_jupyter.text`).
 """
 
 from __future__ import annotations
 
 import html
 import threading
-import time
-import unicodedata
 from collections.abc import Iterable
 from typing import Any
 
 import ipywidgets as widgets
 
+from ..text import (
+    ID_LIMIT,
+    NAME_LIMIT,
+    TEXT_LIMIT,
+    asks_parts,
+    countdown,
+    devices_text,
+    granted_text,
+    peer_name,
+    plain,
+    pretty_code,
+    request_text,
+    request_title,
+    requests_text,
+    resources_text,
+    short_id,
+    status_text,
+    worker_text,
+)
 from .api import Connection, connect
 
 UI_LOCK = threading.RLock()
-
-NAME_LIMIT = 64
-TEXT_LIMIT = 300
-ID_LIMIT = 80
 
 __all__ = [
     "DeviceTable",
@@ -62,73 +77,9 @@ __all__ = [
 # ---------------------------------------------------------------------------- safe text
 
 
-def plain(value: Any, limit: int = TEXT_LIMIT) -> str:
-    """`value` as one line of harmless plain text: no control/format characters (bidi overrides,
-    zero-width joiners), whitespace collapsed, at most `limit` characters."""
-    if value is None:
-        return ""
-    kept = []
-    for ch in str(value)[: limit * 4 + 16]:
-        if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"):
-            kept.append(" " if ch in "\t\n\r\u2028\u2029" else "")
-        else:
-            kept.append(ch)
-    text = " ".join("".join(kept).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def esc(value: Any, limit: int = TEXT_LIMIT) -> str:
     """`plain(value)` escaped for an HTML widget."""
     return html.escape(plain(value, limit), quote=True)
-
-
-def _countdown(expires_at: float | None, now: float | None = None) -> str:
-    if not expires_at:
-        return ""
-    left = int(expires_at - (now or time.time()))
-    if left <= 0:
-        return "expired"
-    return f"expires in {left // 60}m {left % 60:02d}s"
-
-
-def _pretty_code(code: str | None) -> str:
-    code = plain(code, 12)
-    return f"{code[:3]} {code[3:]}" if code else ""
-
-
-_ASK_LABELS = {
-    "nthreads": ("threads", ""),
-    "memory_limit_gb": ("memory", " GB"),
-    "gpus": ("GPUs", ""),
-    "duration_hours": ("for", " h"),
-}
-
-
-def _asks_parts(asks: dict[str, Any] | None) -> tuple[str, list[str]]:
-    asks = asks or {}
-    parts = []
-    for key, value in list(asks.items())[:20]:
-        if key == "purpose" or value is None or value == [] or value == {} or value == "":
-            continue
-        if isinstance(value, list | tuple):
-            value = ", ".join(plain(v, 64) for v in value[:20]) + (" …" if len(value) > 20 else "")
-        label, unit = _ASK_LABELS.get(key, (plain(key, 32), ""))
-        parts.append(f"{label} {plain(value, 200)}{unit}")
-    return plain(asks.get("purpose") or "run training workers"), parts
-
-
-def _peer_name(request: dict[str, Any]) -> str:
-    return plain((request.get("peer") or {}).get("name") or "(unnamed device)", NAME_LIMIT)
-
-
-def _title(request: dict[str, Any]) -> tuple[str, str]:
-    """(before, after) the peer's name in a card's title."""
-    incoming = request.get("direction") == "incoming"
-    if request.get("kind") == "offer":
-        return ("", " offers to run training workers for this device") if incoming else (
-            "Offer to ", " to run training workers for it")
-    return ("", " invites this device to run training workers for it") if incoming else (
-        "Invitation to ", " to run training workers for this device")
 
 
 _OUTCOME = {
@@ -137,100 +88,6 @@ _OUTCOME = {
     "expired": "expired (no decision in time)",
     "superseded": "superseded by a newer request from the same device",
 }
-
-
-def request_text(request: dict[str, Any], error: str | None = None) -> str:
-    before, after = _title(request)
-    purpose, parts = _asks_parts(request.get("asks"))
-    peer = request.get("peer") or {}
-    lines = [
-        f"{before}{_peer_name(request)}{after}: {plain(request.get('state'), 20)}",
-        f"  request:  {plain(request.get('id'), ID_LIMIT)}",
-        f"  device:   {plain(peer.get('id_display'), ID_LIMIT)}",
-        "  asks:     " + ", ".join([purpose, *parts]),
-    ]
-    if request.get("code"):
-        lines.append(f"  code:     {_pretty_code(request['code'])}   "
-                     "(must match the code on the other device)")
-    if request.get("state") == "pending":
-        lines.append(f"  expires:  {_countdown(request.get('expires_at')) or '-'}")
-    if error:
-        lines.append(f"  error:    {plain(error)}")
-    return "\n".join(lines)
-
-
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-        for row in [header, *rows]
-    )
-
-
-def _short_id(device: dict[str, Any]) -> str:
-    full = plain(device.get("id_display") or device.get("id"), ID_LIMIT)
-    return full[:15] + "…" if len(full) > 16 else full
-
-
-def granted_text(device: dict[str, Any]) -> str:
-    """What the grant gives: threads, memory, GPUs (the limits accepted with the request)."""
-    asks = (device.get("grant") or {}).get("asks") or {}
-    parts = []
-    if asks.get("nthreads"):
-        parts.append(f"{plain(asks['nthreads'], 6)} threads")
-    if asks.get("memory_limit_gb"):
-        parts.append(f"{plain(asks['memory_limit_gb'], 8)} GiB")
-    if asks.get("gpus"):
-        parts.append(f"{plain(asks['gpus'], 4)} GPUs")
-    return ", ".join(parts) or ("default limits" if device.get("grant") else "-")
-
-
-def worker_text(device: dict[str, Any], cluster: dict[str, Any] | None) -> str:
-    """The worker this pairing runs: the peer's workers in our cluster (peer is a worker), or
-    our worker for the peer (peer is our main device)."""
-    if cluster is None:
-        return "?"
-    if device.get("role") == "worker":
-        n = sum(1 for w in cluster.get("workers") or [] if w.get("device_id") == device.get("id"))
-        return f"{n} running" if n else "none"
-    entry = next((s for s in cluster.get("serving") or []
-                  if s.get("main_id") == device.get("id")), None)
-    return plain(entry.get("state"), 30) if entry else "none"
-
-
-def devices_text(
-    devices: Iterable[dict[str, Any]], cluster: dict[str, Any] | None = None
-) -> str:
-    rows = [[plain(d.get("name"), NAME_LIMIT), _short_id(d), plain(d.get("role"), 20),
-             plain(d.get("state"), 20), granted_text(d), worker_text(d, cluster)]
-            for d in devices]
-    if not rows:
-        return "No paired devices."
-    return _table(rows, ["NAME", "DEVICE ID", "ROLE", "STATE", "GRANTED", "WORKER"])
-
-
-def _resources(profile: dict[str, Any] | None) -> str:
-    p = profile or {}
-    acc = p.get("accelerators") or {}
-    gpus = ", ".join(plain(d.get("name"), 40) for d in acc.get("cuda") or []) or (
-        "MPS" if acc.get("mps") else "none")
-    memory = p.get("memory_bytes")
-    mem = f"{memory / 2**30:.1f} GiB" if isinstance(memory, int | float) else "?"
-    return f"{plain(p.get('cpu_cores'), 8) or '?'} cores, {mem}, GPUs: {gpus}"
-
-
-def status_text(status: dict[str, Any]) -> str:
-    info, server = status.get("device") or {}, status.get("server") or {}
-    counts = status.get("counts") or {}
-    return "\n".join([
-        f"this device: {plain(info.get('name'), NAME_LIMIT)}  [{plain(info.get('id_display'))}]",
-        f"peer URLs:   {', '.join(plain(u, 200) for u in info.get('peer_urls') or []) or '-'}",
-        f"resources:   {_resources(info.get('profile'))}",
-        f"server:      {plain(server.get('url'), 200)} (found by: "
-        f"{plain(server.get('found_by'), 40)})",
-        f"paired:      {counts.get('paired', 0)} device(s); open requests: "
-        f"{counts.get('incoming', 0)} incoming, {counts.get('outgoing', 0)} outgoing",
-    ])
 
 
 # ---------------------------------------------------------------------------- base classes
@@ -404,7 +261,7 @@ class RequestCard(_TextRepr, widgets.VBox):
     def actionable(self) -> bool:
         r = self.request
         return (r.get("direction") == "incoming" and r.get("state") == "pending"
-                and _countdown(r.get("expires_at")) != "expired")
+                and countdown(r.get("expires_at")) != "expired")
 
     def text(self) -> str:
         return request_text(self.request, self.error)
@@ -459,24 +316,24 @@ class RequestCard(_TextRepr, widgets.VBox):
         r = self.request
         incoming = r.get("direction") == "incoming"
         state = r.get("state")
-        before, after = _title(r)
+        before, after = request_title(r)
         _set(self.title, "value",
-             f"{html.escape(before)}<b>{esc(_peer_name(r), NAME_LIMIT)}</b>{html.escape(after)}")
+             f"{html.escape(before)}<b>{esc(peer_name(r), NAME_LIMIT)}</b>{html.escape(after)}")
         peer = r.get("peer") or {}
         _set(self.peer, "value",
              f"Device ID: <code>{esc(peer.get('id_display'), ID_LIMIT)}</code>")
-        purpose, parts = _asks_parts(r.get("asks"))
+        purpose, parts = asks_parts(r.get("asks"))
         _set(self.asks, "value", "Asks: " + esc(purpose) + "".join(
             f" · {html.escape(p)}" for p in parts))
-        code = _pretty_code(r.get("code"))
+        code = pretty_code(r.get("code"))
         where = "on the other device" if incoming else "that the other device's user sees"
         _set(self.code, "value",
              f'Verification code: <b style="font-family:monospace;font-size:1.3em">'
              f"{html.escape(code)}</b> (must match the code {where})" if code else "")
         _show(self.code, bool(code))
-        countdown = _countdown(r.get("expires_at")) if state == "pending" else ""
-        _set(self.expiry, "value", countdown)
-        _show(self.expiry, bool(countdown))
+        expiry = countdown(r.get("expires_at")) if state == "pending" else ""
+        _set(self.expiry, "value", expiry)
+        _show(self.expiry, bool(expiry))
         _show(self.buttons, self.actionable or self.busy)
         _set(self.accept_button, "disabled", self.busy)
         _set(self.reject_button, "disabled", self.busy)
@@ -487,7 +344,7 @@ class RequestCard(_TextRepr, widgets.VBox):
         elif state == "pending":
             status = ("<i>compare the code with the other device, then accept or reject</i>"
                       if incoming else "<i>waiting for the other device's user to decide</i>")
-            if countdown == "expired":
+            if expiry == "expired":
                 status = "<i>expired</i>"
         else:
             status = f"<b>{html.escape(_OUTCOME.get(str(state), plain(state, 20)))}</b>"
@@ -534,10 +391,9 @@ class Inbox(_LiveView, widgets.VBox):
         return self.cards[request_id]
 
     def text(self) -> str:
-        shown = self.requests
-        if not shown:
-            return "No open connection requests."
-        return "\n\n".join(request_text(r, self.cards[r["id"]].error) for r in shown)
+        with UI_LOCK:
+            errors = {rid: card.error for rid, card in self.cards.items()}
+        return requests_text(self.requests, errors)
 
     def _wanted(self, r: dict[str, Any]) -> bool:
         if self.ids is not None:
@@ -600,7 +456,7 @@ class _DeviceRow:
         _set(self.worker, "value", worker_text(device, self.table.cluster))
         _set(self.name, "value", f"<b>{esc(device.get('name'), NAME_LIMIT)}</b>")
         full = esc(device.get("id_display") or device.get("id"), ID_LIMIT)
-        _set(self.id, "value", f'<code title="{full}">{esc(_short_id(device))}</code>')
+        _set(self.id, "value", f'<code title="{full}">{esc(short_id(device))}</code>')
         _set(self.role, "value", plain(device.get("role"), 20))
         _set(self.state, "value", plain(device.get("state"), 20))
         _set(self.revoke_button, "disabled",
@@ -718,7 +574,7 @@ class StatusView(_TextRepr, widgets.VBox):
             ("This device", f"<b>{esc(info.get('name'), NAME_LIMIT)}</b>"),
             ("Device ID", f"<code>{esc(info.get('id_display'), ID_LIMIT)}</code>"),
             ("Peer URLs", urls or "-"),
-            ("Resources", esc(_resources(info.get("profile")))),
+            ("Resources", esc(resources_text(info.get("profile")))),
             ("Server", f"{esc(server.get('url'), 200)} (found by: "
                        f"{esc(server.get('found_by'), 40)})"),
             ("Paired", f"{int(counts.get('paired', 0))} device(s); open requests: "
