@@ -322,7 +322,7 @@ def agree_on_rank_tls(store: Any, spec: RankSpec) -> str:
     if spec.backend != "gloo":
         mine, why = "0", f"{spec.backend} traffic between ranks is not encrypted"
     elif spec.tls_files is None:
-        mine, why = "0", "not encrypted: a worker has no cluster certificate (plain Dask)"
+        mine, why = "0", "not encrypted: a worker has no TLS certificate files to use for it"
     elif not spec.gloo_tls:
         mine, why = "0", "not encrypted: this torch build has no gloo TLS transport"
     else:
