@@ -12,7 +12,9 @@ device's server; first match wins:
    there (those `jupyter_server.serverapp.list_running_servers()` reads; read here directly
    because importing `jupyter_server.serverapp` costs ~2.5 s in a kernel, and read-only, without
    deleting stale files), the server whose pid is `JPY_PARENT_PID`/our parent is tried first and
-   the one that lists our kernel ID under `/api/kernels/<id>` is ours, if it runs parallalx;
+   the one that lists our kernel ID under `/api/kernels/<id>` is ours, if it runs parallalx (a
+   server that does not answer in time is not ruled out: our parent that is slow to answer, or
+   ours that is slow to say whether it runs parallalx, is still ours);
 3. `PARALLALX_URL` / `PARALLALX_TOKEN` from the environment;
 4. `<home>/server.json` written by the extension (`find_server`; `PARALLALX_HOME`).
 
@@ -341,7 +343,11 @@ def find_kernel_server(timeout: float = 2.0) -> tuple[str, str] | None:
             ApiClient(url, token, timeout).request(
                 "GET", f"api/kernels/{urllib.parse.quote(kernel_id, safe='')}"
             )
-        except ClientError:
+        except ClientError as err:
+            if err.status is None and info["pid"] == parent:
+                # our parent did not answer in time (a busy machine): it is still ours, and
+                # another server must not be taken for it
+                return url, token
             continue
         return url, token
     return None
@@ -361,6 +367,10 @@ def locate_server(
                 ApiClient(*owner, timeout=5).call("GET", "device")
                 return ServerRef(owner[0], owner[1], "kernel")
             except ClientError as err:
+                if err.status is None:
+                    # no answer in time is not "no parallalx": a kernel never moves to the
+                    # device named in its environment because its own server is busy
+                    return ServerRef(owner[0], owner[1], "kernel")
                 notes.append(f"this kernel's Jupyter server {owner[0]} has no parallalx ({err})")
         env_url = os.environ.get("PARALLALX_URL")
         if env_url:

@@ -23,10 +23,14 @@ MAX_RESPONSE_BYTES = 256 * 1024
 
 
 class PeerError(ParallalxError):
-    """A peer could not be reached or refused; `status` is what our own API should answer."""
+    """A peer could not be reached or refused; `status` is what our own API should answer.
 
-    def __init__(self, message: str, status: int = 502) -> None:
+    `retryable`: the peer gave no answer in time, could not be reached, or said it is not ready
+    (503), so the same call may succeed later; any other refusal would only be repeated."""
+
+    def __init__(self, message: str, status: int = 502, retryable: bool = False) -> None:
         super().__init__(message, status)
+        self.retryable = retryable
 
 
 def normalise_peer_url(url: str) -> str:
@@ -76,9 +80,10 @@ class PeerClient:
                     message = parse_json(err.response.body).get("error", message)
                 except (ProtocolError, AttributeError):
                     pass
-            raise PeerError(f"peer at {base_url} refused ({err.code}): {message}") from None
+            raise PeerError(f"peer at {base_url} refused ({err.code}): {message}",
+                            retryable=err.code in (503, 599)) from None  # 599: no answer
         except (OSError, TimeoutError) as err:
-            raise PeerError(f"could not reach peer at {base_url}: {err}") from None
+            raise PeerError(f"could not reach peer at {base_url}: {err}", retryable=True) from None
         try:
             return parse_json(response.body)  # a peer's answer is as untrusted as a request
         except ProtocolError as e:

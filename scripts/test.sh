@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
 # The test command: lint, check the installed extensions, type-check and unit-test the lab
 # extension, run the whole pytest suite (real Jupyter servers, Dask clusters, Chromium).
+# `--fast`: the same lint steps, then only the fast tier (`pytest -m "not e2e"`, see
+# tests/conftest.py). Other arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+fast=0
+args=()
+for arg in "$@"; do
+  if [[ "$arg" == "--fast" ]]; then fast=1; else args+=("$arg"); fi
+done
 python -m ruff check parallalx_jupyter tests benchmarks
 server_exts=$(jupyter server extension list 2>&1)
 grep -q "parallalx_jupyter.*enabled" <<<"$server_exts" \
@@ -11,4 +18,8 @@ lab_exts=$(jupyter labextension list 2>&1)
 grep -qE "parallalx-jupyter.*enabled.*OK" <<<"$lab_exts" \
   || { echo "lab extension not installed"; echo "$lab_exts"; exit 1; }
 (cd labextension && jlpm lint && jlpm typecheck && jlpm test)
-python -m pytest -q "$@"
+if (( fast )); then
+  python -m pytest -q -m "not e2e" ${args[@]+"${args[@]}"}
+else
+  python -m pytest -q ${args[@]+"${args[@]}"}
+fi

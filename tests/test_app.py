@@ -144,6 +144,7 @@ def _unusable_homes(tmp_path: Path) -> dict[str, Path]:
     return {"under a file": regular / "parallalx", "a file": regular}
 
 
+@pytest.mark.e2e  # starts a Jupyter server on each home
 @pytest.mark.parametrize("kind", ["under a file", "a file", "read-only", "not writable by root"])
 def test_an_unusable_home_stops_the_server_with_one_line(tmp_path, kind):
     if kind == "read-only":

@@ -12,6 +12,7 @@ from parallalx_jupyter.demo import run_demo
 pytestmark = pytest.mark.timeout(240)
 
 
+@pytest.mark.e2e  # starts three device processes and their cluster
 def test_demo_pairs_devices_and_trains_digits_on_every_worker_device() -> None:
     report = run_demo(devices=3, as_json=True)
     training = report["training"]

@@ -1,4 +1,8 @@
-"""Pairing between real device processes: both directions, decisions, revoke, restarts."""
+"""Pairing between devices: both directions, decisions, revoke, restarts.
+
+The devices are `InProcessDevice`s (DeviceManager and the real peer listener over HTTPS, in this
+process); the crash across a restart is also run with real device processes (e2e).
+"""
 
 from __future__ import annotations
 
@@ -24,8 +28,8 @@ def _devices(dev):
     return {d["name"]: d for d in dev.api("GET", "devices")}
 
 
-def test_invite_accept_shows_the_same_code_and_pairs_both_sides(make_device):
-    a, b = make_device("alpha"), make_device("bravo")
+def test_invite_accept_shows_the_same_code_and_pairs_both_sides(make_inprocess_device):
+    a, b = make_inprocess_device("alpha"), make_inprocess_device("bravo")
     sent = a.api("POST", "invitations", {
         "url": b.peer_url, "asks": {"purpose": "train resnet", "nthreads": 2, "gpus": 0},
     })
@@ -52,8 +56,8 @@ def test_invite_accept_shows_the_same_code_and_pairs_both_sides(make_device):
     assert err.value.status == 409
 
 
-def test_reject_is_seen_by_the_requester_and_pairs_nothing(make_device):
-    a, b = make_device("alpha"), make_device("bravo")
+def test_reject_is_seen_by_the_requester_and_pairs_nothing(make_inprocess_device):
+    a, b = make_inprocess_device("alpha"), make_inprocess_device("bravo")
     sent = a.api("POST", "invitations", {"url": b.peer_url})
     b.api("POST", f"requests/{sent['id']}/reject", {"reason": "not now"})
     wait_for(lambda: a.api("GET", f"requests/{sent['id']}")["state"] == "rejected", 15)
@@ -61,8 +65,8 @@ def test_reject_is_seen_by_the_requester_and_pairs_nothing(make_device):
     assert b.api("GET", "requests") == []
 
 
-def test_offer_direction_makes_the_receiver_the_main_device(make_device):
-    main, helper = make_device("main"), make_device("helper")
+def test_offer_direction_makes_the_receiver_the_main_device(make_inprocess_device):
+    main, helper = make_inprocess_device("main"), make_inprocess_device("helper")
     sent = helper.api("POST", "invitations", {"url": main.peer_url, "kind": "offer"})
     got = _incoming(main, sent["id"])
     assert got["kind"] == "offer" and got["code"] == sent["code"]
@@ -72,8 +76,8 @@ def test_offer_direction_makes_the_receiver_the_main_device(make_device):
     assert _devices(helper)["main"]["role"] == "main"
 
 
-def test_revoke_reaches_the_peer(make_device):
-    a, b = make_device("alpha"), make_device("bravo")
+def test_revoke_reaches_the_peer(make_inprocess_device):
+    a, b = make_inprocess_device("alpha"), make_inprocess_device("bravo")
     sent = a.api("POST", "invitations", {"url": b.peer_url})
     b.api("POST", f"requests/{sent['id']}/accept", {})
     wait_for(lambda: "bravo" in _devices(a), 15)
@@ -87,16 +91,22 @@ def test_revoke_reaches_the_peer(make_device):
     assert err.value.status == 409
 
 
-@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
-def test_restarts_keep_decisions_and_open_requests(make_device, how):
-    a, b, c = make_device("alpha"), make_device("bravo"), make_device("charlie")
+@pytest.mark.parametrize("maker, how", [
+    ("make_inprocess_device", signal.SIGTERM),
+    ("make_inprocess_device", signal.SIGKILL),
+    pytest.param("make_device", signal.SIGKILL, marks=pytest.mark.e2e),
+], ids=["stop", "crash", "crash-processes"])
+def test_restarts_keep_decisions_and_open_requests(request, maker, how):
+    """SIGTERM: the device's own shutdown runs; SIGKILL: none of it (in process: `kill()`)."""
+    make = request.getfixturevalue(maker)
+    a, b, c = make("alpha"), make("bravo"), make("charlie")
     decided = a.api("POST", "invitations", {"url": b.peer_url})
     b.api("POST", f"requests/{decided['id']}/accept", {})
     wait_for(lambda: "bravo" in _devices(a), 15)
     open_req = c.api("POST", "invitations", {"url": b.peer_url})
 
-    b.kill() if how == signal.SIGKILL else b.stop(how)
-    a.kill() if how == signal.SIGKILL else a.stop(how)
+    b.kill() if how == signal.SIGKILL else b.stop()
+    a.kill() if how == signal.SIGKILL else a.stop()
     b.start()
     a.start()
 
@@ -109,8 +119,8 @@ def test_restarts_keep_decisions_and_open_requests(make_device, how):
     wait_for(lambda: "bravo" in _devices(c), 15)
 
 
-def test_expired_requests_are_dropped_across_a_restart(make_device):
-    a, b = make_device("alpha"), make_device("bravo", request_ttl=2.0)
+def test_expired_requests_are_dropped_across_a_restart(make_inprocess_device):
+    a, b = make_inprocess_device("alpha"), make_inprocess_device("bravo", request_ttl=2.0)
     sent = a.api("POST", "invitations", {"url": b.peer_url})
     assert _incoming(b, sent["id"]) is not None
     b.kill()

@@ -3,6 +3,7 @@ garbage, and every answer is one clear PeerError, never a RecursionError or a 50
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 
 import pytest
@@ -59,5 +60,46 @@ async def test_a_peers_garbage_answer_is_one_clear_error(hostile_peer, which, st
         with pytest.raises(PeerError) as err:
             await client.call(hostile_peer, f"/{status}/{which}")
         assert hostile_peer in str(err.value)
+    finally:
+        client.close()
+
+
+class _Status(tornado.web.RequestHandler):
+    async def post(self, status: str) -> None:
+        if status == "0":  # no answer in time
+            await asyncio.sleep(3)
+        self.set_status(int(status) or 200)
+        self.write({"error": "as asked"})
+
+
+@pytest.fixture
+async def status_peer(tmp_path):
+    """Answers POST /parallalx/peer/v1/status/<code> with that HTTP status (0: not in time)."""
+    ident = DeviceIdentity.load_or_create(tmp_path / "peer")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(ident.cert_path, ident.key_path)
+    app = tornado.web.Application([(r"/parallalx/peer/v1/status/(\d+)", _Status)])
+    port = free_port()
+    server = tornado.httpserver.HTTPServer(app, ssl_options=ctx)
+    server.listen(port, "127.0.0.1")
+    try:
+        yield f"https://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+async def test_only_no_answer_or_not_ready_is_worth_asking_again(status_peer):
+    """A worker device asks its main device again (cluster.join) only when asking again can
+    help: no answer in time, no listener, or 503; a refusal would only be repeated."""
+    client = PeerClient(timeout=1)
+    try:
+        for status, retryable in ((403, False), (400, False), (409, False), (503, True),
+                                  (0, True)):
+            with pytest.raises(PeerError) as err:
+                await client.call(status_peer, f"/status/{status}", {})
+            assert err.value.retryable is retryable, status
+        with pytest.raises(PeerError) as err:
+            await client.call(f"https://127.0.0.1:{free_port()}", "/hello")
+        assert err.value.retryable and "could not reach" in err.value.message
     finally:
         client.close()

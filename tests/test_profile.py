@@ -1,4 +1,5 @@
-"""The capability profile: psutil facts in-process, torch facts from a real subprocess probe."""
+"""The capability profile: psutil facts in-process, torch facts from a real subprocess probe.
+(The device endpoint's refresh: tests/server/test_profile_api.py.)"""
 
 from __future__ import annotations
 
@@ -31,9 +32,3 @@ async def test_accelerator_probe_matches_torch_and_is_cached():
     refreshed = await cache.get(refresh=True)
     assert refreshed["probed_at"] > first["probed_at"]
 
-
-def test_device_endpoint_refreshes_the_profile_on_demand(make_device):
-    dev = make_device("alpha")
-    info = dev.api("GET", "device?refresh=true")
-    assert info["profile"]["accelerators"]["torch"] == torch.__version__
-    assert dev.api("GET", "device")["profile"]["probed_at"] == info["profile"]["probed_at"]

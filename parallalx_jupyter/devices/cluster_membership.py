@@ -10,7 +10,10 @@ exchange it renews its worker certificates with.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +31,13 @@ if TYPE_CHECKING:
 
 ResolvePython = Callable[[dict[str, Any]], Awaitable[str]]
 Exchange = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+log = logging.getLogger("parallalx_jupyter")
+
+#: How long a worker device keeps asking a main device that does not answer its certificate
+#: request (seconds). The main device may first have to start its scheduler (an accepted
+#: offer), which on a busy machine takes longer than one peer call may.
+JOIN_PATIENCE = 120.0
 
 
 async def _server_python(selection: dict[str, Any]) -> str:
@@ -123,13 +133,25 @@ class ClusterMembership:
         accepted = shown_hash(request["id"], request["kind"], request["asks"], request["code"])
 
         async def exchange(body: dict[str, Any]) -> dict[str, Any]:
+            """One signed request, asked again (1, 2, 4 ... 10 s apart) while the main device
+            gives no answer in time or is not ready, as long as it is still paired and
+            granted; a refusal ends it at once."""
             body = {**body, "shown_hash": accepted}
-            try:
-                opened = await self.channel.exchange(device["peer_url"], main_id, "cluster.join",
-                                                     body, path="/cluster/join")
-            except PeerError as err:
-                raise ApiError(502, err.message) from None
-            return opened.body
+            deadline = time.monotonic() + JOIN_PATIENCE
+            delay = 1.0
+            while True:
+                try:
+                    opened = await self.channel.exchange(device["peer_url"], main_id,
+                                                         "cluster.join", body, path="/cluster/join")
+                    return opened.body
+                except PeerError as err:
+                    if (not err.retryable or time.monotonic() + delay > deadline
+                            or await self._current_grant(main_id) is None):
+                        raise ApiError(502, err.message) from None
+                    log.info("certificate request to %s: %s; asking again in %g s",
+                             device["peer_url"], err.message, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
         return exchange
 

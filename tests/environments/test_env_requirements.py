@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import os
+import sys
+import sysconfig
 
 import pytest
 from env_helpers import TOY
@@ -73,6 +75,16 @@ def test_diff_actions():
     assert diff(['x==1; sys_platform == "nope"'], {}, markers={"sys_platform": "linux"}) == []
 
 
+def _inherited_version(name: str) -> str | None:
+    """`name`'s version in the base interpreter's own site-packages: what a venv made with
+    `--system-site-packages` sees. Not `md.version(name)` of this process, which may run in an
+    environment of its own (a venv, with other versions) or have more on its sys.path."""
+    base = {"base": sys.base_prefix, "platbase": sys.base_exec_prefix}
+    paths = list(dict.fromkeys(sysconfig.get_path(k, vars=base) for k in ("purelib", "platlib")))
+    dist = next(iter(md.distributions(name=name, path=paths)), None)
+    return dist.version if dist is not None else None
+
+
 @pytest.mark.skipif(os.name == "nt", reason="POSIX venv layout")
 async def test_inspect_runs_the_selected_interpreter(make_venv):
     isolated = make_venv("isolated", system_site=False)  # sees none of the server's packages
@@ -80,8 +92,10 @@ async def test_inspect_runs_the_selected_interpreter(make_venv):
 
     shared = make_venv("shared")
     env = await inspect_environment(str(shared), [*CLUSTER_PACKAGES, "packaging", TOY, "Dask"])
-    assert env.packages["packaging"] == md.version("packaging")
-    assert env.packages["dask"] == md.version("dask") and env.packages[TOY] is None
+    inherited = {n: _inherited_version(n) for n in ("packaging", "dask")}
+    assert None not in inherited.values(), inherited
+    assert env.packages["packaging"] == inherited["packaging"]
+    assert env.packages["dask"] == inherited["dask"] and env.packages[TOY] is None
     assert env.markers["python_version"] == env.python_version.rsplit(".", 1)[0]
     rows = diff(requirement_set([f"{TOY}==1.0"]), env.packages, markers=env.markers)
     assert [r["name"] for r in rows if r["action"] != "ok"] == [TOY]

@@ -82,7 +82,6 @@ def test_a_kernel_finds_the_jupyter_server_it_belongs_to(bravo, tmp_path):
         _wait_for_kernel(kc)
         out = _execute(kc, textwrap.dedent("""
             import json
-import queue
             from parallalx_jupyter.notebook import api
             ref = api.locate_server()
             print(json.dumps({"found_by": ref.found_by, "url": ref.url}))

@@ -101,6 +101,7 @@ def test_bad_input_is_one_line(ip, alpha, example_workload, line: str, message: 
     assert text.startswith("parallalx: ") and message in text and "\n" not in text, text
 
 
+@pytest.mark.e2e  # the notebook starts a Dask LocalCluster in its kernel
 def test_sweeps_and_inference_notebook(tmp_path) -> None:
     from test_notebook_training import _run_notebook
 

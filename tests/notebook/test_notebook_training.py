@@ -161,6 +161,7 @@ def _run_notebook(name: str, tmp_path: Path, env: dict[str, str] | None = None) 
     return texts
 
 
+@pytest.mark.e2e  # the notebook starts a Dask LocalCluster in its kernel
 def test_bring_your_own_dask_cluster_notebook(tmp_path) -> None:
     texts = "\n".join(_run_notebook("bring_your_own_dask_cluster.ipynb", tmp_path))
     line = next(t for t in texts.splitlines() if t.startswith("accuracy"))

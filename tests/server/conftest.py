@@ -1,12 +1,12 @@
 """Fixtures for the local REST API tests: an in-process Jupyter server with parallalx (through
-pytest-jupyter) and, where a second device is needed, real device subprocesses.
+pytest-jupyter) and, where a second device is needed, an in-process device (`sender`).
 
 pytest-jupyter's plugin is registered in the top-level tests/conftest.py (`pytest_plugins` is
 only allowed in a rootdir/initial conftest). Its autouse `jp_server_cleanup` fixture runs
 `ServerApp._cleanup()` at teardown, which calls `ParallalxApp.stop_extension()`; the
-`pytest_runtest_teardown` wrapper below checks after every test here that this really left no
-store thread behind (test_local_api.py::test_cleanup_stops_the_extension also checks that the
-peer listener's sockets are closed).
+`pytest_runtest_teardown` wrapper below checks after every test here that uses that server that
+this really left no store thread behind (test_local_api.py::test_cleanup_stops_the_extension
+also checks that the peer listener's sockets are closed).
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from inprocess_device import InProcessDevice
 
 from parallalx_jupyter import profile
-from parallalx_jupyter.local_device import LocalDevice, free_port
+from parallalx_jupyter.local_device import free_port
 
 STORE_THREAD = "parallalx-store"
 _threads_before = pytest.StashKey[set[threading.Thread]]()
@@ -37,6 +38,8 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
     parallalx store thread this test started may remain: a leak here means stop_extension did
     not run or did not finish."""
     result = yield
+    if "jp_serverapp" not in getattr(item, "fixturenames", ()):
+        return result  # no extension to stop (an in-process device's store is its fixture's)
     before = item.stash.get(_threads_before, set())
     leaked = [
         t.name for t in threading.enumerate()
@@ -122,19 +125,18 @@ def closed_port() -> int:
     return free_port()
 
 
-@pytest.fixture(scope="module")
-def sender(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalDevice]:
-    """A second device as a real `jupyter server` subprocess, shared by a module's tests.
+@pytest.fixture
+def sender(make_inprocess_device: Callable[..., InProcessDevice]) -> InProcessDevice:
+    """A second device, in this process: its DeviceManager and real peer listener on a loop in
+    a thread of its own (tests/inprocess_device.py), not a Jupyter server.
 
-    Its API is blocking (urllib), so async tests call it through `call_sender`, which keeps the
+    Its API is blocking, so async tests call it through `call_sender`, which keeps the
     in-process server's event loop free to answer the sender's peer calls."""
-    dev = LocalDevice(home=tmp_path_factory.mktemp("sender"), name="sender").start()
-    yield dev
-    dev.stop()
+    return make_inprocess_device("sender")
 
 
 @pytest.fixture
-def call_sender(sender: LocalDevice) -> Callable[..., Any]:
+def call_sender(sender: InProcessDevice) -> Callable[..., Any]:
     async def call(method: str, path: str, body: Any = None) -> Any:
         return await asyncio.to_thread(sender.api, method, path, body)
 

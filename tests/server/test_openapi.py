@@ -35,6 +35,8 @@ from schemathesis.checks import (
 
 from parallalx_jupyter.local_device import LocalDevice, free_port
 
+pytestmark = pytest.mark.e2e  # every test runs against the module's two device processes
+
 OPENAPI = Path(str(resources.files("parallalx_jupyter").joinpath("openapi.json")))
 MAX_EXAMPLES = 25
 ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")

@@ -1,4 +1,6 @@
-"""The peer listener under hostile input, against a real device process over real HTTPS."""
+"""The peer listener under hostile input, over real HTTPS: against in-process devices (the
+listener, DeviceManager and store of a device, without its Jupyter server), and against device
+processes where Jupyter itself or the CLI is part of what is checked (e2e)."""
 
 from __future__ import annotations
 
@@ -17,9 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 from itertools import count
 
 import pytest
+from inprocess_device import InProcessDevice
 
 from parallalx_jupyter.identity import DeviceIdentity, device_id_from_public_der
-from parallalx_jupyter.local_device import DeviceError, LocalDevice, wait_for
+from parallalx_jupyter.local_device import DeviceError, wait_for
 from parallalx_jupyter.pairing import canonical_json, new_nonce, seal
 
 _TLS = ssl.create_default_context()
@@ -43,8 +46,8 @@ def call(dev, path, body=None, raw=None, method=None, headers=None):
 
 
 @pytest.fixture
-def bravo(make_device):
-    return make_device("bravo")
+def bravo(make_inprocess_device):
+    return make_inprocess_device("bravo")
 
 
 @pytest.fixture
@@ -177,8 +180,10 @@ def test_unknown_paths_and_methods_are_json_errors(bravo):
     assert call(bravo, "/nope", body={})[0] == 404
 
 
-def test_flood_is_throttled_while_jupyter_stays_responsive(bravo, bravo_id, sender):
+def test_flood_is_throttled_while_jupyter_stays_responsive(make_device, sender):
     """One address hammering the listener gets 429s; Jupyter's /api/status keeps answering."""
+    bravo = make_device("bravo")
+    bravo_id = bravo.api("GET", "device")["id"]
     statuses: list[int] = []
     stop = threading.Event()
     env = seal(sender, "request.status", bravo_id, {"request_id": "nope"}, time.time())
@@ -300,8 +305,7 @@ def test_unrevealed_opens_cannot_lock_out_a_real_device(make_device, tmp_path):
 def target(tmp_path_factory):
     """One device for the hostile-input cases (each case comes from its own source address,
     so the per-address rate limit never answers instead of the check under test)."""
-    dev = LocalDevice(home=tmp_path_factory.mktemp("target"), name="target").start()
-    dev.device_id = dev.api("GET", "device")["id"]
+    dev = InProcessDevice(home=tmp_path_factory.mktemp("target"), name="target").start()
     dev.mallory = DeviceIdentity.load_or_create(tmp_path_factory.mktemp("mallory"))
     yield dev
     dev.stop()

@@ -81,6 +81,7 @@ def _accuracy(model, x, y) -> float:
         return (model(x).argmax(1) == y).float().mean().item()
 
 
+@pytest.mark.e2e  # a TLS scheduler and a device worker, started here
 def test_device_certificate_cannot_open_a_client(tmp_path) -> None:
     """The premise: inside a task on a device worker, ``get_client()`` is refused."""
 
