@@ -23,7 +23,7 @@ from typing import Any
 
 import psutil
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Float, Int, Unicode, default
+from traitlets import Bool, Float, Int, Unicode, default
 
 from ._version import __version__
 from .cluster.service import ClusterService
@@ -118,7 +118,7 @@ def _unusable_line(home: Path, err: OSError) -> str:
     )
 
 
-_TRAIT_TYPES = {str: Unicode, int: Int, float: Float}
+_TRAIT_TYPES = {str: Unicode, int: Int, float: Float, bool: Bool}
 
 
 def _setting_traits() -> dict[str, Any]:
@@ -170,8 +170,9 @@ class ParallalxApp(ExtensionApp):
 
     # home, device_name, peer_ip, peer_port, request_ttl, reveal_window, clock_skew,
     # max_pending, max_pending_per_ip, peer_rate, peer_burst, peer_global_rate, poll_interval,
-    # scheduler_ip, scheduler_port, job_stale_after: one trait per row of `settings.SETTINGS`
-    # (name, type, default, help), defaulting to PARALLALX_<NAME>, else the table's default
+    # scheduler_ip, scheduler_port, main_device_trains, job_stale_after: one trait per row of
+    # `settings.SETTINGS` (name, type, default, help), defaulting to PARALLALX_<NAME>, else the
+    # table's default
     locals().update(_setting_traits())
 
     # ------------------------------------------------------------------ lifecycle
@@ -260,6 +261,7 @@ class ParallalxApp(ExtensionApp):
             home, identity.device_id, emit, scheduler_ip=self.scheduler_ip,
             scheduler_port=self.scheduler_port,
             prepare_env=self.environments.prepare_for_main,
+            main_device_trains=self.main_device_trains,
         )
         self.listener = PeerListener(
             self.manager, self.peer_ip, self.peer_port, str(identity.cert_path),

@@ -94,8 +94,10 @@ def _run_client(args: argparse.Namespace) -> Any:
 
 def _progress_line(job: Any) -> str:
     from .jobs.reporter import summarize
-    from .text import progress_text
+    from .text import plain, progress_text
 
+    if job.state == "recovering":  # the lost group's speed and ETA would only mislead
+        return f"  recovering: {plain(job.state_message or 'a device was lost', 300)}"
     line = progress_text(summarize(job.progress)) if job.progress else ""
     return f"  {job.state}: {line}" if line else f"  {job.state}"
 

@@ -323,8 +323,10 @@ _COMMANDS = [
     ),
     Command(
         "cluster", "this device's cluster: show, start, stop, add-self",
-        "The scheduler this device runs as a main device, workers per device, the dashboard "
-        "link, and the main devices this device serves.",
+        "The scheduler this device runs as a main device, workers per device (this device's "
+        "own worker starts with the cluster unless main_device_trains is off), the dashboard "
+        "link, and the main devices this device serves. add-self runs this device's own "
+        "worker in --kernel or with --nthreads.",
         args=(
             arg("action", nargs="?", default="show", type=_cluster_action,
                 help="show | start | stop | add-self"),

@@ -143,10 +143,12 @@ def _train_digits(main: LocalDevice, others: list[LocalDevice], as_json: bool) -
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
         t_train = time.perf_counter()
-        # the job is listed by the main device's server (its panel and `parallalx jobs`)
+        # the job is listed by the main device's server (its panel and `parallalx jobs`);
+        # `auto` measures every device and trains on those that finish soonest (this small
+        # MLP: usually one, since a second device's per-step sync costs more than it adds)
         job = train(model, (x_tr, y_tr), nn.CrossEntropyLoss(),
                     functools.partial(torch.optim.Adam, lr=3e-3), epochs=15, batch_size=64,
-                    client=client, workers=sorted(device_of), torch_threads=1,
+                    client=client, torch_threads=1,
                     name="demo: digits MLP", report=ApiClient(main.url, main.token))
         trained = job.result(timeout=120)
         train_s = time.perf_counter() - t_train
@@ -172,6 +174,8 @@ def _train_digits(main: LocalDevice, others: list[LocalDevice], as_json: bool) -
         "seconds": round(time.perf_counter() - t0, 2),
     }
     _say(as_json, f"preflight:\n{job.preflight}")
+    if job.preflight is not None and job.preflight.placement:
+        _say(as_json, f"devices: {job.preflight.placement}")
     for c in contribution:
         _say(as_json, f"  {c['device']:<12} {c['samples']:>7} samples  {100 * c['share']:5.1f} %")
     _say(as_json, f"test accuracy {accuracy:.3f} on {len(x_te)} held-out digits; trained "

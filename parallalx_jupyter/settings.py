@@ -34,7 +34,8 @@ class Computed:
 
 @dataclass(frozen=True)
 class Setting:
-    """One row: the trait's name, its type (str, int or float), its default and its help."""
+    """One row: the trait's name, its type (str, int, float or bool), its default and its
+    help."""
 
     name: str
     type: type
@@ -81,12 +82,20 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("scheduler_ip", str, Computed("peer_ip", lambda get: get("peer_ip")),
             "Interface the Dask scheduler binds when this is a main device."),
     Setting("scheduler_port", int, 0, "Dask scheduler port; 0 picks one once and keeps it."),
+    Setting("main_device_trains", bool, True,
+            "This device trains too once it runs a cluster: its own worker starts with the "
+            "scheduler, in the Python running this server (`parallalx cluster add-self "
+            "--kernel` picks another). False: only the paired devices train."),
     Setting("job_stale_after", float, 30.0,
             "Seconds without a report after which a running job is shown as lost (its kernel "
             "died or its machine slept)."),
 )
 
 _BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+
+
+_BOOLS = {"1": True, "true": True, "yes": True, "on": True,
+          "0": False, "false": False, "no": False, "off": False}
 
 
 def env_name(name: str) -> str:
@@ -107,6 +116,11 @@ def from_env(name: str, environ: Mapping[str, str] | None = None) -> Any:
     raw = (os.environ if environ is None else environ).get(setting.env)
     if raw in (None, ""):
         return None
+    if setting.type is bool:
+        if raw.strip().lower() not in _BOOLS:
+            raise ValueError(f"{setting.env}={raw!r} is not a valid bool for {name}: use "
+                             "1/0, true/false, yes/no or on/off")
+        return _BOOLS[raw.strip().lower()]
     try:
         return setting.type(raw)
     except ValueError:

@@ -259,10 +259,16 @@ def cluster_text(state: dict[str, Any]) -> str:
         f"dashboard:  {plain(state.get('dashboard_link')) or '-'}",
         f"CA:         {plain(state.get('ca_fingerprint')) or '-'}",
     ]
-    rows = [[plain(w.get("device_id"), 15) + "…", plain(w.get("name"), 20),
-             plain(w.get("address")), plain(w.get("nthreads"))]
+    rows = [[plain(w.get("device_name") or "?", NAME_LIMIT)
+             + (" (this device)" if w.get("this_device") else ""),
+             short_id({"id": w.get("device_id")}), plain(w.get("address")),
+             plain(w.get("nthreads"))]
             for w in state.get("workers") or []]
-    lines.append("workers:\n" + table(rows, ["DEVICE", "NAME", "ADDRESS", "THREADS"]))
+    lines.append("workers:\n" + table(rows, ["DEVICE", "DEVICE ID", "ADDRESS", "THREADS"]))
+    own = state.get("own_worker")
+    if own and own.get("state") != "running":  # once in, it is a row of the table above
+        lines.append(f"this device's worker: {plain(own.get('state'), 30)}"
+                     + (f" ({plain(own['message'])})" if own.get("message") else ""))
     for entry in state.get("serving") or []:
         lines.append(f"serving main {plain(entry.get('main_id'), 15)}…: "
                      f"{plain(entry.get('state'), 30)}"
@@ -324,8 +330,11 @@ def jobs_table(jobs: Sequence[dict[str, Any]]) -> str:
     for j in jobs:
         p = j.get("progress") or {}
         loss = p.get("loss")
+        state = plain(j["state"], 20)
+        if state == "recovering" and p.get("message"):  # which device was lost, and why
+            state = f"recovering: {plain(p['message'], 70)}"
         rows.append([
-            j["id"], j["workload"], plain(j["name"], 40), j["state"], job_progress(j),
+            j["id"], j["workload"], plain(j["name"], 40), state, job_progress(j),
             "-" if loss is None else f"{loss:.4g}",
             rate(p.get("samples_per_s")),
             eta(p.get("eta_s")),

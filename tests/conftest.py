@@ -21,6 +21,19 @@ from parallalx_jupyter.local_device import LocalDevice
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
 
+#: The suite's devices do not start the main device's own worker (`main_device_trains`): it
+#: costs a worker process (~3 s here) in every test whose device starts a cluster, and most tests
+#: are about the paired devices. A test of that default clears the variable for its device,
+#: `make_device(..., env={MAIN_DEVICE_TRAINS: ""})` (empty: the table's default).
+MAIN_DEVICE_TRAINS = "PARALLALX_MAIN_DEVICE_TRAINS"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _main_device_trains_off() -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(MAIN_DEVICE_TRAINS, "0")
+        yield
+
 
 @pytest.fixture
 def make_device(tmp_path: Path) -> Iterator[Callable[..., LocalDevice]]:

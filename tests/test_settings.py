@@ -49,6 +49,9 @@ def readme_value(cell: str, setting: settings.Setting) -> object:
     text = cell.replace("`", "").strip()
     if isinstance(setting.default, Computed) or setting.type is str:
         return text
+    if setting.type is bool:
+        assert text in ("True", "False"), f"{setting.name}: README's default {cell!r}"
+        return text == "True"
     number = re.match(r"-?\d+(\.\d+)?", text)
     assert number, f"{setting.name}: README's default {cell!r} is not a number"
     return setting.type(float(number.group()))
@@ -76,9 +79,25 @@ def test_the_traits_are_the_table():
 
 @pytest.mark.parametrize("setting", PLAIN, ids=lambda s: s.name)
 def test_each_environment_variable_sets_its_trait(monkeypatch, setting):
-    value = {str: "10.1.2.3", int: "4321", float: "12.5"}[setting.type]
+    value, want = {str: ("10.1.2.3", "10.1.2.3"), int: ("4321", 4321), float: ("12.5", 12.5),
+                   bool: ("0" if setting.default else "1", not setting.default)}[setting.type]
     monkeypatch.setenv(setting.env, value)
-    assert getattr(ParallalxApp(), setting.name) == setting.type(value)
+    assert getattr(ParallalxApp(), setting.name) == want
+
+
+@pytest.mark.parametrize(("raw", "want"), [("0", False), ("false", False), ("No", False),
+                                           ("off", False), ("1", True), (" TRUE ", True),
+                                           ("yes", True), ("on", True), ("", None)])
+def test_a_bool_setting_reads_the_usual_words(monkeypatch, raw, want):
+    monkeypatch.setenv("PARALLALX_MAIN_DEVICE_TRAINS", raw)
+    assert settings.from_env("main_device_trains") is want
+    assert ParallalxApp().main_device_trains is (True if want is None else want)
+
+
+def test_a_bad_bool_names_the_variable_and_the_words(monkeypatch):
+    monkeypatch.setenv("PARALLALX_MAIN_DEVICE_TRAINS", "2")
+    with pytest.raises(ValueError, match=r"PARALLALX_MAIN_DEVICE_TRAINS='2'.*1/0, true/false"):
+        settings.from_env("main_device_trains")
 
 
 def test_a_bad_environment_value_names_the_variable(monkeypatch):

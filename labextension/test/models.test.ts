@@ -256,6 +256,23 @@ describe('cluster views', () => {
     expect(groupWorkers([], names, 'SELFID')).toEqual([]);
   });
 
+  it("takes the server's device name and this-device mark where the panel knows neither", () => {
+    const groups = groupWorkers(
+      [
+        { device_id: 'NEWPEER', device_name: 'carol-pc', this_device: false },
+        { device_id: 'OWNID', device_name: 'main-desktop', this_device: true },
+        { device_id: 'PEER1', device_name: 'stale-name' }
+      ],
+      names,
+      null
+    );
+    expect(groups.map(g => [g.label, g.isSelf])).toEqual([
+      ['main-desktop', true],
+      ['alice-laptop', false],
+      ['carol-pc', false]
+    ]);
+  });
+
   it('describes a worker and a served state', () => {
     expect(
       describeWorker({ device_id: 'x', nthreads: 4, memory_limit: 2 * 1024 ** 3, resources: { GPU: 1 } })
@@ -280,7 +297,7 @@ describe('jobs', () => {
       expect(jobEnded({ state })).toBe(true);
       expect(jobCancellable({ state, cancel_requested: false })).toBe(false);
     }
-    for (const state of ['pending', 'running', 'restarting'] as const) {
+    for (const state of ['pending', 'running', 'recovering'] as const) {
       expect(jobEnded({ state })).toBe(false);
       expect(jobCancellable({ state, cancel_requested: false })).toBe(true);
       expect(jobCancellable({ state, cancel_requested: true })).toBe(false);
@@ -318,6 +335,7 @@ describe('jobs', () => {
   it('describes state and owner', () => {
     expect(describeJobState('running')).toBe('running');
     expect(describeJobState('lost')).toBe('lost (stopped reporting)');
+    expect(describeJobState('recovering')).toBe('recovering (lost a device, re-forming)');
     expect(describeOwner({ kind: 'kernel', pid: 4242, host: 'main' })).toBe('kernel 4242 on main');
     expect(describeOwner({ kind: 'cli', pid: 1, host: '' })).toBe('cli 1');
     expect(describeOwner(null)).toBe('');

@@ -13,7 +13,7 @@ from typing import Any
 
 
 class NoClusterError(RuntimeError):
-    """This device runs no cluster yet (accept a device, or start one with `add-self`)."""
+    """This device runs no cluster yet (invite a device, or `parallalx cluster start`)."""
 
 
 def guard_main_process() -> None:
@@ -42,8 +42,8 @@ def main_client(home: str | Path | None = None, timeout: float = 20.0, **kwargs:
         state = json.loads((cluster_dir / "scheduler-state.json").read_text())
     except (OSError, ValueError):
         raise NoClusterError(
-            f"no cluster has been started on this device ({cluster_dir}); accept a device or "
-            "run `parallalx cluster add-self`"
+            f"no cluster has been started on this device ({cluster_dir}); invite a device or "
+            "run `parallalx cluster start`"
         ) from None
     if state.get("status") != "running" or not state.get("address"):
         raise NoClusterError("this device's scheduler is not running (`parallalx cluster start`)")

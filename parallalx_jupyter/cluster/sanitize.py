@@ -80,6 +80,7 @@ class RefusedResult(Exception):
 REBUILDABLE_ERRORS = (
     "parallalx_jupyter.training.errors:TrainingError",
     "parallalx_jupyter.training.errors:UserCodeError",
+    "parallalx_jupyter.training.errors:CheckpointMismatchError",
     "parallalx_jupyter.training.errors:RankInfraError",
     "parallalx_jupyter.training.errors:VersionMismatchError",
     "parallalx_jupyter.workloads.inference.common:InferenceUserError",

@@ -1,11 +1,14 @@
 """The cluster as the Jupyter extension sees it: one object per device, pure asyncio.
 
 On the **main** device it owns the per-cluster CA and the supervised scheduler process, signs
-the CSRs of paired worker devices and revokes them. On a **worker** device it joins the main
-device's scheduler: generate a key here, send the CSR over the pairing channel, prepare the
-selected environment, and run a supervised worker in it. What it has joined is persisted in
-`<home>/workers/<main-id>/join.json`, and whether the scheduler was running in
-`<home>/cluster/running`, so both sides re-form after a restart of either Jupyter server.
+the CSRs of paired worker devices and revokes them. Unless `main_device_trains` is off, the
+main device's own worker starts with the scheduler (a new user would not know to run
+`add-self`); there is one at most, however often the cluster starts or the server restarts.
+On a **worker** device it joins the main device's scheduler: generate a key here, send the
+CSR over the pairing channel, prepare the selected environment, and run a supervised worker in
+it. What it has joined is persisted in `<home>/workers/<main-id>/join.json`, and whether the
+scheduler was running in `<home>/cluster/running`, so both sides re-form after a restart of
+either Jupyter server.
 
 Certificates are short-lived (`cert_ttl`, 24 h by default; env `PARALLALX_CLUSTER_CERT_TTL`,
 seconds) and renewed while the device stays paired: at 2/3 of a worker certificate's lifetime
@@ -18,6 +21,7 @@ connections by itself (`_livetls.WorkerTLS`): no restart, the cluster keeps runn
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -110,6 +114,7 @@ class ClusterService:
         scheduler_port: int = 0,
         prepare_env: PrepareEnv | None = None,
         cert_ttl: float | None = None,
+        main_device_trains: bool = True,
     ) -> None:
         self.home = home
         self.device_id = device_id
@@ -128,6 +133,10 @@ class ClusterService:
         self.workers: dict[str, WorkerSupervisor] = {}
         self.joins: dict[str, dict[str, Any]] = {}
         self._lock = asyncio.Lock()
+        #: this (main) device's own worker starts with its scheduler (`add-self` otherwise)
+        self.main_device_trains = main_device_trains
+        self._own_lock = asyncio.Lock()
+        self._own_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ main device
 
@@ -136,6 +145,14 @@ class ClusterService:
         return self.cluster_dir / "running"
 
     async def start(self) -> dict[str, Any]:
+        """Start the scheduler and, unless opted out, this device's own worker; idempotent.
+        The answer waits for the own worker, so it lists it."""
+        await self._start_scheduler()
+        if self.main_device_trains:
+            await self._ensure_own_worker()
+        return self.state()
+
+    async def _start_scheduler(self) -> None:
         async with self._lock:
             if self.scheduler is None:
                 all_ifaces = self.scheduler_ip in ("0.0.0.0", "::", "")
@@ -161,9 +178,9 @@ class ClusterService:
                 self.scheduler = scheduler
                 write_private(self._running_flag, b"1")
                 self.emit("cluster-state", {"state": "started"})
-        return self.state()
 
     async def stop(self) -> dict[str, Any]:
+        await self._cancel_own_start()
         async with self._lock:
             self._running_flag.unlink(missing_ok=True)
             self._stop_renewal(self.device_id)
@@ -187,8 +204,12 @@ class ClusterService:
                 "ca_fingerprint": self.scheduler.ca_fingerprint}
 
     async def ensure_started(self) -> None:
+        """The cluster, for a device that is invited or asks for its certificate: the own
+        worker starts in the background, so that the peer's round trip does not wait for it."""
         if self.scheduler is None:
-            await self.start()
+            await self._start_scheduler()
+        if self.main_device_trains:
+            self._spawn_own_worker()
 
     def sign_join(self, device_id: str, csr_pem: str) -> dict[str, Any]:
         """Sign a paired worker device's CSR; the CA key never leaves this device."""
@@ -221,15 +242,60 @@ class ClusterService:
             crl.revoke_device(self.cluster_dir, device_id, "revoked")
 
     async def add_self(self, python: str = sys.executable, nthreads: int = 1) -> dict[str, Any]:
-        """Contribute a worker of this main device too (its own cert, same admission rules)."""
-        await self.ensure_started()
+        """Contribute a worker of this main device too (its own cert, same admission rules).
+        One at most: with other settings it replaces the running one, with the same ones it is
+        refused with a message saying it runs (409)."""
+        await self._start_scheduler()
+        async with self._own_lock:
+            running = self.workers.get(self.device_id)
+            joined = (self.joins.get(self.device_id) or {}).get("state") == "running"
+            if joined and running is not None and (running.spec.python,
+                                                   running.spec.nthreads) == (python, nthreads):
+                raise ClusterError(
+                    409, f"this device already trains in its cluster: its worker runs in "
+                         f"{python} with {nthreads} thread(s)")
+            await self._add_own_worker(python, nthreads)
+        return self.state()
+
+    async def _add_own_worker(self, python: str, nthreads: int) -> None:
         assert self.scheduler is not None
         key_pem, csr_pem = make_csr(self.device_id)
         signed = self.sign_join(self.device_id, csr_pem.decode())
         host = "127.0.0.1" if self.scheduler_ip in ("0.0.0.0", "::") else self.scheduler_ip
         await self._run_worker(self.device_id, host, key_pem, signed, python,
                                {"nthreads": nthreads})
-        return self.state()
+
+    async def _ensure_own_worker(self) -> None:
+        """This device's own worker, unless it runs: with the interpreter and threads it last
+        ran with (an `add-self` choice survives restarts), else add-self's defaults."""
+        async with self._own_lock:
+            if self.device_id in self.workers or self.scheduler is None:
+                return
+            python, nthreads = sys.executable, 1
+            try:
+                spec = json.loads((self.workers_dir / self.device_id / "join.json").read_text())
+                python, nthreads = str(spec["spec"]["python"]), int(spec["spec"]["nthreads"])
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+            try:
+                await self._add_own_worker(python, nthreads)
+            except Exception as err:  # shown as the own worker's state; the cluster runs on
+                message = getattr(err, "message", None) or str(err) or type(err).__name__
+                log.warning("this device's own worker did not start: %s", message)
+                await self.leave(self.device_id, keep_status=True)
+                self._set_join(self.device_id, {"state": "failed", "message": message})
+
+    def _spawn_own_worker(self) -> None:
+        if self.device_id in self.workers or (self._own_task and not self._own_task.done()):
+            return
+        self._own_task = asyncio.ensure_future(self._ensure_own_worker())
+
+    async def _cancel_own_start(self) -> None:
+        task, self._own_task = self._own_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
     # ------------------------------------------------------------------ worker device
 
@@ -437,10 +503,11 @@ class ClusterService:
     # ------------------------------------------------------------------ lifecycle
 
     async def restore(self) -> None:
-        """Re-form after a restart: the scheduler if it was running, and every join."""
+        """Re-form after a restart: the scheduler if it was running (with the own worker), and
+        every join."""
         if self._running_flag.exists():
             try:
-                await self.start()
+                await self.ensure_started()
             except ClusterError as err:
                 log.error("could not re-form the cluster: %s", err.message)
         if not self.workers_dir.exists():
@@ -448,12 +515,15 @@ class ClusterService:
         for join_file in sorted(self.workers_dir.glob("*/join.json")):
             try:
                 data = json.loads(join_file.read_text())
+                if data["main_id"] == self.device_id and self._own_task is not None:
+                    continue  # being started by ensure_started
                 await self._start_supervisor(data["main_id"], data["spec"])
             except Exception:
                 log.exception("could not restore the worker in %s", join_file.parent)
 
     async def close(self) -> None:
         """Server shutdown: stop processes but keep the persisted state for the next start."""
+        await self._cancel_own_start()
         for main_id in list(self._renewals):
             self._stop_renewal(main_id)
         for supervisor in list(self.workers.values()):
@@ -469,7 +539,9 @@ class ClusterService:
         if sched:
             for device_id, entries in (sched.get("workers") or {}).items():
                 for w in entries:
-                    workers.append({"device_id": device_id, **w})
+                    workers.append({"device_id": device_id, **w,
+                                    "this_device": device_id == self.device_id})
+        own = self.joins.get(self.device_id)
         return {
             "running": self.scheduler is not None,
             "scheduler_address": sched.get("address") if sched else None,
@@ -478,8 +550,12 @@ class ClusterService:
             "workers": workers,
             "serving": [
                 {**entry, "process": (self.workers[m].state if m in self.workers else None)}
-                for m, entry in sorted(self.joins.items())
+                for m, entry in sorted(self.joins.items()) if m != self.device_id
             ],
+            # this device's own worker: how its start went (it is listed in `workers` once in)
+            "own_worker": None if own is None else {
+                **own, "process": (self.workers[self.device_id].state
+                                   if self.device_id in self.workers else None)},
         }
 
 

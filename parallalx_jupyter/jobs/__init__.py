@@ -1,6 +1,7 @@
 """Jobs of every workload, on the side of the process that runs them: the ``Job`` handle
 (``handle``), its record fan-out (``hub``), which cluster it runs on (``client``), how a failure
-is classified (``failures``) and the reporter that feeds the server's job list (``reporter``).
+is classified (``failures``), the reporter that feeds the server's job list (``reporter``) and
+its Dask event topics, released when it ends (``topics``).
 
 A job runs in the process that holds its objects (the notebook's kernel, the ``parallalx`` CLI,
 or a runner the server starts), because models and data sets are Python objects there. That
@@ -16,8 +17,10 @@ This package sits below ``training`` and ``workloads`` and imports neither (nor 
 
 from __future__ import annotations
 
-ACTIVE_STATES = ("pending", "running", "restarting", "cancelling")
+ACTIVE_STATES = ("pending", "running", "recovering", "cancelling")
 FINAL_STATES = ("finished", "failed", "cancelled")
 JOB_STATES = (*ACTIVE_STATES, *FINAL_STATES, "lost")
+#: earlier names of states, still accepted (and shown by their current name)
+RENAMED_STATES = {"restarting": "recovering"}
 
-__all__ = ["ACTIVE_STATES", "FINAL_STATES", "JOB_STATES"]
+__all__ = ["ACTIVE_STATES", "FINAL_STATES", "JOB_STATES", "RENAMED_STATES"]

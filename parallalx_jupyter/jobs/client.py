@@ -1,4 +1,5 @@
-"""Which Dask cluster a job runs on: the one the caller names, else this device's own."""
+"""Which Dask cluster a job runs on: the one the caller names, else this device's own; and
+what its devices are called."""
 
 from __future__ import annotations
 
@@ -37,3 +38,24 @@ def resolve_client(client: Any, security: Any = None) -> tuple[Any, bool]:
     if isinstance(client, str):
         return Client(client, security=security, set_as_default=False), True
     return client, False
+
+
+def device_names(api: Any = None, timeout: float = 5.0) -> dict[str, str]:
+    """Device ID -> name, for this device and every device paired with it, from this device's
+    server (``api``: an ``ApiClient``; None finds the server as the job reporter does).
+
+    parallalx names a device's Dask workers by its ID, which means nothing to people; a job
+    that loses a device says which by this name. Raises ``ClientError``/``ServerNotFound``
+    when there is no server to ask (callers fall back to the workers' own names).
+    """
+    from ..client import ApiClient, locate_server
+
+    if api is None:
+        ref = locate_server()
+        api = ApiClient(ref.url, ref.token, timeout=timeout)
+    names = {str(d["id"]): str(d["name"]) for d in api.call("GET", "devices")
+             if d.get("id") and d.get("name")}
+    me = api.call("GET", "device")
+    if me.get("id") and me.get("name"):
+        names[str(me["id"])] = str(me["name"])
+    return names

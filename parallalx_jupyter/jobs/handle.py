@@ -1,6 +1,7 @@
 """``Job``: the handle every workload's ``run`` returns in the process that started it.
 
-Thread-safe to read from a notebook while the job's background thread updates it: ``state``,
+Thread-safe to read from a notebook while the job's background thread updates it: ``state``
+(and ``state_message``: why, e.g. which device a ``recovering`` job lost),
 ``progress`` (the latest progress record), ``history`` (every progress record without per-worker
 detail), ``events`` (everything else: state changes, workload-specific records). ``result()``
 (or ``await job``) gives the workload's result back; ``cancel()`` asks it to stop. Records flow
@@ -39,6 +40,7 @@ class Job:
         self._cancel = threading.Event()
         self._lock = threading.Lock()
         self.state = "pending"
+        self.state_message: str | None = None
         self.error: str | None = None
         self.progress: Record = {}
         self.history: list[Record] = []
@@ -60,6 +62,8 @@ class Job:
             self.events.append(rec)
             if kind == "state":
                 self.state = str(rec["state"])
+                message = rec.get("message")
+                self.state_message = str(message) if message else None
                 if rec.get("error"):
                     self.error = str(rec["error"])
             self._on_record(rec)

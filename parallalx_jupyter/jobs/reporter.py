@@ -4,9 +4,12 @@ The reporter is the owner side of the jobs API (``server.job_registry``): it reg
 posts state and progress from its own thread at most ``interval`` apart (and a heartbeat every
 ``heartbeat`` seconds while nothing changes, so the server can tell a quiet job from a dead
 kernel). Each answer says whether a user asked to cancel (from the panel, the CLI or another
-kernel); the reporter then calls ``job.cancel()``. Training never waits on it: records are
-only copied under a lock, and an unreachable server just means the job stays local (it is
-retried with a growing delay, the job's final state is always tried once more at the end).
+kernel); the reporter then calls ``job.cancel()``. A state record's ``message`` (``recovering``:
+which device was lost and why) becomes the job's status line, and while ``recovering`` the
+speed and ETA of the lost group are cleared rather than left to mislead. Training never
+waits on it: records are only copied under a lock, and an unreachable server just means the
+job stays local (it is retried with a growing delay, the job's final state is always tried
+once more at the end).
 """
 
 from __future__ import annotations
@@ -89,6 +92,8 @@ class JobReporter:
         self._latest: Record | None = None
         self._loss: list[float] = []
         self._state: str | None = None
+        # progress fields a state record sets: (fields, kept until the state changes)
+        self._forced: tuple[dict[str, Any], bool] | None = None
         self._error: str | None = None
         self._final = False
         self.registered = False
@@ -121,6 +126,12 @@ class JobReporter:
                     self._loss.append(loss)
             elif kind == "state":
                 self._state = str(rec.get("state"))
+                message = rec.get("message")
+                if self._state == "recovering":
+                    self._forced = ({"message": str(message or "recovering")[:500],
+                                     "eta_s": None, "samples_per_s": None}, True)
+                elif message is not None or self._forced is not None:
+                    self._forced = ({"message": str(message)[:500] if message else None}, False)
                 if rec.get("error"):
                     self._error = str(rec["error"])[:20_000]
                 if self._state in FINAL_STATES:
@@ -136,6 +147,11 @@ class JobReporter:
             if self._latest is not None:
                 body["progress"] = summarize(self._latest)
                 self._latest = None
+            if self._forced is not None:
+                fields, sticky = self._forced
+                body["progress"] = {**body.get("progress", {}), **fields}
+                if not sticky:
+                    self._forced = None
             if self._loss:
                 body["loss"], self._loss = self._loss[:LOSS_BATCH], self._loss[LOSS_BATCH:]
             if self._error is not None:
@@ -153,6 +169,9 @@ class JobReporter:
             with self._lock:  # put it back: the next post carries it
                 if "state" in body and self._state is None:
                     self._state = body["state"]
+                    message = body.get("progress", {}).get("message", False)
+                    if self._forced is None and message is not False:
+                        self._forced = ({"message": message}, body["state"] == "recovering")
                 if "loss" in body:
                     self._loss = body["loss"] + self._loss
                 if "error" in body and self._error is None:

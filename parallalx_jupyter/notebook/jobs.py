@@ -64,6 +64,9 @@ class JobView(widgets.VBox):
                 self.text.value = html.escape(progress_text(p))
             elif rec.get("kind") == "state":
                 self.state = str(rec.get("state"))
+                if self.state not in FINAL_STATES:  # e.g. recovering: which device, and why
+                    message = str(rec.get("message") or "")[:500]
+                    self.final.value = html.escape(f"{self.state}: {message}" if message else "")
                 if self.state in FINAL_STATES:
                     style = {"finished": "success", "failed": "danger",
                              "cancelled": "warning"}[self.state]

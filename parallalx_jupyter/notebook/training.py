@@ -111,7 +111,12 @@ class TrainingDashboard(widgets.VBox):
             elif kind == "state":
                 self._state(rec)
             elif kind == "restart":
-                self.stats.value += html.escape(" · group re-formed after losing a worker")
+                lost = ", ".join(str(d) for d in rec.get("lost_devices") or []) or "a worker"
+                self.stats.value += html.escape(f" · group re-formed after losing {lost}")
+            elif kind == "resume":  # stays under the title: how the run relates to the last
+                for note in [rec.get("text"), *(rec.get("hyperparameters") or [])]:
+                    if note:
+                        self.title.value += "<br>" + html.escape(str(note)[:500])
 
     def _progress(self, rec: dict[str, Any], history: bool) -> None:
         self.progress = rec
@@ -152,7 +157,19 @@ class TrainingDashboard(widgets.VBox):
     def _state(self, rec: dict[str, Any]) -> None:
         self.state = str(rec.get("state", self.state))
         if self.state not in FINAL_STATES:
-            self.final.value = html.escape(f"state: {self.state}")
+            message = str(rec.get("message") or "")[:500]
+            self.final.value = html.escape(
+                f"state: {self.state}" + (f" — {message}" if message else ""))
+            # while the group re-forms its last speed and ETA mean nothing: say so instead
+            recovering = self.state == "recovering"
+            self.overall.bar_style = "warning" if recovering else ""
+            if recovering:
+                self.stats.value = html.escape(
+                    f"step {int(_num(self.progress.get('global_step')))} · re-forming the "
+                    "group: no speed or ETA until it trains again")
+                for worker in rec.get("lost_workers") or []:
+                    if worker in self._worker_bars:
+                        self._worker_bars[worker][0].bar_style = "danger"
             return
         self.error = str(rec.get("error") or "")[:2000]
         style = {"finished": "success", "failed": "danger", "cancelled": "warning"}[self.state]

@@ -102,7 +102,7 @@ JOB_PROGRESS = _schema(
         "job_id": {"type": "string"},
         "workload": {"type": "string"},
         "name": {"type": "string", "description": "The job's name (user text)."},
-        "state": {"enum": ["pending", "running", "restarting", "cancelling", "finished",
+        "state": {"enum": ["pending", "running", "recovering", "cancelling", "finished",
                            "failed", "cancelled", "lost", "removed"]},
         "step": {"type": "integer"},
         "total": {"type": "integer"},

@@ -200,10 +200,19 @@ class ClusterHandler(ParallalxHandler):
             raise ApiError(503, "the cluster is not available on this server")
         return cluster
 
+    async def named(self, state: dict[str, Any]) -> dict[str, Any]:
+        """Each worker with its device's name (this device's own, or the paired device's as
+        it was accepted), so that the panel and the CLI name devices, not IDs or addresses."""
+        names = {d["id"]: d["name"] for d in await self.manager.store.list_devices()}
+        names[self.manager.identity.device_id] = self.manager.settings.device_name
+        for worker in state["workers"]:
+            worker["device_name"] = names.get(worker["device_id"])
+        return state
+
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        self.write_json(self.cluster.state())
+        self.write_json(await self.named(self.cluster.state()))
 
 
 ADD_SELF_SPEC = {
@@ -230,7 +239,7 @@ class ClusterActionHandler(ClusterHandler):
             body = self.json_body(ADD_SELF_SPEC)
             python = await self.manager.resolve_python({"kernel": body.get("kernel")})
             result = await self.cluster.add_self(python, body.get("nthreads", 1))
-        self.write_json(result)
+        self.write_json(await self.named(result))
 
 
 class EnvironmentHandlerBase(ParallalxHandler):

@@ -17,7 +17,7 @@ from typing import Any
 
 from .. import settings
 from ..devices import ApiError
-from ..jobs import ACTIVE_STATES, FINAL_STATES
+from ..jobs import ACTIVE_STATES, FINAL_STATES, RENAMED_STATES
 from ..pairing import ProtocolError, _int_range, _optional, _str_max, validate
 
 Emit = Callable[[str, dict[str, Any]], None]
@@ -66,7 +66,8 @@ REGISTER_SPEC = {
 }
 
 UPDATE_SPEC = {
-    "state": (lambda v: v in ACTIVE_STATES + FINAL_STATES, False,
+    # an owner of an earlier version may still say "restarting" (RENAMED_STATES)
+    "state": (lambda v: v in ACTIVE_STATES + FINAL_STATES or v in RENAMED_STATES, False,
               f"one of {', '.join(ACTIVE_STATES + FINAL_STATES)}"),
     "progress": (lambda v: isinstance(v, dict), False, "an object"),
     "loss": (
@@ -105,7 +106,7 @@ class JobRegistry:
     # ------------------------------------------------------------------ views
     def view(self, row: dict[str, Any], now: float | None = None) -> dict[str, Any]:
         now = time.time() if now is None else now
-        state = row["state"]
+        state = RENAMED_STATES.get(row["state"], row["state"])  # stored by an earlier version
         if state in ACTIVE_STATES and now - row["updated_at"] > self.stale_after:
             state = "lost"
         return {
@@ -167,9 +168,9 @@ class JobRegistry:
                 return None
             now = time.time()
             out: dict[str, Any] = {"updated_at": now}
-            state = body.get("state")
+            state = RENAMED_STATES.get(body.get("state"), body.get("state"))
             if state:
-                if row["cancel_requested"] and state in ("running", "restarting", "pending"):
+                if row["cancel_requested"] and state in ("running", "recovering", "pending"):
                     state = "cancelling"  # the owner has not seen the request yet
                 out["state"] = state
                 if state in FINAL_STATES:

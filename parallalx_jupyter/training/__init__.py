@@ -7,6 +7,7 @@ never imports ``workloads``.
 """
 
 from .errors import (
+    CheckpointMismatchError,
     NotEnoughWorkersError,
     RestartsExhaustedError,
     TrainingCancelledError,
@@ -17,6 +18,7 @@ from .errors import (
 from .preflight import PreflightReport
 
 __all__ = [
+    "CheckpointMismatchError",
     "NotEnoughWorkersError",
     "PreflightReport",
     "RestartsExhaustedError",

@@ -9,7 +9,9 @@ works without a ``checkpoint_dir``) and, if asked, writes it with temp file + fs
 Format: one ``torch.save`` dict of tensors and plain types only, so it loads with
 ``torch.load(weights_only=True)``; checkpoints from peers are untrusted input. RNG states are
 stored as tensors / lists of ints for the same reason. Full state dicts are independent of the
-world size and the strategy, so a job saved on N ranks resumes on M ranks.
+world size and the strategy, so a job saved on N ranks resumes on M ranks. ``meta`` carries
+the job's fingerprint, its step count and whether the run finished: what decides if a later
+job may resume from it (:mod:`.resume`).
 """
 
 from __future__ import annotations
@@ -248,6 +250,27 @@ class CheckpointStore:
                 self.last_path = path
             return data
         return None
+
+    def set_aside(self, prefix: str) -> Path | None:
+        """Move the checkpoint files into a new subfolder ``<prefix><time>`` and forget them.
+
+        For a finished run: a new run in the same directory must neither resume from it nor
+        mix its files with it, and nothing the user trained is deleted.
+        """
+        files = self.files()
+        with self._lock:
+            self._data, self._step, self.last_path = None, -1, None
+        if self.directory is None or not files:
+            return None
+        base = self.directory / f"{prefix}{time.strftime('%Y%m%d-%H%M%S')}"
+        target, n = base, 1
+        while target.exists():
+            n += 1
+            target = base.with_name(f"{base.name}-{n}")
+        target.mkdir()
+        for path in files:
+            os.replace(path, target / path.name)
+        return target
 
     def files(self) -> list[Path]:
         """Checkpoint files in the directory, oldest first."""

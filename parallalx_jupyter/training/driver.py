@@ -7,6 +7,12 @@ the user cancels, or something fails. Failures are settled and classified by
 :mod:`.recovery`; infrastructure failures re-form the group from the survivors (plus any worker
 that joined meanwhile) and resume from the newest checkpoint, at most ``max_restarts`` times.
 
+What the job shows meanwhile (``state`` records): ``running``, then ``recovering`` from the
+moment a loss is settled (naming the lost devices and why, so nobody watches a stale ETA),
+and ``running`` again once the re-formed group's preflight or first step arrives. A caller who
+asked for ``auto`` gets the strategy decided again for the devices that remain (the preflight
+report's reason says so); an explicit strategy is kept.
+
 Everything here runs in the job's background thread with the synchronous Dask client, so the
 notebook's event loop is never blocked.
 """
@@ -14,15 +20,18 @@ notebook's event loop is never blocked.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import queue
+import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from distributed import Client, Future, wait
 
+from ..jobs.topics import JobTopics
 from ..wire import from_wire
 from .checkpoint import CheckpointStore
 from .errors import (
@@ -43,11 +52,23 @@ from .launcher import (
 from .metrics import ProgressAggregator, ProgressHub
 from .options import RecoveryOptions
 from .preflight import PreflightReport, check_versions, probe_environment, probe_task
-from .rank import run_rank
-from .recovery import AttemptOutcome, WorkerWatch, classify, settle
+from .rank import abort_key, run_rank
+from .recovery import (
+    QUICK_STALE_S,
+    AttemptOutcome,
+    WorkerWatch,
+    classify,
+    device_label,
+    settle,
+    silent_losses,
+)
 from .spec import AttemptPayload, JobSpec
 
 logger = logging.getLogger(__name__)
+
+#: placement decisions of this session: (job digest, settings, workers) -> (chosen workers,
+#: strategy, local-SGD period, report line, reason); the same job gets the same devices
+_PLACEMENTS: dict[tuple[Any, ...], tuple[tuple[str, ...], str, int, str, str]] = {}
 
 
 class Driver:
@@ -63,6 +84,7 @@ class Driver:
         cancel: threading.Event,
         recovery: RecoveryOptions | None = None,
         workers: Sequence[str] | None = None,
+        device_names: Callable[[], Mapping[str, str]] | None = None,
     ) -> None:
         self.client = client
         self.job = job
@@ -77,6 +99,18 @@ class Driver:
         self.probe_timeout = float(recovery.probe_timeout)
         self.only_workers = set(workers) if workers else None
         self.watch = WorkerWatch(client, stale_after_s=float(recovery.heartbeat_timeout))
+        # a stale heartbeat while every rank is silent: lost before the group timeout
+        self.quick_stale_s = min(QUICK_STALE_S, float(recovery.heartbeat_timeout))
+        self._device_names = device_names
+        self._known_names: dict[str, str] = {}
+        #: the loss being recovered from (lost devices, reason, message), None while running
+        self._recovery: dict[str, Any] | None = None
+        # when a rank of the current attempt last reported (None: not yet; starting is quiet)
+        self._heard: float | None = None
+        self._aborts: list[Future] = []
+        self._workers: list[str] = []  # the current attempt's, in rank order
+        #: "re-decided for N device(s) after losing X": prefixed to the next preflight's reason
+        self._redecided: str | None = None
         #: wall-clock times of the phases of an attempt (merged with rank 0's: ``timeline``)
         self.marks: dict[str, float] = {}
         self.aggregator = ProgressAggregator(job.job_id, total_steps=0)
@@ -87,6 +121,14 @@ class Driver:
         self._chunks: dict[tuple[Any, Any], dict[int, bytes]] = {}
         self._final: dict[str, Any] | None = None
         self._cleanup: list[Future] = []
+        self.topics = JobTopics(client)
+        # ``auto`` may leave devices idle (placement.py): measured on every device, the ranks
+        # re-form their group on the chosen ones before the first step
+        self.choose_devices = job.strategy == "auto" and not workers and not job.shares
+        self._placed: list[str] | None = None
+        self._placement_note = ""
+        self._strategy_reason: str | None = None
+        self._start_step = 0  # the global step the current attempt started from
 
     # ------------------------------------------------------------------ plumbing
     def _emit(self, kind: str, **fields: Any) -> None:
@@ -114,13 +156,41 @@ class Driver:
                 self.aggregator.total_steps = int(msg["total_steps"])
             record = self.aggregator.ingest(msg)
             if record is not None:
+                self._heard = time.monotonic()
+                self._running_again()
                 self.hub.emit(record)
         while True:
             try:
                 msg = self._shipped.get_nowait()
             except queue.Empty:
                 break
+            if msg.get("attempt") == self.aggregator.attempt:
+                self._heard = time.monotonic()
             self._handle_ship(msg)
+
+    def _recovering(self, attempt: int, outcome: AttemptOutcome) -> None:
+        """Say that the job lost devices and is re-forming: which ones (by name) and why."""
+        self._refresh_names()
+        lost = sorted(outcome.lost)
+        devices = [self._label(w) for w in lost]
+        reason = outcome.reason or "a rank failed"
+        head = f"lost {', '.join(devices)}" if devices else "the group failed"
+        self._recovery = {
+            "lost_workers": lost,
+            "lost_devices": devices,
+            "reason": reason,
+            "message": f"{head}: {reason}; re-forming with the remaining devices",
+            "detected_at": outcome.detected_at,
+        }
+        self._emit("state", state="recovering", attempt=attempt, **self._recovery)
+
+    def _running_again(self) -> None:
+        """The re-formed group answers (preflight or a step): the job is running again."""
+        if self._recovery is None:
+            return
+        self._recovery = None
+        self._emit("state", state="running", attempt=self.aggregator.attempt,
+                   workers=self._workers, devices=[self._label(w) for w in self._workers])
 
     def _handle_ship(self, msg: dict[str, Any]) -> None:
         """Reassemble chunked checkpoints (``rank.ship_messages``) and handle complete ones."""
@@ -142,6 +212,10 @@ class Driver:
     def _handle_control(self, msg: dict[str, Any]) -> None:
         kind = msg.get("kind")
         if kind == "preflight":
+            current = msg.get("attempt") == self.aggregator.attempt
+            reason = str(msg["report"].get("reason", ""))
+            if current and self._redecided and self._redecided not in reason:
+                msg["report"] = {**msg["report"], "reason": f"{self._redecided}: {reason}"}
             self.preflight = PreflightReport.from_dict(msg["report"])
             self._emit(
                 "preflight",
@@ -149,9 +223,27 @@ class Driver:
                 report=msg["report"],
                 text=str(self.preflight),
             )
+            if current:
+                self._running_again()
+        elif kind == "rebalance":
+            who = [self._label(w) for w in msg.get("workers") or []]
+            text = "shares follow measured speed at step {}: {}".format(
+                msg.get("global_step"),
+                ", ".join(f"{w} {a}->{b}" for w, a, b in
+                          zip(who, msg.get("before") or [], msg.get("after") or [], strict=False)),
+            )
+            logger.info("training job %s: %s", self.job.job_id, text)
+            self._emit("rebalance", attempt=msg.get("attempt"), step=msg.get("global_step"),
+                       devices=who, before=msg.get("before"), after=msg.get("after"), text=text)
         elif kind == "timeline":
             marks = {**self.marks, **msg.get("marks", {})}
             self._emit("timeline", attempt=msg.get("attempt"), marks=marks)
+        elif kind == "resumed":  # another job's checkpoint loaded: the asked settings won
+            notes = [str(n) for n in msg.get("hyperparameters") or []]
+            for note in notes:
+                logger.info("training job %s: %s", self.job.job_id, note)
+            self._emit("resume", action="loaded", attempt=msg.get("attempt"),
+                       step=int(msg["global_step"]), hyperparameters=notes)
         elif kind in ("checkpoint", "final"):
             path = self.store.put(msg["data"], int(msg["global_step"]))
             if kind == "final":
@@ -159,6 +251,7 @@ class Driver:
                 # the end of the run joins the timeline: last step, state packed, received
                 marks = {**self.marks, **msg.get("marks", {}), "final_received": time.time()}
                 self._emit("timeline", attempt=msg.get("attempt"), marks=marks)
+                self._report_speed(marks, int(msg["global_step"]))
             error = self.store.write_error if path is None else None
             if error:
                 logger.warning("checkpoint kept in memory only, not written: %s", error)
@@ -233,16 +326,32 @@ class Driver:
         )
         return "cpu" if (mixed and wants_fsdp) else "cuda:0"
 
+    def _label(self, address: str) -> str:
+        """The name people know a worker's device by (``recovery.device_label``)."""
+        return device_label(address, self.watch.name_of(address), self._known_names)
+
+    def _refresh_names(self) -> None:
+        """Ask for the devices' names again (a device may have been paired since), in the
+        background: a slow or absent server must not delay training or recovery."""
+        lookup = self._device_names
+        if lookup is None:
+            return
+
+        def refresh() -> None:
+            try:
+                self._known_names = dict(lookup())
+            except Exception:  # names are a nicety: the workers' own names stand in
+                logger.debug("could not look up device names", exc_info=True)
+
+        threading.Thread(target=refresh, name="parallalx-device-names", daemon=True).start()
+
     # ------------------------------------------------------------------ main loop
     def run(self) -> bytes:
-        self.client.subscribe_topic(self.job.metrics_topic, self._on_event)
-        self.client.subscribe_topic(self.job.ship_topic, self._on_ship)
+        self.topics.subscribe(self.job.metrics_topic, self._on_event)
+        self.topics.subscribe(self.job.ship_topic, self._on_ship)
         try:
             return self._loop()
         finally:
-            for topic in (self.job.metrics_topic, self.job.ship_topic):
-                with contextlib.suppress(Exception):
-                    self.client.unsubscribe_topic(topic)
             self._drop_topics(delete=True)
             self._finish_cleanup()
 
@@ -250,14 +359,14 @@ class Driver:
         """Free the scheduler's stored copies of this job's events (delivery is unaffected).
 
         After each complete checkpoint the ship topic is truncated; at the end both topics are
-        removed. Needs ``run_on_scheduler``; where a cluster forbids it, the scheduler's own
-        bounded event log applies.
+        closed on the scheduler and their handlers leave the client (``JobTopics.release``):
+        a finished job holds nothing there. Needs ``run_on_scheduler``; where a cluster
+        forbids it, the topics are unsubscribed and the scheduler's bounded event log applies.
         """
-        topics = [self.job.ship_topic] + ([self.job.metrics_topic] if delete else [])
-        try:
-            self.client.run_on_scheduler(_drop_topics, topics=topics, delete=delete)
-        except Exception:
-            logger.debug("could not drop event topics on the scheduler", exc_info=True)
+        if delete:
+            self.topics.release()
+        else:
+            self.topics.truncate([self.job.ship_topic])
 
     def _finish_cleanup(self, timeout: float = 5.0) -> None:
         """Wait briefly for the rendezvous cleanup tasks, then forget them."""
@@ -275,6 +384,7 @@ class Driver:
     def _loop(self) -> bytes:
         self._mark("driver_start")
         driver_env = probe_environment()
+        self._refresh_names()
         attempt = 0
         fixed: tuple[str, int] | None = None
         while True:
@@ -296,23 +406,34 @@ class Driver:
                 )
                 workers = workers[: self.job.global_batch]
                 self._require(workers, f"with a global batch of {self.job.global_batch}")
+            workers, fixed = self._apply_placement(workers, fixed, attempt)
             shares = explicit_shares(self.job.shares, workers, attempt)
             backend = choose_backend([_gpu_of(envs[w]) for w in workers])
             mixed = len({bool(envs[w].get("cuda_available")) for w in workers}) > 1
             resume = self.store.latest()
             self._final = None
+            self._start_step = self.store.global_step if resume else 0
+            self._workers = workers
+            self._redecided = None if self._recovery is None or fixed is not None else (
+                f"auto re-decided for {len(workers)} device(s) after losing "
+                f"{', '.join(self._recovery['lost_devices']) or 'a device'}"
+            )
             self._emit(
                 "state",
-                state="running" if attempt == 0 else "restarting",
+                state="running" if self._recovery is None else "recovering",
                 attempt=attempt,
                 workers=workers,
+                devices=[self._label(w) for w in workers],
                 resume_step=self.store.global_step if resume else 0,
+                **(self._recovery or {}),
             )
             outcome = self._attempt(
                 attempt, workers, envs, backend, mixed, resume, fixed, shares
             )
             if self.preflight is not None and fixed is None:
                 fixed = (self.preflight.strategy, self.preflight.local_sgd_every)
+                if outcome.status == "finished":
+                    self._remember(self.preflight, workers)
             if outcome.status == "finished":
                 assert self._final is not None
                 return bytes(self._final["data"])
@@ -330,6 +451,9 @@ class Driver:
                 raise RestartsExhaustedError(
                     f"giving up after {self.max_restarts} restart(s): {outcome.detail}"
                 ) from outcome.error
+            if self.job.strategy == "auto":
+                fixed = None  # decided again for the devices that remain
+            self._recovering(attempt, outcome)
             failed_at = self.aggregator.max_step
             resume_step = max(self.store.global_step, 0)
             self._emit(
@@ -337,6 +461,8 @@ class Driver:
                 attempt=attempt,
                 reason=outcome.detail,
                 lost_workers=sorted(outcome.lost),
+                lost_devices=self._recovery["lost_devices"] if self._recovery else [],
+                detected_at=outcome.detected_at,
                 failed_at_step=failed_at,
                 resume_step=resume_step,
                 repeated_steps=max(failed_at - resume_step, 0),
@@ -360,6 +486,10 @@ class Driver:
             strategy=fixed[0] if fixed else None,
             local_sgd_every=(fixed[1] or None) if fixed else None,
             shares=shares,
+            choose_devices=self.choose_devices and fixed is None and len(workers) > 1,
+            strategy_reason=self._strategy_reason if fixed else None,
+            placement=self._placement_note,
+            names=self._names(workers),
         )
         master = host_of(workers[0])
         world = len(workers)
@@ -409,9 +539,74 @@ class Driver:
             if futures:
                 with contextlib.suppress(Exception):
                     self.client.cancel([f for f in futures if f.status == "pending"], force=True)
-            for fut in payload_futures.values():
+            for fut in [*payload_futures.values(), *self._aborts]:
                 fut.release()
+            self._aborts.clear()
             self._close_rendezvous(attempt, workers[0])
+
+    def _report_speed(self, marks: dict[str, float], global_step: int) -> None:
+        """Predicted vs measured steps/s of the attempt that finished (first to last step)."""
+        report = self.preflight
+        steps = global_step - self._start_step - 1  # "first_step" is marked after step one
+        span = marks.get("last_step", 0.0) - marks.get("first_step", 0.0)
+        if report is None or steps < 1 or span <= 0:
+            return
+        report.measured_steps_per_s = steps / span
+        self._emit("speed", predicted_steps_per_s=report.predicted_steps_per_s,
+                   measured_steps_per_s=report.measured_steps_per_s, text=str(report))
+
+    # ------------------------------------------------------------------ placement
+    def _placement_key(self, workers: Sequence[str]) -> tuple[Any, ...]:
+        """Same job (its objects and settings) on the same workers: the same decision."""
+        job = self.job
+        same = job.same_job or hashlib.blake2b(job.user_objects, digest_size=16).hexdigest()
+        return (same, job.epochs, job.global_batch, job.max_steps, job.torch_threads,
+                tuple(sorted(workers)))
+
+    def _apply_placement(
+        self, workers: list[str], fixed: tuple[str, int] | None, attempt: int
+    ) -> tuple[list[str], tuple[str, int] | None]:
+        """The same job on the same devices keeps its earlier placement (this session's)."""
+        if not self.choose_devices or len(workers) < 2:
+            return workers, fixed
+        if attempt > 0:  # a device was lost: decide again among those left
+            self._placed, self._placement_note, self._strategy_reason = None, "", None
+            return workers, fixed
+        if self._placed is None:
+            known = _PLACEMENTS.get(self._placement_key(workers))
+            if known is not None:
+                placed, strategy, every, note, reason = known
+                self._placed = list(placed)
+                self._placement_note = f"{note} (decided for this job on these devices earlier)"
+                self._strategy_reason = reason
+                fixed = (strategy, every)
+        if self._placed is None:
+            return workers, fixed
+        kept = [w for w in workers if w in self._placed]
+        if not kept:  # every chosen device is gone: decide again among the others
+            self._placed, self._placement_note, self._strategy_reason = None, "", None
+            return workers, None
+        return kept, fixed
+
+    def _remember(self, report: PreflightReport, workers: list[str]) -> None:
+        """Keep ``auto``'s decision for this job on these devices (measurements are noisy:
+        near a threshold the same job flipped between local SGD and DDP from run to run)."""
+        if not self.choose_devices or self._placed is not None or len(workers) < 2:
+            return
+        if self.excluded:  # decided after a loss: not what this job gets on a healthy cluster
+            return
+        chosen = [w for w in workers if w not in set(report.idle)]
+        _PLACEMENTS[self._placement_key(workers)] = (
+            tuple(chosen), report.strategy, report.local_sgd_every, report.placement,
+            report.reason if report.reason.startswith("auto") else f"auto: {report.reason}",
+        )
+        while len(_PLACEMENTS) > 64:  # a bounded memory of decisions
+            _PLACEMENTS.pop(next(iter(_PLACEMENTS)))
+
+    def _names(self, workers: Sequence[str]) -> dict[str, str]:
+        """Worker address -> the name it registered with (a parallalx device's ID or name)."""
+        info = self.watch.poll()
+        return {w: str(info.get(w, {}).get("name") or w) for w in workers}
 
     def _open_rendezvous(
         self, attempt: int, workers: list[str]
@@ -480,6 +675,7 @@ class Driver:
         hang_limit = self.group_timeout + self.settle_timeout
         cancel_deadline: float | None = None
         unreachable_since: float | None = None
+        self._heard = None
         while True:
             self._pump()
             if self.cancel_event.is_set() and cancel_deadline is None:
@@ -509,13 +705,31 @@ class Driver:
             hung = unreachable_since is not None and (
                 time.monotonic() - unreachable_since > hang_limit
             )
-            if errored or gone or hung:
-                trigger = (
-                    f"rank states {statuses}" if errored else
-                    f"worker(s) left the cluster: {sorted(gone)}" if gone else
-                    f"no heartbeat from {sorted(bad)} for {hang_limit:.0f}s"
+            silent: set[str] = set()
+            ages: dict[str, float] = {}
+            if not (errored or gone or hung) and self._heard is not None:
+                ages = self.watch.stale_for()
+                silent = silent_losses(
+                    pending, ages, time.monotonic() - self._heard,
+                    stale_s=self.quick_stale_s, quiet_s=self._quiet_limit(),
+                )
+            if errored or gone or hung or silent:
+                detected_at = time.time()
+                quiet = max((ages.get(w, 0.0) for w in silent), default=0.0)
+                trigger, reason = (
+                    (f"rank states {statuses}", "") if errored else
+                    (f"worker(s) left the cluster: {sorted(gone)}", "left the cluster")
+                    if gone else
+                    (f"no heartbeat from {sorted(silent)} for {quiet:.1f}s and no progress "
+                     "from any rank", f"no heartbeat for {quiet:.0f} s and no rank made "
+                     "progress") if silent else
+                    (f"no heartbeat from {sorted(bad)} for {hang_limit:.0f}s",
+                     f"no heartbeat for {self.watch.stale_after_s + hang_limit:.0f} s")
                 )  # fmt: skip
                 logger.info("attempt failing (%s); settling", trigger)
+                given_up = gone | silent | (bad if hung else set())
+                self._abort(futures, workers, given_up | self.watch.unreachable(
+                    pending, self.quick_stale_s))
                 lost = settle(
                     futures,
                     workers,
@@ -523,12 +737,50 @@ class Driver:
                     stale_s=min(self.watch.stale_after_s, max(2.0, self.group_timeout / 2)),
                     max_wait_s=self.group_timeout + self.settle_timeout,
                     pump=self._pump,
+                    given_up=given_up,
                 )
                 self._pump(force=True)
                 outcome = classify(futures, workers, lost)
                 outcome.detail = f"{outcome.detail} [{trigger}]"
+                outcome.reason = reason or self._failure_reason(outcome)
+                outcome.detected_at = detected_at
                 return outcome
             self._wait_ranks(futures, 0.1)
+
+    def _quiet_limit(self) -> float:
+        """How long every rank may stay silent before a stale heartbeat counts as a loss:
+        longer than a metrics interval and than a few of the steps the preflight predicted."""
+        limit = max(self.quick_stale_s, 2 * float(self.job.metrics_interval))
+        report = self.preflight
+        if report is not None:
+            step = report.compute_s_per_step + report.comm_s_per_step.get(report.strategy, 0.0)
+            limit = max(limit, 3 * step)
+        return limit
+
+    def _abort(self, futures: list[Future], workers: list[str], lost: set[str]) -> None:
+        """Make the pending ranks on reachable workers kill their processes (``rank.abort_key``):
+        they wait in a collective for a rank that will not come, and hold their workers."""
+        for rank, (fut, worker) in enumerate(zip(futures, workers, strict=True)):
+            if fut.status != "pending" or worker in lost:
+                continue
+            key = abort_key(self.job.job_id, self.aggregator.attempt, rank)
+            try:
+                self._aborts.append(
+                    self.client.scatter({key: True}, workers=[worker], hash=False)[key]
+                )
+            except Exception:  # it ends at the group timeout instead
+                logger.debug("could not stop rank %d on %s", rank, worker, exc_info=True)
+
+    def _failure_reason(self, outcome: AttemptOutcome) -> str:
+        """A few words for the job's status line when a rank's failure came first."""
+        if outcome.lost and outcome.lost <= self.watch.gone(outcome.lost):
+            return "left the cluster"
+        if outcome.lost:
+            return "stopped answering when the group failed"
+        # "<worker address>: <error>": the address says nothing to people
+        first = re.sub(r"^\S+://[^\s:]+(:\d+)?:\s*", "", outcome.detail.strip())
+        first = (first.splitlines() or [""])[0]
+        return f"a rank failed: {first[:200]}" if first else "a rank failed"
 
     def _wait_ranks(self, futures: list[Future], timeout: float) -> None:
         # Plain sleep: a Dask wait() returns at once as soon as any rank has finished.
@@ -583,18 +835,6 @@ def explicit_shares(
         len(shares), len(workers),
     )
     return None
-
-
-def _drop_topics(dask_scheduler: Any, topics: list[str], delete: bool) -> None:
-    """On the scheduler: forget stored events of ``topics`` (subscribers are not affected)."""
-    broker = getattr(dask_scheduler, "_broker", None)
-    if broker is None:
-        return
-    for topic in topics:
-        broker.truncate(topic)
-        known = broker._topics  # noqa: SLF001 - no public way to drop a topic
-        if delete and topic in known and not known[topic].subscribers:
-            del known[topic]
 
 
 def _gpu_of(env: dict[str, Any]) -> str | None:

@@ -38,6 +38,19 @@ class UserCodeError(TrainingError, UserCodeFailure):
         return f"user code failed{where}: {self.message}{tb}"
 
 
+class CheckpointMismatchError(UserCodeError):
+    """The checkpoint to resume from was made by another job (model, optimizer, data set or
+    global batch differ); the message names what differs.
+
+    Raised in the notebook before anything runs where it can tell (objects rather than
+    factories), else by the ranks: a user error either way, so it is never retried.
+    """
+
+    def __str__(self) -> str:
+        where = f" (found on rank {self.rank}, {self.worker})" if self.rank >= 0 else ""
+        return f"{self.message}{where}"
+
+
 class RankInfraError(TrainingError, DeviceFailure):
     """A rank lost its peers (gloo connection reset, group timeout, rendezvous failure).
 

@@ -45,7 +45,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from distributed import Client, Future
@@ -348,10 +348,46 @@ def set_gloo_interface(master_host: str) -> str | None:
     return iface
 
 
+@dataclass
+class RankGroup:
+    """The default process group's rendezvous: how rank traffic travels, and the store that
+    lets the group re-form on fewer ranks (:func:`regroup`)."""
+
+    traffic: str
+    store: Any
+
+
+def regroup(spec: RankSpec, group: RankGroup, ranks: Sequence[int], tag: str) -> RankSpec | None:
+    """Re-form the default process group on ``ranks`` (every rank calls, at the same point).
+
+    ``auto`` leaves slow or surplus devices idle after measuring them all: re-forming here costs
+    milliseconds, where a new attempt would start new rank processes. Idle ranks get None and
+    leave; the others get their spec in the new group.
+    """
+    import torch.distributed as dist
+
+    # Every rank has received everything of the old group (the plan's broadcast) before any
+    # closes its sockets: a rank still reading would see "Connection reset by peer".
+    dist.barrier()
+    dist.destroy_process_group()
+    if spec.rank not in ranks:
+        return None
+    new_rank = list(ranks).index(spec.rank)
+    store = dist.HashStore() if len(ranks) == 1 else dist.PrefixStore(tag, group.store)
+    dist.init_process_group(
+        spec.backend,
+        store=store,
+        rank=new_rank,
+        world_size=len(ranks),
+        timeout=_dt.timedelta(seconds=spec.timeout_s),
+    )
+    return replace(spec, rank=new_rank, world_size=len(ranks))
+
+
 @contextlib.contextmanager
-def process_group(spec: RankSpec) -> Iterator[str]:
+def process_group(spec: RankSpec) -> Iterator[RankGroup]:
     """Rendezvous through rank 0's TCPStore, initialise the default process group and yield
-    how rank traffic travels (:func:`agree_on_rank_tls`).
+    it with how rank traffic travels (:func:`agree_on_rank_tls`).
 
     Runs in the rank's own process; every rank is a client of the store that
     :func:`open_rendezvous` opened in rank 0's worker. Connection and timeout failures become
@@ -378,7 +414,7 @@ def process_group(spec: RankSpec) -> Iterator[str]:
     except Exception as exc:  # rendezvous failures are always infrastructure
         raise RankInfraError(f"rendezvous failed on rank {spec.rank}: {exc!r}") from exc
     try:
-        yield traffic
+        yield RankGroup(traffic, store)
     finally:
         # Only on success does this run to completion; on failure the rank process exits
         # right after reporting (os._exit), which closes every socket at once.

@@ -133,8 +133,10 @@ class CheckpointOptions:
             only. A directory that cannot be written is refused before training starts.
         every: steps between checkpoints (0: only the final one); a lost worker costs at most
             this many steps.
-        resume: continue from the checkpoints already in ``dir`` (False refuses a ``dir``
-            that holds some).
+        resume: continue from the checkpoints already in ``dir`` if they are this job's
+            (a finished run is moved aside and the job starts fresh; another job's is an
+            error: :mod:`parallalx_jupyter.training.resume`); False refuses a ``dir`` that
+            holds some.
     """
 
     dir: str | Path | None = _setting(None, {"type": ["string", "null"]}, "checkpoint_dir")
@@ -152,7 +154,8 @@ class RecoveryOptions:
         group_timeout: seconds a collective may wait for a rank: a frozen worker is detected
             and given up after about this long.
         heartbeat_timeout: seconds without a Dask heartbeat after which a worker counts as
-            unreachable.
+            unreachable; while every rank of the job is silent too, 4 s (or this, if less)
+            already count as lost (``training/recovery.py``).
         settle_timeout: seconds, on top of ``group_timeout``, for the ranks of a failing or
             cancelled attempt to end and say how, before the attempt is classified.
         probe_timeout: seconds a worker has to answer the environment probe before an attempt.

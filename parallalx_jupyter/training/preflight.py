@@ -28,6 +28,7 @@ from typing import Any
 
 from .errors import VersionMismatchError
 from .launcher import gloo_tls_available
+from .placement import Placement
 
 PROBE_BYTES = 10_000_000
 
@@ -272,6 +273,11 @@ class DeviceReport:
     memory_bytes: int = 0
     overhead_s: float = 0.0
     per_sample_s: float = 0.0
+    name: str = ""  # the device's name, where the driver knows it
+
+    @property
+    def label(self) -> str:
+        return self.name or self.worker
 
 
 @dataclass
@@ -297,6 +303,25 @@ class PreflightReport:
     versions: dict[str, str] = field(default_factory=dict)
     #: how gradients travel between ranks: encrypted or not, and why (``agree_on_rank_tls``)
     rank_traffic: str = ""
+    #: which devices train and why, in one line (``placement.py``)
+    placement: str = ""
+    #: workers measured here that ``auto`` leaves idle: the job re-forms without them
+    idle: list[str] = field(default_factory=list)
+    #: measured seconds of one synchronous step of this whole group (0: not measured)
+    group_step_s: float = 0.0
+    #: predicted seconds per step of the training that follows (chosen devices, strategy)
+    predicted_step_s: float = 0.0
+    #: steps/s the training then ran at (set after the run; 0 until then)
+    measured_steps_per_s: float = 0.0
+
+    @property
+    def exact(self) -> bool:
+        """False where the maths is not one big batch (local SGD averages parameters)."""
+        return self.strategy != "local_sgd"
+
+    @property
+    def predicted_steps_per_s(self) -> float:
+        return 1.0 / self.predicted_step_s if self.predicted_step_s > 0 else 0.0
 
     @property
     def per_rank_batch(self) -> list[int]:
@@ -328,7 +353,7 @@ class PreflightReport:
         ]
         for d in self.devices:
             lines.append(
-                f"  {d.rank:<5}{d.worker[-27:]:<28}{d.device:<10}"
+                f"  {d.rank:<5}{d.label[-27:]:<28}{d.device:<10}"
                 f"{d.samples_per_s:>12,.0f}{d.batch:>7}"
             )
         if self.world_size > 1:
@@ -350,6 +375,19 @@ class PreflightReport:
         )
         extra = f", average every {self.local_sgd_every} steps" if self.local_sgd_every else ""
         lines.append(f"  strategy: {self.strategy}{extra} - {self.reason}")
+        if not self.exact and self.world_size > 1:
+            lines.append(
+                "  note: not exact data parallelism: each device trains on its own shard and "
+                "parameters are averaged periodically, so results differ from one big batch"
+            )
+        if self.placement:
+            lines.append(f"  devices: {self.placement}")
+        if self.predicted_step_s > 0:
+            speed = f"  speed: predicted {self.predicted_steps_per_s:,.1f} steps/s"
+            if self.measured_steps_per_s > 0:
+                ratio = self.measured_steps_per_s / self.predicted_steps_per_s
+                speed += f", measured {self.measured_steps_per_s:,.1f} ({ratio:.2f}x predicted)"
+            lines.append(speed)
         if self.rank_traffic and self.world_size > 1:
             lines.append(f"  rank traffic: {self.rank_traffic}")
         return "\n".join(lines)
@@ -382,6 +420,11 @@ def build_report(
     local_sgd_every: int | None = None,
     homogeneous: bool = True,
     rank_traffic: str = "",
+    placement: Placement | None = None,
+    placement_note: str = "",
+    strategy_reason: str | None = None,
+    names: Mapping[str, str] | None = None,
+    group_step_s: float = 0.0,
 ) -> PreflightReport:
     """Turn the gathered measurements into batch shares, a strategy and a prediction.
 
@@ -393,6 +436,20 @@ def build_report(
     from .sharding import proportional_split
     from .strategies import STRATEGIES, choose_strategy, comm_seconds
 
+    labels = dict(names or {})
+    idle: list[str] = []
+    line = placement_note
+    if placement is not None and placement.is_subset:
+        # the report is the plan of the devices that train; the others leave the group
+        chosen = placement.chosen
+        idle = [str(devices[i]["worker"]) for i in range(len(devices)) if i not in chosen.ranks]
+        devices = [devices[i] for i in chosen.ranks]
+        line = _placement_line(
+            [labels.get(str(d["worker"]), str(d["worker"])) for d in devices],
+            len(devices) + len(idle), placement.gain,
+        )
+        requested, strategy_reason = chosen.strategy, f"auto: {chosen.reason}"
+        local_sgd_every = chosen.local_sgd_every or local_sgd_every
     over = [max(float(d["overhead_s"]), 0.0) for d in devices]
     per = [max(float(d["per_sample_s"]), 1e-12) for d in devices]
     weights = list(shares) if shares is not None else plan_shares(global_batch, over, per)
@@ -417,13 +474,23 @@ def build_report(
             homogeneous_devices=homogeneous,
         )
     else:
-        name, reason, h = requested, "requested by the caller", 0
+        name, reason, h = requested, strategy_reason or "requested by the caller", 0
     if name == "local_sgd":
         h = int(local_sgd_every or h or 8)
     comm = {
         s: comm_seconds(s, param_bytes, world, latency_s, bandwidth_Bps, h or 8, compute_s)
         for s in STRATEGIES
     }
+    predicted_step = compute_s + comm[name]
+    if placement is not None:
+        chosen = placement.chosen
+        if chosen.strategy == name:  # it includes the measured group step, or is one device
+            predicted_step = chosen.step_s
+        if not placement.is_subset:
+            line = (
+                f"training on all {world}: predicted "
+                f"{single_s / max(predicted_step, 1e-12):.2f}x the fastest device alone"
+            )
     reports = [
         DeviceReport(
             rank=i,
@@ -436,6 +503,7 @@ def build_report(
             memory_bytes=int(d.get("memory_bytes", 0)),
             overhead_s=over[i],
             per_sample_s=per[i],
+            name=labels.get(str(d["worker"]), ""),
         )
         for i, d in enumerate(devices)
     ]
@@ -457,4 +525,15 @@ def build_report(
         ideal_speedup=single_s / max(ideal_s, 1e-12),
         local_sgd_every=h if name == "local_sgd" else 0,
         rank_traffic=rank_traffic,
+        placement=line,
+        idle=idle,
+        group_step_s=group_step_s,
+        predicted_step_s=predicted_step,
     )
+
+
+def _placement_line(chosen: Sequence[str], world: int, gain: float) -> str:
+    """"training on gaming-pc alone: predicted 4.8x faster than all three; ..."."""
+    who = f"{chosen[0]} alone" if len(chosen) == 1 else ", ".join(chosen)
+    others = "the other stays idle" if world - len(chosen) == 1 else "the others stay idle"
+    return f"training on {who}: predicted {gain:.1f}x faster than all {world}; {others}"

@@ -25,6 +25,12 @@ channel is one a plain worker already has:
 * **Cancel**: the driver cancels this Dask task (``TrainingJob.cancel()``, or the notebook's
   client going away); the task sees its own state change in ``worker.state`` and forwards a
   "stop" to the rank process, whose ranks agree to stop, ship a last checkpoint and exit.
+* **Abort**: when the driver gives up on an attempt because a device was lost, the survivors'
+  rank processes are blocked in a collective that waits for it and cannot vote to stop; they
+  would linger until the group timeout and hold the worker (the re-formed group's tasks wait
+  for its thread). So the driver scatters a small marker under :func:`abort_key` onto each
+  survivor (data needs no thread of the worker, unlike a task); seeing it, this task kills its
+  rank process at once and fails as an infrastructure error.
 
 The rank process itself trains (see ``rank_process.py``); if it dies, this task reports it as
 an infrastructure failure.
@@ -53,8 +59,14 @@ from .rank_process import EXIT_ORPHANED, child_main, is_comm_error
 from .spec import AttemptPayload
 
 STOP_GRACE_S = 30.0  # after "stop": time to reach a control step, checkpoint and exit
+ABORT_PREFIX = "parallalx-abort"
 CANCEL_CHECK_S = 0.1  # how often an idle relay looks whether its Dask task was cancelled
 CHUNK_BYTES = 512 * 1024  # per event: keeps every scheduler message small
+
+
+def abort_key(job_id: str, attempt: int, rank: int) -> str:
+    """The Dask key whose data on a rank's worker tells that rank's task to kill its process."""
+    return f"{ABORT_PREFIX}-{job_id}-{attempt}-{rank}"
 
 
 def ship_messages(msg: dict[str, Any], seq: int) -> Iterator[dict[str, Any]]:
@@ -119,6 +131,8 @@ def _relay(spec: RankSpec, payload: AttemptPayload, worker: Any, key: Any, job: 
         send_lock = threading.Lock()
         outcome: tuple[str, Any] | None = None
         stop_sent_at: float | None = None
+        abort = abort_key(spec.job_id, spec.attempt, spec.rank)
+        aborted = False
         try:
             while True:
                 # Woken by a message or the process's exit, not by polling: this thread shares
@@ -132,7 +146,8 @@ def _relay(spec: RankSpec, payload: AttemptPayload, worker: Any, key: Any, job: 
                     kind = msg[0]
                     if kind == "metrics":
                         worker.log_event(job.metrics_topic, msg[1])
-                    elif kind == "ship" and spec.rank == 0:
+                    elif kind == "ship":  # rank 0 of the group that trains (it may
+                        # have re-formed on fewer devices: ``launcher.regroup``)
                         seq += 1
                         for event in ship_messages(msg[1], seq):
                             worker.log_event(job.ship_topic, event)
@@ -140,6 +155,10 @@ def _relay(spec: RankSpec, payload: AttemptPayload, worker: Any, key: Any, job: 
                         outcome = msg
                 elif ready:
                     break  # the rank process exited and left nothing unread
+                if outcome is None and abort in worker.data:
+                    aborted = True
+                    proc.kill()  # blocked in a collective: no stop vote can reach it
+                    break
                 ts = worker.state.tasks.get(key)
                 cancelled = ts is None or ts.state in ("cancelled", "released", "forgotten")
                 if cancelled and stop_sent_at is None:
@@ -156,6 +175,10 @@ def _relay(spec: RankSpec, payload: AttemptPayload, worker: Any, key: Any, job: 
                 proc.kill()
                 proc.join(5)
             events_r.close()
+        if aborted:
+            raise RankInfraError(
+                f"rank {spec.rank} stopped by the driver: another device of the group was lost"
+            )
         if outcome is None:
             code = proc.exitcode
             why = "was orphaned" if code == EXIT_ORPHANED else f"exited with code {code}"

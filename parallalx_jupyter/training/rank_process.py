@@ -27,6 +27,7 @@ import os
 import queue
 import random
 import re
+import statistics
 import threading
 import time
 import traceback
@@ -42,16 +43,27 @@ from .checkpoint import (
     restore_rng,
     unpack,
 )
-from .errors import RankInfraError, TrainingError, UserCodeError
+from .errors import CheckpointMismatchError, RankInfraError, TrainingError, UserCodeError
 from .heap import keep_freed_memory
-from .launcher import RankSpec, host_of, process_group, set_gloo_interface
+from .launcher import RankGroup, RankSpec, host_of, process_group, regroup, set_gloo_interface
 from .metrics import RankMetrics
+from .placement import plan_placement
 from .preflight import (
     PreflightReport,
     build_report,
     check_connectivity,
     measure_link,
     measure_step_cost,
+)
+from .rebalance import Rebalancer, period_steps
+from .resume import (
+    asked_hyperparameters,
+    differences,
+    fingerprint,
+    keep_asked_hyperparameters,
+    mismatch_message,
+    model_params,
+    saved_fingerprint,
 )
 from .sharding import ShardPlan
 from .spec import (
@@ -74,6 +86,10 @@ from .strategies import EXACT, make_strategy
 _COMM_MARKERS = re.compile(
     r"gloo|nccl|connection (reset|closed|refused)|broken pipe|timed out|timeout|socket|\bpeers?\b"
 )
+
+# What re-forming the group on fewer ranks costs (``launcher.regroup``; the timeline's
+# "preflight" to "placed": 27 ms measured on a loaded 2-core machine)
+REGROUP_S = 0.03
 
 # Exit codes of a rank process (the Dask task reports anything else as a crash).
 EXIT_OK, EXIT_FAILED, EXIT_ORPHANED = 0, 1, 3
@@ -209,10 +225,10 @@ def child_main(spec: RankSpec, payload: AttemptPayload, control: Any, events: An
         if payload.job.torch_threads:
             torch.set_num_threads(payload.job.torch_threads)
         set_gloo_interface(spec.master_host)
-        with process_group(spec) as traffic:
+        with process_group(spec) as group:
             marks["process_group"] = time.time()
-            spec = dataclasses.replace(spec, rank_traffic=traffic)
-            summary = RankTrainer(spec, payload, channel, marks).run()
+            spec = dataclasses.replace(spec, rank_traffic=group.traffic)
+            summary = RankTrainer(spec, payload, channel, marks, group).run()
         outcome: tuple[str, Any] = ("done", summary)
     except BaseException as exc:  # noqa: BLE001 - everything is reported, nothing re-raised
         outcome = ("error", portable_error(exc, spec.rank))
@@ -234,8 +250,10 @@ class RankTrainer:
         payload: AttemptPayload,
         channel: ChildChannel,
         marks: dict[str, float] | None = None,
+        group: RankGroup | None = None,
     ) -> None:
         self.spec = spec
+        self.group = group
         self.payload = payload
         self.job = payload.job
         self.channel = channel
@@ -307,11 +325,11 @@ class RankTrainer:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
 
-        def step(n: int) -> tuple[float, float]:
+        def step(n: int, net: Any = None) -> tuple[float, float]:
             sync()
             t0 = time.perf_counter()
             inputs, target = split_batch(to_device(fetch(dataset, torch.arange(n)), device))
-            out = probe_model(*inputs)
+            out = (net or probe_model)(*inputs)
             sync()
             t1 = time.perf_counter()
             loss_fn(out, target).backward()
@@ -341,9 +359,34 @@ class RankTrainer:
         }
         devices: list[Any] = [None] * self.world
         dist.all_gather_object(devices, mine)
+        self._measured = [str(d["worker"]) for d in devices]  # in rank order
+        choose = self.payload.choose_devices and self.world > 1
+        group_step: float | None = None
+        if choose and probe_opt is not None:
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                with self._user("the model's training step (preflight)"):
+                    group_step = self._measure_group_step(
+                        devices, probe_model, step, len(dataset), device
+                    )
+            self.marks["pf_group_step"] = time.time()
         box: list[Any] = [None]
         if self.rank == 0:
             params = list(model.parameters())
+            placement = None
+            if choose:
+                placement = plan_placement(
+                    overhead=[max(float(d["overhead_s"]), 0.0) for d in devices],
+                    per_sample=[max(float(d["per_sample_s"]), 1e-12) for d in devices],
+                    memory_bytes=[int(d.get("memory_bytes", 0)) for d in devices],
+                    global_batch=self.job.global_batch,
+                    steps=self._steps_left,
+                    param_bytes=param_bytes,
+                    latency_s=latency,
+                    bandwidth_Bps=bandwidth,
+                    group_step_s=group_step,
+                    replan_s=REGROUP_S,
+                    homogeneous=len({d["device"].split(":")[0] for d in devices}) == 1,
+                )
             box[0] = build_report(
                 devices=devices,
                 backend=self.spec.backend,
@@ -357,9 +400,47 @@ class RankTrainer:
                 local_sgd_every=self.payload.local_sgd_every or self.job.local_sgd_every,
                 homogeneous=len({d["device"].split(":")[0] for d in devices}) == 1,
                 rank_traffic=self.spec.rank_traffic,
+                placement=placement,
+                placement_note=self.payload.placement,
+                strategy_reason=self.payload.strategy_reason,
+                names=self.payload.names,
+                group_step_s=group_step or 0.0,
             ).to_dict()
         dist.broadcast_object_list(box, src=0)
         return PreflightReport.from_dict(box[0])
+
+    def _measure_group_step(
+        self, devices: list[Any], net: Any, step: Any, dataset_len: int, device: Any
+    ) -> float:
+        """Seconds of one synchronous DDP step of the whole group at the planned shares.
+
+        What the link model leaves out (the stack's latency per collective, DDP's hooks, two
+        ranks contending for one machine) shows up here; every rank times the same steps at
+        the same moments, and the slowest rank's median is the group's step.
+        """
+        import torch
+        import torch.distributed as dist
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        from .preflight import plan_shares
+        from .sharding import proportional_split
+
+        total = self.job.global_batch
+        over = [max(float(d["overhead_s"]), 0.0) for d in devices]
+        per = [max(float(d["per_sample_s"]), 1e-12) for d in devices]
+        split = proportional_split(total, plan_shares(total, over, per), min_each=1)
+        mine = max(1, min(split[self.rank], dataset_len))
+        slowest = max(a + b * n for a, b, n in zip(over, per, split, strict=True))
+        # the same count on every rank (from the same gathered numbers): each step is a collective
+        reps = max(2, min(5, int(0.5 / max(slowest, 1e-9))))
+        ids = [device.index or 0] if device.type == "cuda" else None
+        ddp = DDP(net, device_ids=ids, init_sync=False)
+        step(mine, ddp)  # DDP builds its buckets on the first backward
+        dist.barrier()
+        times = [step(mine, ddp)[1] for _ in range(reps)]
+        worst = torch.tensor([statistics.median(times)], dtype=torch.float64, device=device)
+        dist.all_reduce(worst, op=dist.ReduceOp.MAX)
+        return float(worst.item())
 
     def _checkpoint(
         self,
@@ -407,6 +488,9 @@ class RankTrainer:
                 "global_batch": self.job.global_batch,
                 "dataset_len": self._dataset_len,
                 "seed": self.job.seed,
+                "fingerprint": self._fingerprint,
+                "total_steps": self._total,
+                "finished": kind == "final" and not cancelled and global_step >= self._total,
             },
         )
         data = pack(state)
@@ -422,6 +506,19 @@ class RankTrainer:
             msg["marks"] = dict(self.marks)
         self.channel.ship(msg)
 
+    def _check_same_job(self, resume: dict[str, Any]) -> None:
+        """Refuse another job's checkpoint as the user's error (never retried), with what differs.
+
+        The notebook checks what it can before anything runs; factories are only known here.
+        """
+        saved, _ = saved_fingerprint(resume.get("meta") or {})
+        diffs = differences(saved, self._fingerprint)
+        if diffs:
+            where = f"the checkpoint to resume from (step {resume.get('global_step')})"
+            raise CheckpointMismatchError(
+                mismatch_message(where, diffs), "", self.rank, self.spec.worker
+            )
+
     # ------------------------------------------------------------------ main
     def run(self) -> dict[str, Any]:
         import torch
@@ -434,6 +531,10 @@ class RankTrainer:
         model, dataset, loss_fn = self._build(device)
         self.marks["built"] = time.time()
         self._dataset_len = len(dataset)
+        self._fingerprint = fingerprint(params=model_params(model), optimizer=None,
+                                        dataset_len=self._dataset_len,
+                                        global_batch=job.global_batch)
+        self._total = 0
         resume = unpack(self.payload.resume) if self.payload.resume else None
         if resume is None:
             # identical start on every rank, whatever the factory did
@@ -444,27 +545,50 @@ class RankTrainer:
                         dist.broadcast(t.data, src=0)
             self.marks["replicas_equal"] = time.time()
         else:
-            meta = resume.get("meta", {})
-            for field_, actual in (
-                ("global_batch", job.global_batch),
-                ("dataset_len", self._dataset_len),
-            ):
-                if field_ in meta and int(meta[field_]) != actual:
-                    raise UserCodeError(
-                        f"the checkpoint was made with {field_}={meta[field_]}, this job has "
-                        f"{actual}; use another checkpoint_dir or resume=False",
-                        "",
-                        self.rank,
-                        self.spec.worker,
-                    )
+            self._check_same_job(resume)  # before the preflight: a mismatch costs nothing
 
+        per_epoch = -(-self._dataset_len // job.global_batch)
+        planned = job.epochs * per_epoch if job.max_steps is None else min(
+            job.epochs * per_epoch, job.max_steps)
+        self._steps_left = max(planned - int(resume["global_step"] if resume else 0), 0)
         report = self._preflight(model, dataset, loss_fn, device)
         self.marks["preflight"] = time.time()
         if self.rank == 0:
             self.channel.ship(
                 {"kind": "preflight", "attempt": self.spec.attempt, "report": report.to_dict()}
             )
+        if report.idle and not self._take_place(report):
+            return {"rank": self.rank, "global_step": 0, "cancelled": False, "idle": True}
         return self._train(model, dataset, loss_fn, device, report, resume)
+
+    def _rebalance(self, balancer: Rebalancer, plan: ShardPlan, report: PreflightReport,
+                   metrics: RankMetrics, global_step: int, device: Any) -> None:
+        """Take the shares the ranks' own step times call for (``rebalance.py``)."""
+        sizes = balancer.exchange(plan.per_rank, plan.global_batch, device)
+        if sizes is None:
+            return
+        before = list(plan.per_rank)
+        plan.per_rank = sizes
+        metrics.local_batch = sizes[self.rank]
+        for d, n in zip(report.devices, sizes, strict=True):
+            d.batch = n  # checkpoints record the shares in use
+        if self.rank == 0:
+            self.channel.ship({"kind": "rebalance", "attempt": self.spec.attempt,
+                               "global_step": global_step, "before": before, "after": sizes,
+                               "workers": [d.worker for d in report.devices]})
+
+    def _take_place(self, report: PreflightReport) -> bool:
+        """Re-form the group on the devices ``auto`` chose; False: this rank stays idle."""
+        if self.group is None:
+            raise RankInfraError("cannot re-form the group: no rendezvous store")
+        chosen = [d.worker for d in report.devices]
+        ranks = [i for i, w in enumerate(self._measured) if w in chosen]
+        spec = regroup(self.spec, self.group, ranks, f"placed-{self.spec.attempt}")
+        self.marks["placed"] = time.time()
+        if spec is None:
+            return False
+        self.spec, self.rank, self.world = spec, spec.rank, spec.world_size
+        return True
 
     def _train(
         self,
@@ -493,11 +617,21 @@ class RankTrainer:
             wrapped = strategy.wrap(model, device)
         with self._user("building the optimizer"):
             optimizer = self._optimizer_factory(wrapped.parameters())
+        self._fingerprint["optimizer"] = type(optimizer).__qualname__
 
         epoch, step, global_step = 0, 0, 0
         if resume is not None:
-            load_state(wrapped, optimizer, resume)
+            self._check_same_job(resume)
+            asked = asked_hyperparameters(optimizer)
+            with self._user("loading the checkpoint into the model and optimizer"):
+                load_state(wrapped, optimizer, resume)
             epoch, step, global_step = resume["epoch"], resume["step"], resume["global_step"]
+            if (resume.get("meta") or {}).get("job_id") != job.job_id:
+                # another job's checkpoint (a checkpoint_dir): what is asked now wins
+                notes = keep_asked_hyperparameters(optimizer, asked)
+                if self.rank == 0:
+                    self.channel.ship({"kind": "resumed", "attempt": self.spec.attempt,
+                                       "global_step": global_step, "hyperparameters": notes})
             rngs = resume.get("rng") or []
             if len(rngs) == self.world:
                 restore_rng(rngs[self.rank])
@@ -509,6 +643,7 @@ class RankTrainer:
         total = job.epochs * plan.steps_per_epoch
         if job.max_steps is not None:
             total = min(total, job.max_steps)
+        self._total = total
         strategy.begin(wrapped, total)
         metrics = RankMetrics(
             emit=self.channel.metrics,
@@ -532,6 +667,13 @@ class RankTrainer:
             self.channel.stop_requested,
             timeout_s=self.spec.timeout_s,
         )
+        balancer = None
+        if self.world > 1 and self.payload.shares is None and job.shares is None:
+            balancer = Rebalancer(
+                rank=self.rank, world=self.world, every=period_steps(step_s),
+                overhead=[d.overhead_s for d in report.devices],
+                forward_fraction=report.devices[self.rank].forward_fraction,
+            )
         wrapped.train()
         for ep, st in plan.positions(epoch, step, job.epochs):
             if global_step >= total:
@@ -573,6 +715,10 @@ class RankTrainer:
                 forward_s=t1 - t0,
                 comm_s=comm,
             )
+            if balancer is not None:
+                balancer.record(mine, t1 - t0)
+                if balancer.due(global_step) and global_step < total:
+                    self._rebalance(balancer, plan, report, metrics, global_step, device)
             if job.checkpoint_every and global_step % job.checkpoint_every == 0:
                 if global_step < total:
                     metrics.flush(epoch=ep, global_step=global_step, total_steps=total)

@@ -9,11 +9,23 @@ Facts this is built on (measured on this project's test cluster; docs/cluster.md
   in a collective until the process-group timeout, and the scheduler keeps the worker until
   ``worker-ttl`` (5 minutes by default). So the driver also watches heartbeats: a worker whose
   ``last_seen`` on the scheduler stops advancing is treated as lost without waiting for the TTL.
+* A *pulled cable* looks like a frozen worker, and the group timeout is long (60 s by default):
+  so once the ranks of an attempt have reported at all, a worker whose heartbeat has been stale
+  for :data:`QUICK_STALE_S` while *no rank* has reported anything for as long (every rank
+  stalls in the collective that waits for it) is lost without waiting for the group timeout
+  (:func:`silent_losses`). Both signals are needed: a stale heartbeat alone is often a busy
+  worker or scheduler, and silent ranks alone are often a long step or checkpoint; a worker
+  whose own event loop stalls does not silence the *other* ranks, whose processes train on.
+  The survivors, blocked in that collective, are then killed by their own Dask task
+  (``rank.abort_key``), so the group re-forms at once.
 * After the first error the driver *settles*: it waits for the other ranks to end. A rank whose
   worker is gone, or whose heartbeat has stopped, is lost at once; a rank on a live worker is
   waited for (its collectives are bounded by the group timeout), so a merely slow survivor on a
   loaded machine is not excluded. Lost workers are excluded for the rest of the job and their
   pinned tasks are cancelled.
+* People see devices by name: :func:`device_label` turns a worker address into the device's
+  name where one is known (parallalx names its workers ``<device_id>[/...]``), else the Dask
+  worker's own name, else the address.
 
 Classification (``jobs.failures.classify_failure``, shared with inference and sweeps): any
 :class:`UserCodeError` wins (restarting would fail again); otherwise the attempt failed for
@@ -38,6 +50,11 @@ from .options import RecoveryOptions
 
 logger = logging.getLogger(__name__)
 
+#: Seconds of stale heartbeat (with every rank silent as long) after which a worker is lost.
+#: Dask workers heartbeat every 0.5 s, so this is eight missed beats; with the driver's polling
+#: a pulled cable shows as a recovering job within about 6 s.
+QUICK_STALE_S = 4.0
+
 
 class WorkerWatch:
     """Scheduler-side view of worker liveness: gone workers and stale heartbeats.
@@ -57,6 +74,8 @@ class WorkerWatch:
         self.min_interval_s = min_interval_s
         self._seen: dict[str, tuple[float, float]] = {}
         self._info: dict[str, Mapping[str, Any]] = {}
+        # kept after a worker leaves: a lost device is still named by what it was called
+        self._names: dict[str, str] = {}
         self._polled = 0.0
 
     def poll(self, force: bool = False) -> dict[str, Mapping[str, Any]]:
@@ -78,6 +97,8 @@ class WorkerWatch:
             prev = self._seen.get(addr)
             if prev is None or prev[0] != last:
                 self._seen[addr] = (last, now)
+            if w.get("name") is not None:
+                self._names[addr] = str(w["name"])
         self._info = info
         return dict(info)
 
@@ -104,6 +125,24 @@ class WorkerWatch:
         workers = list(workers)
         return self.gone(workers) | self.stale(workers, stale_after_s)
 
+    def stale_for(self) -> dict[str, float]:
+        """Seconds since each listed worker's heartbeat last advanced, as both clocks agree.
+
+        Ours alone would count a stalled scheduler (an event loop busy for seconds on a loaded
+        machine) against every worker whose heartbeat it had not processed yet when it
+        answered; so the age is also taken on the scheduler's clock, behind the freshest
+        heartbeat it holds, and the smaller of the two counts.
+        """
+        self.poll()
+        now = time.monotonic()
+        last = {a: float(w.get("last_seen", 0.0)) for a, w in self._info.items()}
+        ref = max(last.values(), default=0.0)
+        return {a: min(now - self._seen[a][1], ref - last[a]) for a in last if a in self._seen}
+
+    def name_of(self, address: str) -> str | None:
+        """The Dask worker's own name (also for a worker that has left), if it had one."""
+        return self._names.get(address)
+
 
 @dataclass
 class AttemptOutcome:
@@ -113,6 +152,54 @@ class AttemptOutcome:
     lost: set[str] = field(default_factory=set)
     error: BaseException | None = None
     detail: str = ""
+    #: what gave the failure away, in a few words for people (the job's status line)
+    reason: str = ""
+    #: wall-clock time the driver noticed the failure (before settling)
+    detected_at: float | None = None
+
+
+def silent_losses(
+    pending: Iterable[str],
+    stale_for: Mapping[str, float],
+    quiet_for: float,
+    *,
+    stale_s: float = QUICK_STALE_S,
+    quiet_s: float = QUICK_STALE_S,
+) -> set[str]:
+    """Pending ranks' workers to give up on now, before the group timeout (see module docs).
+
+    ``stale_for``: seconds since each worker's heartbeat advanced (every worker the scheduler
+    lists); ``quiet_for``: seconds since any rank of the attempt last reported. Nothing is
+    given up on unless the ranks are quiet, and unless some worker's heartbeat is fresh: when
+    every heartbeat looks stale the scheduler (or our view of it) is what stalled, not the
+    devices.
+    """
+    if quiet_for < quiet_s:
+        return set()
+    if not any(age < stale_s / 2 for age in stale_for.values()):
+        return set()
+    return {w for w in pending if stale_for.get(w, 0.0) >= stale_s}
+
+
+def device_label(
+    address: str, worker_name: str | None = None, names: Mapping[str, str] | None = None
+) -> str:
+    """How a worker is shown to people: its device's name where known, never a bare address
+    when anything better exists.
+
+    ``worker_name`` is the Dask worker's name (parallalx's are ``<device_id>`` or
+    ``<device_id>/<suffix>``); ``names`` maps device IDs to the names people gave them.
+    """
+    if worker_name:
+        device, _, suffix = worker_name.partition("/")
+        if names and device in names:
+            return f"{names[device]}/{suffix}" if suffix else names[device]
+        # a plain Dask cluster: a chosen name; LocalCluster's 0, 1, ... say nothing alone
+        if worker_name != address and not worker_name.isdigit():
+            return worker_name
+        if worker_name.isdigit():
+            return f"worker {worker_name} ({address})"
+    return address
 
 
 def remote_error_text(future: Future) -> str:
@@ -134,8 +221,11 @@ def settle(
     stale_s: float,
     max_wait_s: float,
     pump: Callable[[], None],
+    given_up: Iterable[str] = (),
 ) -> set[str]:
     """Wait for the ranks still pending after a failure; return the workers given up on.
+
+    ``given_up``: workers already known to be lost (:func:`silent_losses`), not waited for.
 
     A pending rank is given up on at once when its worker left the scheduler, or when its
     heartbeat has not advanced for ``stale_s`` (a frozen peer has usually been silent for the
@@ -144,7 +234,8 @@ def settle(
     by the group timeout, so it is waited for up to ``max_wait_s`` rather than wrongly excluded.
     """
     deadline = time.monotonic() + max_wait_s
-    hopeless: set[str] = set()
+    given = set(given_up)
+    hopeless = set(given)
     while True:
         pump()
         pending = [w for f, w in zip(futures, workers, strict=True) if f.status == "pending"]
@@ -162,7 +253,7 @@ def settle(
             ]
             if ended:
                 watch.poll(force=True)  # the scheduler dropped that worker before the rank
-            return set(pending) | watch.gone(ended)
+            return set(pending) | watch.gone(ended) | given
         time.sleep(0.05)
 
 

@@ -51,6 +51,9 @@ class JobSpec:
     # The final checkpoint carries the optimizer state only when it is kept for a later resume
     # (a checkpoint_dir); for the trained model alone it would double what rank 0 ships.
     final_optimizer: bool = True
+    #: what makes two jobs "the same job" for ``auto``'s remembered placement (the driver's);
+    #: pickles of equal objects differ from call to call, so it is built from their shapes
+    same_job: str = ""
 
     @property
     def metrics_topic(self) -> str:
@@ -71,6 +74,14 @@ class AttemptPayload:
     strategy: str | None = None  # fixed after the first attempt so restarts keep the maths
     local_sgd_every: int | None = None
     shares: list[float] | None = None  # the job's, while its ranks are the ones they name
+    #: ``auto`` may leave devices idle (``placement.py``): the ranks measure and decide
+    choose_devices: bool = False
+    #: why ``strategy`` is fixed, when not because the caller asked for it
+    strategy_reason: str | None = None
+    #: the placement decision that formed this group, repeated in its report
+    placement: str = ""
+    #: worker address -> the device's name, for reports
+    names: dict[str, str] | None = None
 
 
 # --------------------------------------------------------------------------- user objects

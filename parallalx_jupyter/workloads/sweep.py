@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..jobs.failures import classify_failure
+from ..jobs.topics import JobTopics
 from ..wire import from_wire
 from .base import JobContext, Workload, WorkloadError, validate_params
 
@@ -265,7 +266,9 @@ class _SweepRun:
         from distributed import wait
 
         client = self.ctx.client
-        client.subscribe_topic(self.topic, lambda ev: self.events.put(ev[1]))
+        # released at the end, on the scheduler and here: a finished sweep holds nothing there
+        topics = JobTopics(client)
+        topics.subscribe(self.topic, lambda ev: self.events.put(ev[1]))
         asked = 0
         try:
             while True:
@@ -288,7 +291,7 @@ class _SweepRun:
                 for fut in finished.done:
                     self._finish(fut)
         finally:
-            client.unsubscribe_topic(self.topic)
+            topics.release()
         return self._result()
 
     def _drain_reports(self) -> None:

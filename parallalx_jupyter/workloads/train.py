@@ -16,13 +16,14 @@ The engine itself (driver, ranks, strategies, checkpoints, preflight) lives in
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..jobs.client import NoClientError
+from ..jobs.client import NoClientError, device_names
 from ..jobs.handle import Job
 from ..jobs.hub import ProgressHub, Record
 from ..training.checkpoint import CheckpointStore, unpack
@@ -41,6 +42,13 @@ from ..training.options import (
     schema_properties,
 )
 from ..training.preflight import PreflightReport
+from ..training.resume import (
+    dataset_length,
+    fingerprint,
+    model_params,
+    optimizer_name,
+    plan_resume,
+)
 from ..training.spec import (
     JobSpec,
     build_model,
@@ -52,6 +60,8 @@ from .base import JobContext, Workload, WorkloadError, validate_params
 from .runner import start
 
 __all__ = ["TrainWorkload", "TrainingJob", "train"]
+
+logger = logging.getLogger(__name__)
 
 _PY = {"x-python": True}
 
@@ -66,6 +76,9 @@ class TrainingJob(Job):
     * ``preflight``: the latest :class:`PreflightReport` (one per attempt);
     * ``restarts``: how often the group was re-formed after losing a worker;
     * ``checkpoint_path``: the newest checkpoint written for this job;
+    * ``resume_notes``: how it started from its ``checkpoint_dir``: "resuming from step N of
+      <file>" (and how far that was checked to be the same job), or "... holds a finished run
+      ...: starting fresh", and each hyper-parameter asked that differs from the checkpoint's;
     * ``timeline``: seconds from the ``train()`` call to each phase of the latest attempt
       (probe, ship, rendezvous, rank process, process group, build, preflight, first step;
       at the end also the last step, the final state packed on rank 0 and received here).
@@ -78,6 +91,7 @@ class TrainingJob(Job):
     ) -> None:
         self.preflight: PreflightReport | None = None
         self.restarts = 0
+        self.resume_notes: list[str] = []
         self.timeline: dict[str, float] = {}
         self.created_at = time.time()
         self._store = store
@@ -89,6 +103,11 @@ class TrainingJob(Job):
             self.preflight = PreflightReport.from_dict(rec["report"])
         elif kind == "restart":
             self.restarts += 1
+        elif kind == "speed" and self.preflight is not None:
+            self.preflight.measured_steps_per_s = float(rec.get("measured_steps_per_s") or 0.0)
+        elif kind == "resume":
+            notes = [rec.get("text"), rec.get("fingerprint"), *(rec.get("hyperparameters") or [])]
+            self.resume_notes += [n for n in notes if n and n not in self.resume_notes]
         elif kind == "timeline":
             marks = rec.get("marks") or {}
             self.timeline = {k: round(v - self.created_at, 4)
@@ -170,6 +189,7 @@ class TrainWorkload(Workload):
         placement = from_params(PlacementOptions, params)
         communication = from_params(CommunicationOptions, params)
         checkpoint = from_params(CheckpointOptions, params)
+        _plan_resume(ctx, job._store, params, data)
         spec = JobSpec(
             job_id=job.id,
             user_objects=pack_user_objects(
@@ -188,6 +208,7 @@ class TrainWorkload(Workload):
             shares=list(placement.shares) if placement.shares is not None else None,
             local_sgd_every=communication.local_sgd_every,
             final_optimizer=checkpoint.dir is not None,
+            same_job=_same_job_key(params),
         )
         driver = Driver(
             ctx.client,
@@ -197,9 +218,53 @@ class TrainWorkload(Workload):
             cancel=job._cancel,
             recovery=from_params(RecoveryOptions, params),
             workers=placement.workers,
+            device_names=device_names,  # a lost device is named as its owner calls it
         )
         final = driver.run()
         return _load_result(model, ship_model, final)
+
+
+def _same_job_key(params: dict[str, Any]) -> str:
+    """The model's parameter shapes, the optimizer, loss and data set kinds and sizes, and the
+    settings that change a step's cost: equal for a re-run of the same cell."""
+    import hashlib
+    import json
+
+    model = params["model"]
+    parts = [
+        model_params(model) if _is_module(model) else getattr(model, "__qualname__", repr(model)),
+        optimizer_name(params["optimizer"]),
+        type(params["loss_fn"]).__qualname__,
+        dataset_length(params["dataset"]),
+        [params[k] for k in ("batch_size", "epochs", "max_steps", "torch_threads")],
+    ]
+    text = json.dumps(parts, default=str, sort_keys=True)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def _plan_resume(ctx: JobContext, store: CheckpointStore, params: dict[str, Any],
+                 data: DataOptions) -> None:
+    """Resume, start fresh or refuse, from the checkpoint_dir (training/resume.py), and say
+    which: a record in ``job.events``, a progress message for the job list, a log line."""
+    model = params["model"]
+    now = fingerprint(
+        params=model_params(model) if _is_module(model) else None,
+        optimizer=optimizer_name(params["optimizer"]),
+        dataset_len=dataset_length(params["dataset"]),
+        global_batch=data.batch_size,
+    )
+    plan = plan_resume(store, now, epochs=data.epochs, max_steps=data.max_steps)
+    if plan.action == "none":
+        return
+    if plan.action == "fresh":
+        logger.warning("training job %s: %s", ctx.job.id, plan.text)
+    else:
+        logger.info("training job %s: %s (%s)", ctx.job.id, plan.text, plan.checked)
+    ctx.record("resume", action=plan.action, step=plan.step,
+               path=str(plan.path) if plan.path else None,
+               set_aside=str(plan.set_aside) if plan.set_aside else None,
+               text=plan.text, fingerprint=plan.checked or None)
+    ctx.progress(global_step=plan.step, message=plan.text)
 
 
 class _Unset:
@@ -274,7 +339,8 @@ def train(
       recovery and written to ``dir`` if given (from which the job resumes when ``resume``);
     * ``recovery=RecoveryOptions(min_workers=1, max_restarts=3, group_timeout=60.0, ...)``:
       a lost worker makes the job re-form with the rest (at most ``max_restarts`` times, never
-      below ``min_workers``); a frozen worker is detected after ``group_timeout`` seconds;
+      below ``min_workers``); a frozen or cut-off worker is detected within seconds from its
+      heartbeats and the silent ranks, at the latest after ``group_timeout`` seconds;
     * ``metrics=MetricsOptions(interval=0.5, on_progress=None)``: ``on_progress`` receives
       progress records.
 

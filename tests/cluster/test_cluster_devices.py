@@ -112,7 +112,7 @@ def test_worker_side_revoke_stops_the_worker(make_device):
 
 
 def test_cluster_stop_start_and_add_self(make_device):
-    a = make_device("alpha")
+    a = make_device("alpha")  # main_device_trains off (tests/conftest.py)
     a_id = a.api("GET", "device")["id"]
     assert a.api("GET", "cluster")["running"] is False
     state = a.api("POST", "cluster/add-self", {"nthreads": 1})
@@ -120,7 +120,44 @@ def test_cluster_stop_start_and_add_self(make_device):
     wait_for(lambda: a_id in _workers_by_device(a), 30, 0.1)
     stopped = a.api("POST", "cluster/stop")
     assert stopped["running"] is False and stopped["workers"] == []
-    assert a.api("POST", "cluster/start")["running"] is True
+    started = a.api("POST", "cluster/start")
+    assert started["running"] is True
+    assert started["workers"] == [] and started["own_worker"] is None  # opted out: none
+
+
+def _own_workers(main, main_id):
+    return [w for w in main.api("GET", "cluster")["workers"] if w["device_id"] == main_id]
+
+
+def test_the_main_device_trains_by_default(make_device):
+    """With the defaults the main device's own worker starts with its cluster (here: on the
+    first invited device), is named like the other devices, and stays one worker however often
+    the cluster starts, `add-self` is asked or the server restarts."""
+    from parallalx_jupyter import text
+
+    a = make_device("alpha", env={"PARALLALX_MAIN_DEVICE_TRAINS": ""})  # the table's default
+    b = make_device("bravo")
+    a_id, b_id = a.api("GET", "device")["id"], b.api("GET", "device")["id"]
+    _pair(a, b)
+    wait_for(lambda: {a_id, b_id} <= _workers_by_device(a), 60, 0.2)
+    state = a.api("GET", "cluster")
+    named = {w["device_id"]: (w["device_name"], w["this_device"]) for w in state["workers"]}
+    assert named == {a_id: ("alpha", True), b_id: ("bravo", False)}
+    assert state["own_worker"]["state"] == "running" and state["serving"] == []
+    shown = text.cluster_text(state)
+    assert "alpha (this device)" in shown and "bravo" in shown, shown
+
+    # starting again and add-self with the settings it runs with add nothing
+    assert len(a.api("POST", "cluster/start")["workers"]) == 2
+    with pytest.raises(DeviceError) as err:
+        a.api("POST", "cluster/add-self", {"nthreads": 1})
+    assert err.value.status == 409 and "already trains" in str(err.value)
+    # a restarted server re-forms with its own worker, which a start then leaves as it is
+    a.stop()
+    a.start()
+    [own] = wait_for(lambda: _own_workers(a, a_id), 60, 0.2)
+    again = a.api("POST", "cluster/start")
+    assert [w["address"] for w in again["workers"] if w["this_device"]] == [own["address"]]
 
 
 def test_offered_device_joins_the_main_devices_cluster(make_device):

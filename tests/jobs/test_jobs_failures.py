@@ -10,7 +10,11 @@ from distributed.comm.core import CommClosedError
 
 from parallalx_jupyter.cluster.sanitize import DeviceTaskError, rebuild_exception
 from parallalx_jupyter.jobs.failures import classify_failure
-from parallalx_jupyter.training.errors import RankInfraError, UserCodeError
+from parallalx_jupyter.training.errors import (
+    CheckpointMismatchError,
+    RankInfraError,
+    UserCodeError,
+)
 from parallalx_jupyter.workloads.inference import InferenceUserError
 
 
@@ -37,7 +41,7 @@ def test_every_workload_gets_the_same_answer(exc, status, kind):
 def test_a_devices_errors_keep_their_kind_when_rebuilt_from_text():
     """What the scheduler rebuilds from a device's error text classifies like the original."""
     for original in (UserCodeError("boom", "tb", 1, "w"), InferenceUserError("bad row"),
-                     RankInfraError("reset")):
+                     RankInfraError("reset"), CheckpointMismatchError("another job", "", 0, "w")):
         rebuilt = rebuild_exception(repr(original), "", "DEVA")
         assert type(rebuilt) is type(original)
         assert classify_failure(rebuilt) == classify_failure(original)

@@ -59,7 +59,7 @@ def test_train_magic_runs_to_done_with_per_worker_bars(ip, local_cluster, walk_w
     _clear(ip)
     ip.run_cell(SETUP)
     ip.user_ns["dask_client"] = local_cluster
-    ip.run_cell_magic("parallalx", "train --epochs 3 --batch-size 32 -o myjob", CELL)
+    ip.run_cell_magic("parallalx", "train --epochs 3 --batch-size 32 --strategy ddp -o myjob", CELL)
     job = ip.user_ns["myjob"]
     assert "job" not in ip.user_ns
     dash = next(s for s in ip.shown if isinstance(s, TrainingDashboard))
@@ -140,6 +140,31 @@ def test_dashboard_escapes_error_text_and_sparkline_is_numbers_only() -> None:
     assert "rank 0" in dash.stats.value
     svg = sparkline([3.0, 2.0, float("nan"), 1.0])
     assert "<polyline" in svg
+
+
+def test_dashboard_names_the_lost_device_while_recovering_then_runs_again() -> None:
+    from parallalx_jupyter.jobs.handle import Job
+
+    job = Job("rc1", "train", "recovery")
+    dash = TrainingDashboard(job)
+    ranks = [{"rank": r, "worker": w, "global_step": 40} for r, w in enumerate(("tls://a:1",
+                                                                                  "tls://b:2"))]
+    job.hub.emit({"kind": "progress", "ranks": ranks, "global_step": 40, "total_steps": 100,
+                  "fraction": 0.4, "loss": 0.5, "samples_per_s": 900.0, "eta_s": 360.0})
+    assert "ETA 6" in dash.stats.value
+    lost = "lost laptop: no heartbeat for 4 s and no rank made progress; re-forming"
+    job.hub.emit({"kind": "state", "state": "recovering", "message": lost,
+                  "lost_workers": ["tls://b:2"], "lost_devices": ["laptop"]})
+    assert dash.final.value.startswith("state: recovering") and "lost laptop" in dash.final.value
+    assert "ETA 6" not in dash.stats.value and "re-forming" in dash.stats.value  # no stale ETA
+    assert dash.overall.bar_style == "warning"
+    assert [b.children[0].bar_style for b in dash.workers.children] == ["info", "danger"]
+    assert job.state == "recovering" and job.state_message == lost
+    job.hub.emit({"kind": "restart", "lost_devices": ["laptop"]})
+    assert "after losing laptop" in dash.stats.value
+    job.hub.emit({"kind": "state", "state": "running"})
+    assert dash.final.value == "state: running" and dash.overall.bar_style == ""
+    assert job.state_message is None
 
 
 def _run_notebook(name: str, tmp_path: Path, env: dict[str, str] | None = None) -> list[str]:

@@ -195,3 +195,69 @@ async def test_every_change_is_a_job_progress_event(jp_fetch: Any, jp_serverapp:
                                           "removed"]
     assert seen[1] == {"job_id": "e1", "workload": "train", "name": "digits MLP",
                        "state": "running", "step": 5, "total": 9, "loss": 0.5}
+
+
+async def test_recovering_is_active_and_the_old_name_restarting_is_still_understood(
+    jp_fetch: Any, parallalx_app: Any
+) -> None:
+    await register(jp_fetch, "rc1")
+    message = "lost laptop: no heartbeat for 4 s and no rank made progress"
+    r = await progress(jp_fetch, "rc1", {"state": "recovering", "progress": {"message": message}})
+    assert r.code == 200
+    job = _json(await fetch(jp_fetch, "jobs", "rc1"))
+    assert job["state"] == "recovering" and job["progress"]["message"] == message
+    # an owner of an earlier version says "restarting"; a row it stored says so too
+    await register(jp_fetch, "rc2")
+    assert (await progress(jp_fetch, "rc2", {"state": "restarting"})).code == 200
+    assert _json(await fetch(jp_fetch, "jobs", "rc2"))["state"] == "recovering"
+    parallalx_app.store.run_sync(
+        lambda c: c.execute("UPDATE jobs SET state = 'restarting' WHERE id = 'rc2'")
+    )
+    assert _json(await fetch(jp_fetch, "jobs", "rc2"))["state"] == "recovering"
+    job = _json(await fetch(jp_fetch, "jobs", "rc2", "cancel", method="POST"))
+    assert job["state"] == "cancelling"
+
+
+async def test_the_reporter_shows_which_device_a_recovering_job_lost(
+    jp_fetch: Any, jp_serverapp: Any
+) -> None:
+    from parallalx_jupyter.client import ApiClient
+    from parallalx_jupyter.jobs.client import device_names
+    from parallalx_jupyter.jobs.handle import Job
+    from parallalx_jupyter.jobs.reporter import JobReporter
+    from parallalx_jupyter.text import jobs_table
+
+    api = ApiClient(jp_serverapp.connection_url, jp_serverapp.identity_provider.token)
+    me = _json(await fetch(jp_fetch, "device"))
+    assert (await asyncio.to_thread(device_names, api))[me["id"]] == me["name"]
+    job = Job("rec1", "train", "recovery test")
+    reporter = await asyncio.to_thread(JobReporter(job, api, interval=0.05).start)
+
+    async def listed(check: Any) -> dict[str, Any]:
+        for _ in range(200):
+            view = _json(await fetch(jp_fetch, "jobs", "rec1"))
+            if check(view):
+                return view
+            await asyncio.sleep(0.05)
+        raise AssertionError(view)
+
+    job.hub.emit({"kind": "state", "state": "running"})
+    job.hub.emit({"kind": "progress", "global_step": 10, "total_steps": 100,
+                  "samples_per_s": 900.0, "eta_s": 360.0})
+    await listed(lambda v: v["progress"]["eta_s"] == 360.0)
+    lost = "lost laptop: no heartbeat for 4 s and no rank made progress; re-forming"
+    job.hub.emit({"kind": "state", "state": "recovering", "message": lost,
+                  "lost_devices": ["laptop"]})
+    view = await listed(lambda v: v["state"] == "recovering")
+    # the lost group's speed and ETA are gone, the lost device and the reason are shown
+    assert view["progress"]["message"] == lost
+    assert view["progress"]["eta_s"] is None and view["progress"]["samples_per_s"] is None
+    assert job.state_message == lost
+    assert "recovering: lost laptop: no heartbeat" in jobs_table([view])
+    job.hub.emit({"kind": "state", "state": "running"})
+    job.hub.emit({"kind": "progress", "global_step": 11, "total_steps": 100,
+                  "samples_per_s": 450.0, "eta_s": 20.0})
+    view = await listed(lambda v: v["state"] == "running" and v["progress"]["eta_s"] == 20.0)
+    assert view["progress"]["message"] is None
+    job.hub.emit({"kind": "state", "state": "finished"})
+    await asyncio.to_thread(reporter.join, 10)

@@ -54,6 +54,8 @@ def test_digits_mlp_reaches_95_percent(cluster2) -> None:
     assert elapsed < 45  # ~8-12 s on an idle 2-core box; slack for a shared CI machine
     assert seen and seen[-1]["global_step"] == job.progress["total_steps"] == 15 * 23
     assert job.history and all(h["kind"] == "progress" for h in job.history)
-    assert {r["rank"] for r in job.progress["ranks"]} == {0, 1}
+    # auto trains on the devices predicted to finish soonest (this MLP: often one)
+    assert job.preflight.placement.startswith("training on")
+    assert {r["rank"] for r in job.progress["ranks"]} == set(range(job.preflight.world_size))
     t = job.timeline  # phases of the attempt, in order, seconds after the train() call
     assert 0 < t["probed"] < t["submitted"] < t["preflight"] < t["first_step"] < elapsed

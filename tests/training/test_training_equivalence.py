@@ -186,7 +186,7 @@ def test_user_exception_has_remote_traceback_and_cluster_stays_usable(cluster2, 
     assert job.restarts == 0  # user errors are never retried
     assert job.state == "failed"
 
-    ok = run_job(cluster2, make_model(), x, y, batch_size=64, epochs=1)
+    ok = run_job(cluster2, make_model(), x, y, batch_size=64, epochs=1, strategy="ddp")
     assert isinstance(ok.result(120), nn.Module)
     assert ok.preflight.world_size == 2
 

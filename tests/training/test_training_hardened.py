@@ -115,11 +115,19 @@ async def test_digits_on_two_devices_reaches_95_percent(hardened) -> None:
     sp, _ = hardened
 
     def run():
-        client, job, (x_te, y_te) = _digits_job(sp)
+        # both devices train (auto would keep this small MLP on one)
+        client, job, (x_te, y_te) = _digits_job(sp, strategy="ddp")
         try:
             t0 = time.perf_counter()
             trained = job.result(timeout=150)
-            return job, _accuracy(trained, x_te, y_te), time.perf_counter() - t0
+            elapsed = time.perf_counter() - t0
+            # the finished job holds nothing on this scheduler (its admission layer lets the
+            # main client close topics) or on the client
+            assert not [t for t in client._event_handlers if t.startswith("parallalx-")]
+            assert client.run_on_scheduler(
+                lambda dask_scheduler: [t for t in dask_scheduler._broker._topics
+                                        if t.startswith("parallalx-")]) == []
+            return job, _accuracy(trained, x_te, y_te), elapsed
         finally:
             client.close()
 
@@ -149,6 +157,7 @@ async def test_sigkill_device_worker_finishes_with_survivor(hardened, tmp_path) 
             min_workers=1,
             group_timeout=20.0,
             metrics_interval=0.05,
+            strategy="ddp",  # both devices train (auto would keep this tiny model on one)
         )
         try:
             deadline = time.monotonic() + 90

@@ -29,6 +29,7 @@ from parallalx_jupyter.training.preflight import (
     measure_step_cost,
     plan_shares,
 )
+from parallalx_jupyter.training.recovery import QUICK_STALE_S, device_label, silent_losses
 from parallalx_jupyter.training.sharding import ShardPlan, proportional_split
 from parallalx_jupyter.training.stop_vote import MAX_VOTE_EVERY, vote_every
 from parallalx_jupyter.training.strategies import (
@@ -386,6 +387,7 @@ def test_unclaimed_rendezvous_store_expires() -> None:
 def test_checkpoints_ship_in_chunks_and_reassemble() -> None:
     import threading
 
+    from parallalx_jupyter.jobs.topics import JobTopics
     from parallalx_jupyter.training import rank
     from parallalx_jupyter.training.checkpoint import CheckpointStore
     from parallalx_jupyter.training.driver import Driver
@@ -412,6 +414,7 @@ def test_checkpoints_ship_in_chunks_and_reassemble() -> None:
     driver.cancel_event = threading.Event()
     driver._chunks = {}
     driver._final = None
+    driver.topics = JobTopics(driver.client)
     for e in reversed(events):  # order does not matter
         driver._handle_ship(e)
     assert driver.store.global_step == 5 and driver.store.latest() == data
@@ -453,3 +456,31 @@ def test_noise_in_tiny_models_overheads_does_not_skew_the_shares() -> None:
     assert shares == balance(64, over, per)
     times = [a + b * n for a, b, n in zip(over, per, shares, strict=True)]
     assert times[0] == pytest.approx(times[1])
+
+
+# --------------------------------------------------------------------------- recovery
+def test_a_stale_heartbeat_while_every_rank_is_silent_is_a_loss() -> None:
+    cut, survivor = "tls://10.77.0.2:4000", "tls://10.77.0.1:4000"
+    ages = {cut: QUICK_STALE_S + 0.5, survivor: 0.3}
+    assert silent_losses([cut, survivor], ages, quiet_for=QUICK_STALE_S + 0.5) == {cut}
+    # the ranks still report: a late heartbeat is the scheduler's view lagging, not a loss
+    assert silent_losses([cut, survivor], ages, quiet_for=1.0) == set()
+    # a merely slow survivor: heartbeats late by a few seconds on a loaded machine
+    assert silent_losses([cut, survivor], {cut: 3.0, survivor: 0.3}, quiet_for=30.0) == set()
+    # every heartbeat stale at once: the scheduler (or our view of it) stalled, not the devices
+    stalled = {cut: 9.0, survivor: 9.0}
+    assert silent_losses([cut, survivor], stalled, quiet_for=30.0) == set()
+    # a long step or checkpoint raises the bar for how long the ranks may be quiet
+    assert silent_losses([cut, survivor], ages, quiet_for=5.0, quiet_s=12.0) == set()
+
+
+def test_lost_devices_are_shown_by_name_never_by_address_when_a_name_is_known() -> None:
+    addr = "tls://192.168.1.7:40331"
+    names = {"a1b2c3": "Ada's laptop"}
+    assert device_label(addr, "a1b2c3", names) == "Ada's laptop"
+    assert device_label(addr, "a1b2c3/gpu1", names) == "Ada's laptop/gpu1"
+    assert device_label(addr, "host2") == "host2"  # a plain Dask cluster's chosen name
+    assert device_label(addr, "a1b2c3") == "a1b2c3"  # not paired (yet): its ID, still a name
+    assert device_label(addr, "0") == f"worker 0 ({addr})"  # LocalCluster's numbers
+    assert device_label(addr, addr) == addr
+    assert device_label(addr) == addr

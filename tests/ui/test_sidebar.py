@@ -273,6 +273,9 @@ def test_cluster_add_this_device_and_stop(lab_page: LabPage, lab: LocalDevice) -
     group.wait_for(timeout=30_000)
     assert group.locator(".jp-Parallalx-workerDevice").inner_text() == "main-desktop"
     assert group.locator(".jp-Parallalx-worker").count() == 1
+    assert group.locator(".jp-Parallalx-badge", has_text="this device").count() == 1
+    # its own worker is in: nothing more to add
+    assert section.get_by_role("button", name="This device trains").is_disabled()
     assert lab.api("GET", "cluster")["scheduler_address"] == address.inner_text()
     link = section.locator("a.jp-Parallalx-dashboardLink")
     if link.count() > 0:

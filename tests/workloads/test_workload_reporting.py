@@ -43,6 +43,7 @@ def test_training_job_is_listed_live_and_cancelled_through_the_api(cluster2, mak
         client=cluster2.client,
         torch_threads=1,
         metrics_interval=0.1,
+        strategy="ddp",  # every worker trains: the listing shows both
         name="reporting test",
         report=api,
     )

@@ -100,6 +100,14 @@ def test_bad_trials_are_pruned_early(cluster2) -> None:
     full = secs[result.table["state"] == "COMPLETE"]
     cut = secs[result.table["state"] == "PRUNED"]
     assert cut.max() < full.min()  # a pruned trial stopped before a full one could finish
+    # the finished sweep holds nothing: no topic on the scheduler, no handler on the client
+    client = cluster2.client
+    assert [t for t in client._event_handlers if t.startswith("parallalx-sweep-")] == []
+    assert client.run_on_scheduler(_sweep_topics) == []
+
+
+def _sweep_topics(dask_scheduler) -> list[str]:  # noqa: ANN001 - a distributed.Scheduler
+    return [t for t in dask_scheduler._broker._topics if t.startswith("parallalx-sweep-")]
 
 
 @pytest.mark.parametrize(

@@ -177,6 +177,10 @@ export interface IClusterWorker {
   nthreads?: number;
   memory_limit?: number | null;
   resources?: { [key: string]: unknown };
+  /** The device's name (this device's own, or the paired device's). */
+  device_name?: string | null;
+  /** The worker is this device's own (it trains too). */
+  this_device?: boolean;
 }
 
 /** A main device this device runs a worker for. */
@@ -197,6 +201,8 @@ export interface IClusterState {
   ca_fingerprint: string | null;
   workers: IClusterWorker[];
   serving: IServedMain[];
+  /** How this device's own worker's start went (main_id: this device); null when it has none. */
+  own_worker?: IServedMain | null;
 }
 
 /** `POST cluster/add-self` body. */
@@ -209,7 +215,8 @@ export type ClusterAction = 'start' | 'stop' | 'add-self';
 export type JobState =
   | 'pending'
   | 'running'
-  | 'restarting'
+  /** A device was lost; the job re-forms with the others (`progress.message` says which). */
+  | 'recovering'
   | 'cancelling'
   | 'finished'
   | 'failed'

@@ -25,7 +25,10 @@ export function groupWorkers(
     const id = typeof w.device_id === 'string' ? w.device_id : '';
     let group = groups.get(id);
     if (!group) {
-      group = { deviceId: id, label: deviceLabel(id, names), isSelf: id === selfId, workers: [] };
+      // The panel's own lists name the device first; the server's name covers the rest.
+      const known = names.has(id) || typeof w.device_name !== 'string' || !w.device_name;
+      const label = known ? deviceLabel(id, names) : (w.device_name as string);
+      group = { deviceId: id, label, isSelf: id === selfId || w.this_device === true, workers: [] };
       groups.set(id, group);
     }
     group.workers.push(w);

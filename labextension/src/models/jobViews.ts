@@ -24,9 +24,15 @@ export function sortJobs(jobs: readonly IJob[]): IJob[] {
   return [...jobs].sort((a, b) => b.created_at - a.created_at || a.id.localeCompare(b.id));
 }
 
-/** A job's state in words. */
+/** A job's state in words (`restarting`: what `recovering` was called before). */
 export function describeJobState(state: string): string {
-  return state === 'lost' ? 'lost (stopped reporting)' : state;
+  if (state === 'lost') {
+    return 'lost (stopped reporting)';
+  }
+  if (state === 'recovering' || state === 'restarting') {
+    return 'recovering (lost a device, re-forming)';
+  }
+  return state;
 }
 
 /** Who runs the job: `kernel 1234 on host`. */

@@ -42,8 +42,15 @@ export class ClusterSection extends Section {
     const busy = this.model.clusterBusy;
     this._start.disabled = busy !== null || cluster?.running === true;
     this._stop.disabled = busy !== null || cluster?.running !== true;
-    this._addSelf.disabled = busy !== null;
-    this._addSelf.textContent = busy === 'add-self' ? 'Adding this device…' : 'Add this device';
+    // This device's worker starts with the cluster (unless opted out): once in, nothing to add.
+    const selfId = this.model.device?.id ?? null;
+    const selfTrains = (cluster?.workers ?? []).some(w => w.this_device === true || w.device_id === selfId);
+    this._addSelf.disabled = busy !== null || selfTrains;
+    this._addSelf.textContent =
+      busy === 'add-self' ? 'Adding this device…' : selfTrains ? 'This device trains' : 'Add this device';
+    this._addSelf.title = selfTrains
+      ? "This device's own worker is in the cluster"
+      : 'Start the scheduler if needed and run a worker on this device';
     this._start.textContent = busy === 'start' ? 'Starting…' : 'Start';
     this._stop.textContent = busy === 'stop' ? 'Stopping…' : 'Stop';
 
@@ -89,6 +96,13 @@ export class ClusterSection extends Section {
           ? h('div', { class: 'jp-Parallalx-workers' }, ...groups.map(g => workerGroup(g)))
           : h('div', { class: 'jp-Parallalx-empty jp-Parallalx-noWorkers' }, 'No workers connected yet.')
       );
+    }
+    const own = cluster.own_worker;
+    if (cluster.running && own && own.state !== 'running') {
+      out.push(row("This device's worker",
+        h('span', { class: `jp-Parallalx-ownWorker${own.state === 'failed' ? ' jp-Parallalx-error' : ''}` },
+          describeServedState(own.state) + (own.message ? `: ${own.message}` : '')),
+        'jp-Parallalx-ownWorkerRow'));
     }
     const serving = cluster.serving ?? [];
     if (serving.length > 0) {

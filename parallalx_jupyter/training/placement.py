@@ -1,0 +1,130 @@
+"""Which devices train: ``auto`` picks the subset of ranks that finishes soonest.
+
+Adding a device is not free: every step then waits for the slowest rank and for the gradients
+to cross the link, and a tiny model's step is mostly that wait (the demo's MLP ran at 0.5x of
+one device on two). So the preflight's measurements, all taken with every rank running at the
+same time (devices that share a machine share it), are turned into a predicted time to finish
+for the k fastest devices, k = 1..N, and the fastest prediction wins:
+
+* k = N uses the measured step of the real group (DDP-wrapped, planned shares), which includes
+  what no formula sees: per-collective latency of the stack, hooks, CPU contention;
+* k = 1 needs no communication: the fastest device's own measured step;
+* 1 < k < N: its planned compute plus the link model, plus the group's unexplained per-step
+  excess measured at N (for every strategy: on shared cores it is contention, which local
+  SGD's rarer averages do not remove).
+
+Leaving devices idle costs re-forming the group on the chosen ranks (``launcher.regroup``), and
+a subset must beat every device by :data:`MIN_GAIN` after that cost: near a tie the job keeps
+every device, which keeps the choice stable from one run to the next (the driver also keeps
+the decision for the same job on the same devices).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .strategies import choose_strategy, comm_seconds
+
+MIN_GAIN = 0.15
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """The prediction for training on the ``ranks`` (indices into the preflight's devices)."""
+
+    ranks: tuple[int, ...]
+    strategy: str
+    reason: str
+    local_sgd_every: int
+    step_s: float
+    total_s: float  # steps * step_s, plus the cost of re-forming when ranks stay idle
+
+
+@dataclass(frozen=True)
+class Placement:
+    chosen: Candidate
+    every: Candidate  # the all-devices prediction, for the report's comparison
+
+    @property
+    def is_subset(self) -> bool:
+        return len(self.chosen.ranks) < len(self.every.ranks)
+
+    @property
+    def gain(self) -> float:
+        """How many times faster the chosen devices are predicted to finish than all of them."""
+        return self.every.total_s / max(self.chosen.total_s, 1e-12)
+
+
+def _compute_s(
+    ranks: Sequence[int], total: int, over: Sequence[float], per: Sequence[float]
+) -> float:
+    from .preflight import plan_shares
+    from .sharding import proportional_split
+
+    a = [over[i] for i in ranks]
+    b = [per[i] for i in ranks]
+    split = proportional_split(total, plan_shares(total, a, b), min_each=1)
+    return max(x + y * n for x, y, n in zip(a, b, split, strict=True))
+
+
+def plan_placement(
+    *,
+    overhead: Sequence[float],
+    per_sample: Sequence[float],
+    memory_bytes: Sequence[int],
+    global_batch: int,
+    steps: int,
+    param_bytes: int,
+    latency_s: float,
+    bandwidth_Bps: float,
+    group_step_s: float | None,
+    replan_s: float,
+    homogeneous: bool = True,
+) -> Placement:
+    """Predict each prefix of the fastest devices and return the best and the all-device one.
+
+    ``group_step_s`` is the measured synchronous step of all N ranks (None: not measured, the
+    model alone predicts); ``replan_s`` what re-forming the group on fewer ranks costs.
+    """
+    n = len(overhead)
+    single = [overhead[i] + per_sample[i] * global_batch for i in range(n)]
+    order = sorted(range(n), key=lambda i: (single[i], i))
+    fastest_single = min(single)
+    excess = 0.0
+    if group_step_s is not None and n > 1:
+        modelled = _compute_s(range(n), global_batch, overhead, per_sample) + comm_seconds(
+            "ddp", param_bytes, n, latency_s, bandwidth_Bps
+        )
+        excess = max(group_step_s - modelled, 0.0)
+    candidates = []
+    for k in range(1, n + 1):
+        # A group of two or more keeps rank 0: it holds the rendezvous store their new group
+        # forms through (``launcher.regroup``). One device alone needs no store.
+        ranks = tuple(sorted(order[:k] if k == 1 else [0, *[i for i in order if i][: k - 1]]))
+        if k > global_batch:  # every rank needs at least one sample per step
+            break
+        compute = _compute_s(ranks, global_batch, overhead, per_sample)
+        name, reason, h = choose_strategy(
+            param_bytes=param_bytes,
+            world=k,
+            compute_s=compute,
+            single_s=fastest_single,
+            latency_s=latency_s,
+            bandwidth_Bps=bandwidth_Bps,
+            min_memory_bytes=min(int(memory_bytes[i]) for i in ranks),
+            homogeneous_devices=homogeneous,
+        )
+        comm = comm_seconds(name, param_bytes, k, latency_s, bandwidth_Bps, h or 8, compute)
+        # Whatever the strategy: most of the excess is ranks contending for shared cores and
+        # the stack's per-step work, which local SGD's rarer averages do not remove.
+        step = compute + comm + (excess if k > 1 else 0.0)
+        if k == n and group_step_s is not None and name in ("ddp", "ddp_fp16"):
+            step = max(step, group_step_s) if name == "ddp" else step
+        total = steps * step + (replan_s if k < n else 0.0)
+        candidates.append(Candidate(ranks, name, reason, h, step, total))
+    every = candidates[-1]
+    best = min(candidates, key=lambda c: (c.total_s, -len(c.ranks)))
+    if best is not every and best.total_s > (1 - MIN_GAIN) * every.total_s:
+        best = every
+    return Placement(chosen=best, every=every)

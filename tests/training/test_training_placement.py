@@ -1,0 +1,210 @@
+"""``auto`` chooses the devices: the prediction (pure) and the choice on a real cluster."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+from torch import nn
+
+from parallalx_jupyter.training.placement import MIN_GAIN, plan_placement
+from parallalx_jupyter.training.preflight import PreflightReport, build_report
+
+GBIT = 125e6
+
+
+def _plan(overhead, per_sample, *, group_step_s, param_bytes=40_000, steps=200, **kw):
+    n = len(overhead)
+    return plan_placement(
+        overhead=overhead, per_sample=per_sample, memory_bytes=[8 << 30] * n,
+        global_batch=64, steps=steps, param_bytes=param_bytes, latency_s=300e-6,
+        bandwidth_Bps=kw.pop("bandwidth_Bps", 8 * GBIT), group_step_s=group_step_s,
+        replan_s=kw.pop("replan_s", 0.1), **kw,
+    )
+
+
+def test_a_tiny_model_trains_on_the_fastest_device_alone():
+    # the demo's MLP: ~1 ms a step alone, 4.5 ms as a synchronous pair
+    p = _plan([0.8e-3, 0.9e-3], [4e-6, 5e-6], group_step_s=4.5e-3)
+    assert p.is_subset and p.chosen.ranks == (0,)
+    assert p.gain > 1.5
+    assert p.chosen.step_s == pytest.approx(0.8e-3 + 64 * 4e-6)
+
+
+def test_a_compute_heavy_model_trains_on_every_device():
+    # 100 ms of compute a step, 1 MB of gradients: the pair is nearly twice as fast
+    p = _plan([1e-3, 1e-3], [1.5e-3, 1.5e-3], group_step_s=0.052, param_bytes=1_000_000)
+    assert not p.is_subset and p.chosen.ranks == (0, 1)
+
+
+def test_near_a_tie_every_device_stays():
+    alone = 1e-3 + 64 * 1e-5
+    # the pair predicted only slightly slower than one device: not worth leaving one idle
+    p = _plan([1e-3, 1e-3], [1e-5, 1e-5], group_step_s=alone * (1 + MIN_GAIN / 2))
+    assert not p.is_subset
+
+
+def test_the_slow_device_is_the_one_left_out():
+    # a laptop whose every step costs 5 ms whatever its share: the others would wait for it
+    p = _plan([1e-3, 1e-3, 5e-3], [2e-5, 2e-5, 2e-4], group_step_s=5.6e-3)
+    assert p.chosen.ranks == (0, 1)
+
+
+def test_a_group_of_two_or_more_keeps_rank_0_which_holds_the_rendezvous():
+    p = _plan([5e-3, 1e-3, 1e-3], [2e-4, 2e-5, 2e-5], group_step_s=5.6e-3)
+    assert p.chosen.ranks in ((1,), (0, 1), (0, 2), (0, 1, 2))
+    assert len(p.chosen.ranks) == 1 or 0 in p.chosen.ranks
+
+
+def test_the_cost_of_leaving_devices_idle_counts_for_short_jobs():
+    # a 3-step job does not pay back regrouping
+    p = _plan([0.8e-3, 0.9e-3], [4e-6, 5e-6], group_step_s=4.5e-3, steps=3, replan_s=1.0)
+    assert not p.is_subset
+
+
+def test_a_link_bound_model_keeps_both_devices_with_local_sgd():
+    # 17M parameters over 1 Gbit/s: exact DDP is slower than one device, local SGD is not
+    p = _plan([5e-3, 5e-3], [7e-4, 7e-4], group_step_s=None, param_bytes=68_000_000,
+              bandwidth_Bps=GBIT)
+    assert not p.is_subset and p.chosen.strategy == "local_sgd"
+
+
+def _devices(n: int) -> list[dict]:
+    return [{"worker": f"tcp://10.0.0.{i}:1", "host": f"10.0.0.{i}", "device": "cpu",
+             "overhead_s": 0.8e-3, "per_sample_s": 4e-6, "forward_fraction": 0.3,
+             "memory_bytes": 8 << 30} for i in range(n)]
+
+
+def test_the_report_of_a_subset_plans_only_the_chosen_devices_and_says_so():
+    placement = _plan([0.8e-3, 0.8e-3], [4e-6, 4e-6], group_step_s=4.5e-3)
+    report = build_report(
+        devices=_devices(2), backend="gloo", latency_s=300e-6, bandwidth_Bps=8 * GBIT,
+        param_count=10_000, param_bytes=40_000, global_batch=64, requested="auto",
+        placement=placement, names={"tcp://10.0.0.0:1": "laptop", "tcp://10.0.0.1:1": "pc"},
+    )
+    assert report.world_size == 1 and report.per_rank_batch == [64]
+    assert report.idle == ["tcp://10.0.0.1:1"]
+    assert report.placement.startswith("training on laptop alone: predicted")
+    assert "the other stays idle" in report.placement
+    assert report.reason.startswith("auto")
+    text = str(report)
+    assert "devices: training on laptop alone" in text and "laptop" in text
+    again = PreflightReport.from_dict(report.to_dict())
+    assert again.idle == report.idle and again.predicted_step_s == report.predicted_step_s
+
+
+def test_the_report_says_when_the_maths_is_not_exact_and_shows_measured_speed():
+    report = build_report(
+        devices=_devices(2), backend="gloo", latency_s=300e-6, bandwidth_Bps=8 * GBIT,
+        param_count=10_000, param_bytes=40_000, global_batch=64, requested="local_sgd",
+    )
+    assert not report.exact
+    report.measured_steps_per_s = report.predicted_steps_per_s / 2
+    text = str(report)
+    assert "not exact data parallelism" in text
+    assert "measured" in text and "(0.50x predicted)" in text
+
+
+# --------------------------------------------------------------------------- real cluster
+def _digits():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return torch.tensor(d.data, dtype=torch.float32) / 16, torch.tensor(d.target)
+
+
+def _tiny() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+
+
+def _heavy() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(),
+                         nn.Linear(1024, 10))
+
+
+def _train(cluster, model, **kw):
+    from parallalx_jupyter.workloads.train import train
+
+    x, y = _digits()
+    job = train(model, (x, y), nn.CrossEntropyLoss(),
+                functools.partial(torch.optim.SGD, lr=0.05), client=cluster.client,
+                torch_threads=1, report=False, **kw)
+    job.result(timeout=240)
+    return job
+
+
+def test_auto_trains_a_tiny_model_on_one_device_and_remembers(cluster2):
+    job = _train(cluster2, _tiny(), epochs=3, batch_size=64)
+    report = job.preflight
+    assert report is not None
+    assert report.world_size == 1, str(report)
+    assert len(report.idle) == 1 and "alone" in report.placement
+    assert report.measured_steps_per_s > 0
+    assert len(job.progress["samples_by_worker"]) == 1
+    # the same job on the same devices: the same decision, without measuring the pair again
+    again = _train(cluster2, _tiny(), epochs=3, batch_size=64)
+    assert again.preflight.world_size == 1
+    assert again.preflight.devices[0].worker == report.devices[0].worker
+    assert "earlier" in again.preflight.placement
+
+
+def test_auto_trains_a_compute_heavy_model_on_both(cluster2):
+    job = _train(cluster2, _heavy(), epochs=1, batch_size=1024, max_steps=6)
+    assert job.preflight is not None and job.preflight.world_size == 2, str(job.preflight)
+    assert job.preflight.placement.startswith("training on all 2")
+
+
+def test_explicit_workers_or_strategy_keep_every_device(cluster2):
+    workers = sorted(cluster2.workers_by_name().values())
+    job = _train(cluster2, _tiny(), epochs=1, batch_size=64, workers=workers)
+    assert job.preflight.world_size == 2 and not job.preflight.idle
+    job = _train(cluster2, _tiny(), epochs=1, batch_size=64, strategy="ddp")
+    assert job.preflight.world_size == 2 and not job.preflight.idle
+
+
+# --------------------------------------------------------------------------- rebalancing
+def test_rebalance_keeps_the_split_when_nothing_changed_and_moves_it_when_a_rank_slows():
+    from parallalx_jupyter.training.rebalance import replan
+
+    assert replan(64, [32, 32], [1e-3, 1e-3], [1e-4, 1e-4]) is None
+    new = replan(64, [32, 32], [1e-3, 1e-3], [1e-4, 3e-4])
+    assert new is not None and new[1] < new[0] and sum(new) == 64
+
+
+def _slowed_model():
+    """Sleeps in forward (no CPU: deterministic on a busy machine); rank 1 turns 3x slower
+    after its first 40 forwards, as if another program had started on that device."""
+
+    class Slowed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+            self.calls = 0
+
+        def forward(self, x):
+            import time
+
+            import torch.distributed as dist
+
+            self.calls += 1
+            slow = dist.is_initialized() and dist.get_rank() == 1 and self.calls > 40
+            time.sleep(x.shape[0] * (1.8e-3 if slow else 0.6e-3))
+            return self.net(x)
+
+    return Slowed()
+
+
+def test_a_device_that_slows_down_mid_run_gets_a_smaller_share(cluster2):
+    job = _train(cluster2, _slowed_model(), epochs=9, batch_size=64, strategy="ddp")
+    moves = [e for e in job.events if e.get("kind") == "rebalance"]
+    assert moves, "no rebalance happened"
+    before, after = moves[0]["before"], moves[0]["after"]
+    assert after[1] < before[1] and after[0] > before[0], moves[0]
+    assert "shares follow measured speed" in moves[0]["text"]
+    samples = job.progress["samples_by_worker"]
+    slowed = job.preflight.devices[1].worker
+    assert samples[slowed] < max(samples.values()), samples
