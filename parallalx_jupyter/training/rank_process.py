@@ -47,7 +47,7 @@ from .errors import CheckpointMismatchError, RankInfraError, TrainingError, User
 from .heap import keep_freed_memory
 from .launcher import RankGroup, RankSpec, host_of, process_group, regroup, set_gloo_interface
 from .metrics import RankMetrics
-from .placement import plan_placement
+from .placement import link_bound, plan_placement
 from .preflight import (
     PreflightReport,
     build_report,
@@ -362,7 +362,9 @@ class RankTrainer:
         self._measured = [str(d["worker"]) for d in devices]  # in rank order
         choose = self.payload.choose_devices and self.world > 1
         group_step: float | None = None
-        if choose and probe_opt is not None:
+        if choose and probe_opt is not None and not link_bound(
+            devices, self.job.global_batch, param_bytes, latency, bandwidth
+        ):
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 with self._user("the model's training step (preflight)"):
                     group_step = self._measure_group_step(
