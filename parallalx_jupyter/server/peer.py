@@ -90,8 +90,11 @@ class PeerHandler(web.RequestHandler):
                 too_big = int(length) > BODY_LIMIT
             except ValueError:
                 raise web.HTTPError(400, reason="Bad Content-Length") from None
-            if too_big:
-                raise web.HTTPError(413, reason="Payload Too Large")
+            # Refused once the body is read (``data_received`` keeps none of it): answering
+            # now would close the connection while the sender is still writing, and it
+            # would see a broken connection instead of the 413 (tornado's max_body_size
+            # still cuts off anything beyond four times the limit).
+            self._too_large = self._too_large or too_big
 
     def data_received(self, chunk: bytes) -> None:
         self._size += len(chunk)

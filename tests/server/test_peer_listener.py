@@ -87,6 +87,33 @@ def test_oversized_body_is_413(bravo, bravo_id, sender):
     assert status == 413 and "error" in resp
 
 
+def test_an_oversized_body_is_read_before_the_413_so_a_slow_sender_gets_the_answer(bravo):
+    """Answering from the headers alone closed the connection while the sender was still
+    writing its body: it saw "EOF occurred in violation of protocol", not the 413."""
+    import socket
+    import ssl
+
+    body = b"x" * (70 * 1024)
+    raw = socket.create_connection(("127.0.0.1", bravo.peer_port), timeout=20)
+    conn = _TLS.wrap_socket(raw, server_hostname="127.0.0.1")
+    try:
+        conn.sendall(b"POST /parallalx/peer/v1/requests HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Content-Type: application/json\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+        conn.sendall(body[:1024])
+        conn.settimeout(0.5)
+        with pytest.raises((TimeoutError, socket.timeout, ssl.SSLWantReadError)):
+            conn.recv(1)  # no answer while the body is still coming
+        conn.settimeout(20)
+        conn.sendall(body[1024:])
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += conn.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 413")
+    finally:
+        conn.close()
+
+
 @pytest.mark.parametrize("raw, fragment", [
     (b"{not json", "not valid JSON"),
     (b"[]", "must be a JSON object"),
