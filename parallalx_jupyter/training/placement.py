@@ -14,10 +14,10 @@ for the k fastest devices, k = 1..N, and the fastest prediction wins:
   faster than DDP's).
 
 Leaving devices idle costs re-forming the group on the chosen ranks (``launcher.regroup``).
-More devices must be predicted at least :data:`MIN_GAIN` faster than fewer: near a tie the
-job trains on fewer devices (the same time, less to go wrong, devices left free), and small
-measurement noise does not flip the choice (the driver also keeps the decision for the same
-job on the same devices).
+More devices must be predicted at least :data:`MIN_GAIN` faster than fewer, and to save at
+least :data:`MIN_SAVING_S`: near a tie the job trains on fewer devices (the same time, less
+to go wrong, devices left free), and small measurement noise does not flip the choice (the
+driver also keeps the decision for the same job on the same devices).
 """
 
 from __future__ import annotations
@@ -28,6 +28,10 @@ from dataclasses import dataclass
 from .strategies import choose_strategy, comm_seconds
 
 MIN_GAIN = 0.15
+#: ... and save at least this much: predictions of millisecond steps are noisy (the demo's MLP
+#: flipped between one device and two, and two ran 2.3x slower), and a job one device ends
+#: in seconds gains nothing worth the risk from more
+MIN_SAVING_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -142,5 +146,6 @@ def plan_placement(
     every = candidates[-1]
     fastest = min(c.total_s for c in candidates)
     # Near a tie, fewer devices: the same time with less to go wrong and devices left free.
-    best = next(c for c in candidates if c.total_s <= (1 + MIN_GAIN) * fastest)
+    best = next(c for c in candidates
+                if c.total_s <= max((1 + MIN_GAIN) * fastest, fastest + MIN_SAVING_S))
     return Placement(chosen=best, every=every)

@@ -31,6 +31,14 @@ from .launcher import gloo_tls_available
 from .placement import Placement
 
 PROBE_BYTES = 10_000_000
+MIN_PROBE_BYTES = 256_000
+
+
+def probe_bytes(param_bytes: int) -> int:
+    """The bandwidth probe's size: four gradients' worth, between 256 kB and 10 MB. Four 10 MB
+    all-reduces cost ~0.3 s at 1 Gbit/s, as long as a small model's whole training; for a
+    model that small the link's latency, not its bandwidth, decides."""
+    return int(min(PROBE_BYTES, max(MIN_PROBE_BYTES, 4 * param_bytes)))
 
 
 # --------------------------------------------------------------------------- environment
@@ -303,6 +311,8 @@ class PreflightReport:
     versions: dict[str, str] = field(default_factory=dict)
     #: how gradients travel between ranks: encrypted or not, and why (``agree_on_rank_tls``)
     rank_traffic: str = ""
+    #: size of the all-reduce that measured the bandwidth
+    probe_bytes: int = PROBE_BYTES
     #: which devices train and why, in one line (``placement.py``)
     placement: str = ""
     #: workers measured here that ``auto`` leaves idle: the job re-forms without them
@@ -359,7 +369,7 @@ class PreflightReport:
         if self.world_size > 1:
             lines.append(
                 f"  link: {_si(self.bandwidth_Bps * 8, 'bit/s')} all-reduce bus bandwidth, "
-                f"{self.latency_s * 1e6:,.0f} us latency ({_si(PROBE_BYTES, 'B')} probe)"
+                f"{self.latency_s * 1e6:,.0f} us latency ({_si(self.probe_bytes, 'B')} probe)"
             )
         comm = self.allreduce_s_per_step
         ratio = comm / self.compute_s_per_step if self.compute_s_per_step > 0 else math.inf
@@ -525,6 +535,7 @@ def build_report(
         ideal_speedup=single_s / max(ideal_s, 1e-12),
         local_sgd_every=h if name == "local_sgd" else 0,
         rank_traffic=rank_traffic,
+        probe_bytes=probe_bytes(param_bytes),
         placement=line,
         idle=idle,
         group_step_s=group_step_s,

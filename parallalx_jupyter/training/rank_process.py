@@ -54,6 +54,7 @@ from .preflight import (
     check_connectivity,
     measure_link,
     measure_step_cost,
+    probe_bytes,
 )
 from .rebalance import Rebalancer, period_steps
 from .resume import (
@@ -348,7 +349,7 @@ class RankTrainer:
             for b, saved in zip(model.buffers(), buffers, strict=True):
                 b.copy_(saved)
         self.marks["pf_step_cost"] = time.time()
-        latency, bandwidth = measure_link(device)
+        latency, bandwidth = measure_link(device, probe_bytes(param_bytes))
         self.marks["pf_link"] = time.time()
         mine = {
             "worker": self.spec.worker,
