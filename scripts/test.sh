@@ -21,5 +21,15 @@ grep -qE "parallalx-jupyter.*enabled.*OK" <<<"$lab_exts" \
 if (( fast )); then
   python -m pytest -q -m "not e2e" ${args[@]+"${args[@]}"}
 else
-  python -m pytest -q ${args[@]+"${args[@]}"}
+  # Two pytest workers, one test file each at a time (module fixtures stay per file), and
+  # alongside them the browser tests in a pytest of their own: Playwright's sync API leaves
+  # an event loop running in its process, which other tests' fixtures cannot close.
+  ui_log=$(mktemp)
+  python -m pytest -q tests/ui ${args[@]+"${args[@]}"} >"$ui_log" 2>&1 &
+  ui_pid=$!
+  rest=0; ui=0
+  python -m pytest -q -n 2 --dist loadfile --ignore=tests/ui ${args[@]+"${args[@]}"} || rest=$?
+  wait "$ui_pid" || ui=$?
+  echo "--- browser tests (tests/ui)"; cat "$ui_log"; rm -f "$ui_log"
+  if (( rest || ui )); then exit 1; fi
 fi
