@@ -489,7 +489,7 @@ class Driver:
             choose_devices=self.choose_devices and fixed is None and len(workers) > 1,
             strategy_reason=self._strategy_reason if fixed else None,
             placement=self._placement_note,
-            names=self._names(workers),
+            names={w: self._label(w) for w in workers},
         )
         master = host_of(workers[0])
         world = len(workers)
@@ -602,11 +602,6 @@ class Driver:
         )
         while len(_PLACEMENTS) > 64:  # a bounded memory of decisions
             _PLACEMENTS.pop(next(iter(_PLACEMENTS)))
-
-    def _names(self, workers: Sequence[str]) -> dict[str, str]:
-        """Worker address -> the name it registered with (a parallalx device's ID or name)."""
-        info = self.watch.poll()
-        return {w: str(info.get(w, {}).get("name") or w) for w in workers}
 
     def _open_rendezvous(
         self, attempt: int, workers: list[str]
