@@ -240,6 +240,9 @@ def _scheduler_class():
             self._parallalx_live: LiveTLS | None = None
             self._parallalx_crl_mtime: int | None = None
             self._parallalx_push_tasks: set[asyncio.Task] = set()
+            # workers removed for a revocation and not yet reported to the main client:
+            # the file poll may enforce a revocation before its RPC arrives
+            self._parallalx_unreported: list[str] = []
 
         async def broadcast(self, *, msg: dict, workers=None, on_error="raise", **kwargs):
             """No ``run`` reaches a device's worker (they refuse it anyway): its answer would
@@ -289,7 +292,9 @@ def _scheduler_class():
             """RPC (main client only): re-read revoked.json and crl.pem and enforce them now."""
             self._admission.revocations.reload()
             self.parallalx_load_crl()
-            return await self.parallalx_enforce()
+            await self.parallalx_enforce()
+            removed, self._parallalx_unreported = self._parallalx_unreported, []
+            return removed
 
         def parallalx_load_crl(self, push: bool = True) -> bool:
             """Load ``crl.pem`` into this process's TLS contexts if it changed on disk, and
@@ -367,6 +372,8 @@ def _scheduler_class():
                         address=address, stimulus_id=f"parallalx-revoke-{time.time()}", close=True
                     )
                     removed.append(address)
+                    self._parallalx_unreported.append(address)
+                    del self._parallalx_unreported[:-1000]
                 if bad or (
                     address not in self.workers and now - adm._owner_since.get(address, now) > 60
                 ):

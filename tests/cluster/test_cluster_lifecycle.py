@@ -66,6 +66,20 @@ async def test_revoke_removes_worker_fast_and_refuses_its_cert_after_restart(har
     assert sp2.read_state()["workers"] == {}
 
 
+async def test_revoke_reports_a_worker_the_file_poll_removed_first(harness):
+    """The scheduler polls the revocation files too: when the poll enforces a revocation
+    before the main client's RPC arrives, the RPC still reports that device's worker."""
+    from parallalx_jupyter.cluster import crl
+
+    sp = await harness.scheduler()
+    ws = await harness.worker(sp, harness.device_credentials("DEVA"))
+    address = ws.status()["address"]
+    crl.revoke_device(sp.config.cluster_dir, "DEVA", "stopped sharing")  # as a crashed call
+    await wait_until(lambda: "DEVA" not in sp.read_state()["workers"], 5)
+    assert await sp.revoke_device("DEVA", reason="stopped sharing") == [address]
+    assert await sp.revoke_device("DEVA", reason="again") == []  # reported once
+
+
 async def test_scheduler_crash_and_controller_restart_worker_rejoins(harness):
     sp = await harness.scheduler()
     ws = await harness.worker(sp, harness.device_credentials("DEVA"))
