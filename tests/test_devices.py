@@ -24,9 +24,13 @@ class _FakeCluster:
         self.joined = asyncio.Event()
 
     async def join(self, main_id: str, main_url: str, exchange: Any, python: str,
-                   limits: dict[str, Any], expected: Any = None) -> None:
+                   limits: dict[str, Any], expected: Any = None,
+                   request_id: str | None = None) -> None:
         self.calls.append(("join", main_id))
         self.joined.set()
+
+    def serves_with(self, main_id: str, asks: dict[str, Any]) -> bool:
+        return False  # no worker yet: a grant joins
 
     async def leave(self, main_id: str) -> None:
         self.calls.append(("leave", main_id))

@@ -261,6 +261,8 @@ class GuardMixin:
                     _peer(comm),
                     e,
                 )
+                if op == "register-worker":
+                    self._parallalx_join_refused(ident, str(e))
                 return {
                     "op": DENIED_OP,
                     "denied_op": str(op)[:100],
@@ -290,6 +292,9 @@ class GuardMixin:
                     raise CommClosedError(f"{DENIED_MARKER}: {e}") from None
             return msg
         return msg
+
+    def _parallalx_join_refused(self, ident: PeerIdentity, reason: str) -> None:
+        """A worker's registration was refused (the scheduler shows its device why)."""
 
     def _parallalx_denied(self, denied_op: str = "", reason: str = "", **_: Any) -> Any:
         text = f"{DENIED_MARKER}: {reason}"

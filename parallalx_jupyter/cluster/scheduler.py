@@ -144,7 +144,12 @@ class SchedulerAdmission(AdmissionPolicy):
         self._valid_until: dict[str, tuple[float, str | None]] = {}
 
     def is_revoked(self, ident: PeerIdentity) -> bool:
-        return ident.role == ROLE_DEVICE and self.revocations.is_identity_revoked(ident)
+        if ident.role != ROLE_DEVICE or not self.revocations.is_identity_revoked(ident):
+            return False
+        # Refuse on the current list, not the one of the last poll: a device paired again
+        # is taken off the file moments before its worker connects (one stat when revoked).
+        self.revocations.reload()
+        return self.revocations.is_identity_revoked(ident)
 
     def note(self, ident: PeerIdentity) -> None:
         """Remember a device's newest certificate: a comm only exists if its certificate
@@ -243,6 +248,8 @@ def _scheduler_class():
             # workers removed for a revocation and not yet reported to the main client:
             # the file poll may enforce a revocation before its RPC arrives
             self._parallalx_unreported: list[str] = []
+            #: device -> why its last worker registration was refused, until one is admitted
+            self._parallalx_refused: dict[str, dict[str, Any]] = {}
 
         async def broadcast(self, *, msg: dict, workers=None, on_error="raise", **kwargs):
             """No ``run`` reaches a device's worker (they refuse it anyway): its answer would
@@ -287,6 +294,16 @@ def _scheduler_class():
                 ):
                     return False
             return True
+
+        def _parallalx_join_refused(self, ident: PeerIdentity, reason: str) -> None:
+            if ident.device_id is None:
+                return
+            self._parallalx_refused[ident.device_id] = {"reason": reason, "at": time.time()}
+            while len(self._parallalx_refused) > 100:  # a flood of refused devices: the oldest go
+                self._parallalx_refused.pop(next(iter(self._parallalx_refused)))
+            plugin = self.plugins.get("parallalx-state")
+            if plugin is not None:
+                plugin._write()
 
         async def parallalx_reload_revocations(self) -> list[str]:
             """RPC (main client only): re-read revoked.json and crl.pem and enforce them now."""
@@ -482,6 +499,7 @@ def _write_state(config: SchedulerConfig, scheduler, status: str, **extra) -> di
         "ca_fingerprint": scheduler._parallalx_ca_fingerprint,
         "updated_at": time.time(),
         "workers": workers_by_device(scheduler),
+        "refused": dict(getattr(scheduler, "_parallalx_refused", {})),
     }
     state.update(extra)
     write_private(config.state_path, json.dumps(state, indent=1))
@@ -509,6 +527,9 @@ def _state_plugin(config: SchedulerConfig):
                     logger.exception("could not write scheduler state")
 
         def add_worker(self, scheduler, worker: str) -> None:
+            owner = scheduler._admission.owners.get(worker)
+            if owner is not None:
+                scheduler._parallalx_refused.pop(owner.device_id, None)
             self._write()
             # its CRL may be older than ours (kept from before a restart, or from its join)
             scheduler.parallalx_push_crl([worker])

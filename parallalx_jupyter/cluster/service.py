@@ -28,6 +28,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -127,6 +128,7 @@ class ClusterService:
         #: set by the device manager: how to reach a main device again to renew
         self.exchange_for: ExchangeFor | None = None
         self._renewals: dict[str, asyncio.Task[None]] = {}
+        self._retries: dict[str, asyncio.Future[None]] = {}
         self.cluster_dir = home / "cluster"
         self.workers_dir = home / "workers"
         self.scheduler: SchedulerProcess | None = None
@@ -307,10 +309,13 @@ class ClusterService:
         python: str,
         limits: dict[str, Any],
         expected: dict[str, Any] | None = None,
+        request_id: str | None = None,
     ) -> None:
         """Join `main_id`'s cluster: CSR over the pairing channel, environment, worker.
-        `expected` is the scheduler port and CA fingerprint the user saw when accepting."""
-        self._set_join(main_id, {"state": "requesting-certificate", "message": None})
+        `expected` is the scheduler port and CA fingerprint the user saw when accepting;
+        `request_id` the accepted request the grant comes from (shown with the join)."""
+        self._set_join(main_id, {"state": "requesting-certificate", "message": None,
+                                 "request_id": request_id})
         try:
             key_pem, csr_pem = make_csr(self.device_id)
             signed = await exchange({"csr": csr_pem.decode()})
@@ -362,6 +367,7 @@ class ClusterService:
         }
         write_private(wdir / "join.json", json.dumps({
             "main_id": main_id, "spec": spec_args, "ca_fingerprint": signed.get("ca_fingerprint"),
+            "asks": worker_asks(limits),
         }))
         await self._start_supervisor(main_id, spec_args)
 
@@ -385,6 +391,12 @@ class ClusterService:
         if old is not None:
             await old.revoke()
         supervisor = WorkerSupervisor(WorkerSpec(**spec_args), backoff_max=10.0)
+
+        def on_event(event: dict[str, Any]) -> None:
+            if event.get("state") == "refused" and self.workers.get(main_id) is supervisor:
+                self._refused(main_id, supervisor)
+
+        supervisor.supervisor.on_event = on_event
         self.workers[main_id] = supervisor
         self._start_renewal(main_id)
         self._set_join(main_id, {"state": "starting-worker",
@@ -392,15 +404,87 @@ class ClusterService:
         await supervisor.start()
         try:
             await supervisor.wait_joined(timeout=60)
-        except (TimeoutError, PermissionError) as err:
+        except TimeoutError as err:
             # keep supervising: the main device may simply be offline right now
             self._set_join(main_id, {"state": "waiting-for-scheduler", "message": str(err)})
             return
+        except PermissionError:
+            return  # on_event took it from there (_refused)
         self._set_join(main_id, {"state": "running", "message": None})
+
+    def _refused(self, main_id: str, supervisor: WorkerSupervisor) -> None:
+        """The scheduler refused our worker (at its start or any later reconnect). A refusal
+        can be a moment stale (a re-pair the scheduler had not read yet), so while we are still
+        paired and granted, join again with backoff; the user sees why and may Retry now."""
+        reason = (supervisor.status() or {}).get("reason") or "admission refused"
+        self._set_join(main_id, {"state": "refused",
+                                 "message": f"refused by the main device: {reason}"})
+        task = self._retries.get(main_id)
+        if main_id != self.device_id and (task is None or task.done()):
+            self._retries[main_id] = asyncio.ensure_future(
+                self._retry_refused(main_id, supervisor))
+
+    async def _retry_refused(self, main_id: str, supervisor: WorkerSupervisor) -> None:
+        delay = REFUSED_RETRY_INITIAL
+        try:
+            while self.workers.get(main_id) is supervisor and supervisor.state == "refused":
+                self._set_join(main_id, {"next_retry_at": time.time() + delay})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, REFUSED_RETRY_MAX)
+                if self.workers.get(main_id) is not supervisor or supervisor.state != "refused":
+                    return
+                if self.exchange_for is None or await self.exchange_for(main_id) is None:
+                    return  # no longer paired or granted: nothing to retry for
+                await self._try_again(main_id, supervisor)
+        finally:
+            if main_id in self.joins:
+                self._set_join(main_id, {"next_retry_at": None})
+
+    async def _try_again(self, main_id: str, supervisor: WorkerSupervisor) -> None:
+        self._set_join(main_id, {"state": "starting-worker", "next_retry_at": None})
+        await supervisor.start()
+        try:
+            await supervisor.wait_joined(timeout=60)
+        except TimeoutError as err:
+            self._set_join(main_id, {"state": "waiting-for-scheduler", "message": str(err)})
+            return
+        except PermissionError:
+            return  # still refused: the retry loop goes on
+        self._set_join(main_id, {"state": "running", "message": None})
+
+    async def retry_join(self, main_id: str) -> bool:
+        """The user's Retry: start a refused or stopped worker for `main_id` again now. False
+        when there is no worker to retry (the join failed before one existed)."""
+        supervisor = self.workers.get(main_id)
+        if supervisor is None or not (self.workers_dir / main_id / "join.json").exists():
+            return False
+        if supervisor.state in ("running", "starting", "backoff"):
+            return True
+        task = self._retries.pop(main_id, None)
+        if task is not None:
+            task.cancel()
+        await self._try_again(main_id, supervisor)
+        if supervisor.state == "refused":
+            self._refused(main_id, supervisor)  # back to retrying with backoff
+        return True
+
+    def serves_with(self, main_id: str, asks: dict[str, Any]) -> bool:
+        """Whether our worker for `main_id` runs with the settings `asks` grants (same worker
+        settings, same cluster): a new grant like that needs no new worker."""
+        if main_id not in self.workers:
+            return False
+        try:
+            join = json.loads((self.workers_dir / main_id / "join.json").read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(join, dict) and join.get("asks") == worker_asks(asks)
 
     async def leave(self, main_id: str, keep_status: bool = False) -> None:
         """Stop sharing with `main_id`: stop the worker at once and forget the join."""
         self._stop_renewal(main_id)
+        retry = self._retries.pop(main_id, None)
+        if retry is not None:
+            retry.cancel()
         supervisor = self.workers.pop(main_id, None)
         if supervisor is not None:
             await supervisor.revoke()
@@ -526,6 +610,9 @@ class ClusterService:
         await self._cancel_own_start()
         for main_id in list(self._renewals):
             self._stop_renewal(main_id)
+        for retry in self._retries.values():
+            retry.cancel()
+        self._retries.clear()
         for supervisor in list(self.workers.values()):
             await supervisor.stop()
         self.workers.clear()
@@ -548,6 +635,11 @@ class ClusterService:
             "dashboard_link": sched.get("dashboard_link") if sched else None,
             "ca_fingerprint": sched.get("ca_fingerprint") if sched else None,
             "workers": workers,
+            # devices whose last worker registration this scheduler refused, and why
+            "refused_joins": [
+                {"device_id": device_id, **entry}
+                for device_id, entry in sorted(((sched or {}).get("refused") or {}).items())
+            ],
             "serving": [
                 {**entry, "process": (self.workers[m].state if m in self.workers else None)}
                 for m, entry in sorted(self.joins.items()) if m != self.device_id
@@ -557,6 +649,18 @@ class ClusterService:
                 **own, "process": (self.workers[self.device_id].state
                                    if self.device_id in self.workers else None)},
         }
+
+
+#: backoff (seconds) between joins again after the main device refused our worker
+REFUSED_RETRY_INITIAL = 2.0
+REFUSED_RETRY_MAX = 60.0
+
+#: what a grant says about the worker itself; a new grant differing in none of them keeps it
+WORKER_ASKS = ("nthreads", "memory_limit_gb", "gpus", "requirements", "cluster")
+
+
+def worker_asks(asks: dict[str, Any]) -> dict[str, Any]:
+    return {k: asks.get(k) for k in WORKER_ASKS}
 
 
 def _check_renewed(cert_pem: bytes, ca_pem: bytes, key_pem: bytes, device_id: str) -> None:

@@ -78,7 +78,7 @@ class ClusterMembership:
 
     async def _on_device_added(self, event: dict[str, Any]) -> None:
         if event["role"] == "main" and self.cluster is not None:
-            self.tasks.spawn(self.join_main(event["peer_id"]))
+            self.tasks.spawn(self.follow_grant(event["peer_id"]))
 
     async def _on_device_revoked(self, event: dict[str, Any]) -> None:
         if self.cluster is None:
@@ -101,6 +101,28 @@ class ClusterMembership:
             return None
         return device, grants[-1]
 
+    async def follow_grant(self, main_id: str) -> None:
+        """A main device was granted (again). A re-invite from a device we already serve,
+        granting the same worker settings, must not cost the running worker (or its tasks):
+        renew its certificate under the new grant instead. Other grants join afresh."""
+        assert self.cluster is not None
+        current = await self._current_grant(main_id)
+        if current is None:
+            return
+        device, grant = current
+        if not self.cluster.serves_with(main_id, grant["asks"]):
+            await self.join_main(main_id)
+            return
+        try:
+            await self.cluster.renew(main_id)
+        except Exception as err:  # the old certificate stays valid: the worker keeps running
+            message = getattr(err, "message", None) or str(err) or type(err).__name__
+            log.warning("renewing the grant of %s failed: %s", main_id, message)
+            self.cluster._set_join(main_id, {
+                "message": f"the main device did not confirm the new invitation: {message}"})
+            return
+        self.cluster._set_join(main_id, {"request_id": device["request_id"], "message": None})
+
     async def join_main(self, main_id: str) -> None:
         """Serve a main device: certificate, environment, worker (see ClusterService.join)."""
         assert self.cluster is not None
@@ -117,7 +139,17 @@ class ClusterMembership:
             self.cluster._set_join(main_id, {"state": "failed", "message": str(err)})
             return
         await self.cluster.join(main_id, device["peer_url"], exchange, python, grant["asks"],
-                                expected=grant["asks"].get("cluster"))
+                                expected=grant["asks"].get("cluster"),
+                                request_id=device["request_id"])
+
+    async def retry_join(self, main_id: str) -> None:
+        """Join `main_id` again now: restart a refused worker, or the whole join when it failed
+        before a worker existed (certificate, environment)."""
+        assert self.cluster is not None
+        if await self._current_grant(main_id) is None:
+            raise ApiError(404, f"not serving a paired main device with ID {main_id!r}")
+        if not await self.cluster.retry_join(main_id):
+            self.tasks.spawn(self.join_main(main_id))
 
     async def cluster_exchange(self, main_id: str) -> Exchange | None:
         """The signed `cluster.join` round trip to a main device we serve, bound to the request
@@ -157,6 +189,11 @@ class ClusterMembership:
 
     # ------------------------------------------------------------------ main side
 
+    async def _bound_to_accepted(self, device: dict[str, Any], hashed: str) -> bool:
+        request = await self.store.get_request(device["request_id"] or "")
+        return request is not None and hashed == shown_hash(
+            request["id"], request["kind"], request["asks"], request["code"])
+
     async def handle_join(self, opened: Opened) -> dict[str, Any]:
         """A paired worker device asks for its cluster certificate."""
         from ..cluster.service import ClusterError
@@ -168,10 +205,15 @@ class ClusterMembership:
             device = await self.store.get_device(opened.sender_id)
         if device is None or device["state"] != "paired" or device["role"] != "worker":
             raise ProtocolError(403, "not a paired worker device of this main device")
-        request = await self.store.get_request(device["request_id"] or "")
-        if request is None or opened.body["shown_hash"] != shown_hash(
-                request["id"], request["kind"], request["asks"], request["code"]):
-            raise ProtocolError(403, "the certificate request is not bound to the accepted request")
+        if not await self._bound_to_accepted(device, opened.body["shown_hash"]):
+            # a re-invite this device sent may have been accepted a moment ago, its news not
+            # here yet: ask the peer, then check against what it says
+            await self.outbound.poll_pending(opened.sender_id)
+            device = await self.store.get_device(opened.sender_id)
+            if device is None or device["state"] != "paired" or not await self._bound_to_accepted(
+                    device, opened.body["shown_hash"]):
+                raise ProtocolError(
+                    403, "the certificate request is not bound to the accepted request")
         if self.cluster is None:
             raise ProtocolError(503, "this device cannot run a cluster")
         try:

@@ -178,6 +178,9 @@ class DeviceManager:
         await self.paired.revoke(device_id)
         return await self.views.get_device(device_id)
 
+    async def retry_join(self, main_id: str) -> None:
+        await self.cluster_membership.retry_join(main_id)
+
     async def send_request(
         self, url: str, kind: str = "invite", asks: dict[str, Any] | None = None
     ) -> dict[str, Any]:

@@ -22,8 +22,11 @@ def never_revealed(row: dict[str, Any]) -> bool:
     return row["direction"] == "incoming" and row["code"] is None
 
 
-def request_view(row: dict[str, Any]) -> dict[str, Any]:
+def request_view(row: dict[str, Any], paired: dict[str, str] | None = None) -> dict[str, Any]:
+    """`paired` maps the IDs of devices paired now to the request each pairing came from: a
+    request from one of them (another request than that one) renews that pairing."""
     show_code = row["state"] in ("pending", "accepted")
+    pairing = (paired or {}).get(row["peer_id"])
     return {
         "id": row["id"],
         "direction": row["direction"],
@@ -36,6 +39,7 @@ def request_view(row: dict[str, Any]) -> dict[str, Any]:
             "url": row["peer_url"],
         },
         "asks": row["asks"],
+        "already_paired": pairing is not None and pairing != row["id"],
         "code": row["code"] if show_code else None,
         "shown_hash": (shown_hash(row["id"], row["kind"], row["asks"], row["code"])
                        if show_code else None),
@@ -104,14 +108,19 @@ class DeviceViews:
             states = (state,)
         rows = await self.store.list_requests(direction=direction, states=states,
                                               revealed_only=True)
-        return [request_view(r) for r in rows]
+        paired = await self._paired()
+        return [request_view(r, paired) for r in rows]
+
+    async def _paired(self) -> dict[str, str]:
+        return {d["id"]: d["request_id"] for d in await self.store.list_devices()
+                if d["state"] == "paired"}
 
     async def get_request(self, request_id: str) -> dict[str, Any]:
         await self.sweep()
         row = await self.store.get_request(request_id)
         if row is None or never_revealed(row):
             raise ApiError(404, f"no request with ID {request_id!r}")
-        return request_view(row)
+        return request_view(row, await self._paired())
 
     async def list_devices(self) -> list[dict[str, Any]]:
         rows = await self.store.list_devices()

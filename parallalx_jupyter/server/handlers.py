@@ -207,6 +207,10 @@ class ClusterHandler(ParallalxHandler):
         names[self.manager.identity.device_id] = self.manager.settings.device_name
         for worker in state["workers"]:
             worker["device_name"] = names.get(worker["device_id"])
+        for refused in state.get("refused_joins", []):
+            refused["device_name"] = names.get(refused["device_id"])
+        for serving in state.get("serving", []):
+            serving["main_name"] = names.get(serving["main_id"])
         return state
 
     @web.authenticated
@@ -240,6 +244,20 @@ class ClusterActionHandler(ClusterHandler):
             python = await self.manager.resolve_python({"kernel": body.get("kernel")})
             result = await self.cluster.add_self(python, body.get("nthreads", 1))
         self.write_json(await self.named(result))
+
+
+class ClusterRetryHandler(ClusterHandler):
+    """The user's Retry on a failed or refused join to a main device this device serves."""
+
+    get = web.RequestHandler.get
+
+    @web.authenticated
+    @authorized
+    async def post(self, main_id: str) -> None:
+        self.json_body({})
+        cluster = self.cluster  # 503 first when this server runs no cluster
+        await self.manager.retry_join(main_id)
+        self.write_json(await self.named(cluster.state()))
 
 
 class EnvironmentHandlerBase(ParallalxHandler):
@@ -402,6 +420,7 @@ def route_table() -> list[tuple[str, type[ParallalxHandler]]]:
         (r"/environment/(check|install)", EnvironmentActionHandler),
         (r"/cluster", ClusterHandler),
         (r"/cluster/(start|stop|add-self)", ClusterActionHandler),
+        (r"/cluster/serving/([A-Za-z0-9_-]{1,64})/retry", ClusterRetryHandler),
         (r"/workloads", WorkloadsHandler),
         (rf"/workloads/{_ID}/run", WorkloadRunHandler),
         (r"/jobs", JobsHandler),

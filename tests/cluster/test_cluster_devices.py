@@ -10,6 +10,7 @@ import pytest
 from distributed import Client
 
 from parallalx_jupyter.cluster import SchedulerProcess, WorkerSpec, WorkerSupervisor
+from parallalx_jupyter.cluster.tls import RevocationList
 from parallalx_jupyter.local_device import DeviceError, wait_for
 
 
@@ -97,6 +98,63 @@ def test_accept_is_bound_to_what_was_shown(make_device):
         b.api("POST", f"requests/{sent['id']}/accept", {"shown_hash": "0" * 64})
     assert err.value.status == 409 and "not the one that was shown" in str(err.value)
     assert b.api("GET", f"requests/{sent['id']}")["state"] == "pending"
+
+
+def _serving(dev):
+    entries = dev.api("GET", "cluster")["serving"]
+    return entries[0] if entries else {}
+
+
+def test_a_reinvite_from_a_paired_device_renews_the_grant_and_keeps_the_worker(make_device):
+    """Accepting a second invitation from the device we already serve renews the grant: the
+    card says so, the running worker stays (same address, tasks still run) and the main device
+    signs its certificate under the new request, whichever side hears of the accept first."""
+    a, b = make_device("alpha"), make_device("bravo")
+    b_id = b.api("GET", "device")["id"]
+    _pair(a, b)
+    wait_for(lambda: b_id in _workers_by_device(a), 30, 0.05)
+    wait_for(lambda: _serving(b).get("state") == "running", 30)
+    address = next(w["address"] for w in a.api("GET", "cluster")["workers"]
+                   if w["device_id"] == b_id)
+
+    again = a.api("POST", "invitations", {"url": b.peer_url, "asks": {"nthreads": 1}})
+    shown = b.api("GET", f"requests/{again['id']}")
+    assert shown["already_paired"] is True
+    assert b.api("GET", "requests?state=open")[0]["already_paired"] is True
+    b.api("POST", f"requests/{again['id']}/accept", {"shown_hash": shown["shown_hash"]})
+    wait_for(lambda: _serving(b).get("request_id") == again["id"], 30, 0.05)
+    assert _serving(b)["state"] == "running" and not _serving(b).get("message")
+    assert [w["address"] for w in a.api("GET", "cluster")["workers"]
+            if w["device_id"] == b_id] == [address]
+    assert b.api("GET", f"requests/{again['id']}")["already_paired"] is False  # it is the pairing
+
+
+def test_a_refused_join_says_why_on_both_sides_and_is_asked_again_while_paired(make_device):
+    """The main device's scheduler refuses the worker (here: a revocation on its disk that a
+    re-pair is about to clear). Both devices show why; the worker device asks again with
+    backoff while it is still paired, so it is in as soon as the list is cleared."""
+    a, b = make_device("alpha"), make_device("bravo")
+    a_id, b_id = a.api("GET", "device")["id"], b.api("GET", "device")["id"]
+    _pair(a, b)
+    wait_for(lambda: b_id in _workers_by_device(a), 30, 0.05)
+    revocations = RevocationList.in_dir(a.home / "state" / "cluster")
+    revocations.revoke_device(b_id, "stale")  # on disk only, as a re-pair finds it
+
+    wait_for(lambda: _serving(b).get("state") == "refused", 30, 0.1)
+    assert "revoked" in _serving(b)["message"] and _serving(b)["next_retry_at"]
+    refused = a.api("GET", "cluster")["refused_joins"]
+    assert [(r["device_id"], r["device_name"]) for r in refused] == [(b_id, "bravo")]
+    assert "revoked" in refused[0]["reason"]
+    # the user's Retry while still refused: tried at once, refused again, still retried
+    assert b.api("POST", f"cluster/serving/{a_id}/retry")["serving"][0]["state"] == "refused"
+    with pytest.raises(DeviceError) as err:
+        b.api("POST", f"cluster/serving/{b_id}/retry")
+    assert err.value.status == 404
+
+    revocations.unrevoke_device(b_id)  # what accepting the device again does
+    wait_for(lambda: b_id in _workers_by_device(a), 40, 0.1)  # no user action needed
+    wait_for(lambda: _serving(b).get("state") == "running", 10)
+    assert not _serving(b).get("message") and a.api("GET", "cluster")["refused_joins"] == []
 
 
 def test_worker_side_revoke_stops_the_worker(make_device):

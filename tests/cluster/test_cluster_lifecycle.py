@@ -80,6 +80,19 @@ async def test_revoke_reports_a_worker_the_file_poll_removed_first(harness):
     assert await sp.revoke_device("DEVA", reason="again") == []  # reported once
 
 
+async def test_admission_refuses_on_the_current_revocation_list(harness):
+    """A device paired again is taken off revoked.json moments before its new worker
+    connects; the scheduler must not refuse it on the list of its last poll."""
+    from parallalx_jupyter.cluster.tls import RevocationList
+
+    sp = await harness.scheduler(revocation_poll_interval=3600)  # no poll helps here
+    await sp.revoke_device("DEVA", reason="stopped sharing")
+    RevocationList.in_dir(sp.config.cluster_dir).unrevoke_device("DEVA")  # re-paired
+    ws = await harness.worker(sp, harness.device_credentials("DEVA"), join=False)
+    await ws.wait_joined(20)
+    assert "DEVA" in sp.read_state()["workers"]
+
+
 async def test_scheduler_crash_and_controller_restart_worker_rejoins(harness):
     sp = await harness.scheduler()
     ws = await harness.worker(sp, harness.device_credentials("DEVA"))
