@@ -10,20 +10,29 @@ __all__ = [
     "CheckpointOptions",
     "CommunicationOptions",
     "DataOptions",
+    "EvaluationOptions",
     "MetricsOptions",
+    "OptimizationOptions",
     "PlacementOptions",
     "RecoveryOptions",
     "__version__",
+    "checkpoint",
+    "launch",
     "load_ipython_extension",
+    "report",
+    "restore",
     "run",
     "train",
     "unload_ipython_extension",
 ]
 
+# what a function started by launch() calls on its ranks (parallalx_jupyter.training.launch_rank)
+_LAUNCH_RANK = frozenset({"report", "checkpoint", "restore"})
+
 # train()'s option groups (parallalx_jupyter.training.options)
 _TRAIN_OPTIONS = frozenset({
-    "CheckpointOptions", "CommunicationOptions", "DataOptions", "MetricsOptions",
-    "PlacementOptions", "RecoveryOptions",
+    "CheckpointOptions", "CommunicationOptions", "DataOptions", "EvaluationOptions",
+    "MetricsOptions", "OptimizationOptions", "PlacementOptions", "RecoveryOptions",
 })
 
 
@@ -42,6 +51,14 @@ def __getattr__(name: str) -> Any:
         from .workloads import run
 
         return run
+    if name == "launch":
+        from .workloads.launch import launch
+
+        return launch
+    if name in _LAUNCH_RANK:
+        from .training import launch_rank
+
+        return getattr(launch_rank, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

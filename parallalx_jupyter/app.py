@@ -13,6 +13,7 @@ the server with one line. `ParallalxApp._load_jupyter_server_extension` says why
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import socket
@@ -28,6 +29,7 @@ from traitlets import Bool, Float, Int, Unicode, default
 from ._version import __version__
 from .cluster.service import ClusterService
 from .devices import DeviceManager, PairingSettings
+from .discovery import Discovery
 from .environments.service import EnvironmentService
 from .files import FileLock, LockHeld, read_lock_info, write_private
 from .identity import DeviceIdentity
@@ -158,6 +160,45 @@ def advertised_urls(ip: str, port: int) -> list[str]:
     return urls or [f"https://127.0.0.1:{port}"]
 
 
+def pass_env_to_kernels(kernel_manager: Any, env: dict[str, str]) -> Any:
+    """Make every kernel `kernel_manager` starts from now on (REST `POST api/kernels`, a
+    notebook's session, a restart, which reuses the launch's env) get `env` on top of the
+    environment it would have had; returns the function that undoes it.
+
+    Why: a kernel must find *its* device, whatever that server's `home` (set in a config file
+    only, the server's own environment knows nothing of it), base URL or port. Without this,
+    `px.train` in a notebook looked for the cluster under the default home and said "no
+    cluster has been started on this device" next to a panel showing the running scheduler.
+    With it, `PARALLALX_HOME` (the cluster dir, server.json) and `PARALLALX_URL` /
+    `PARALLALX_TOKEN` (the REST API; a `!parallalx ...` in a cell too) name this server.
+
+    jupyter_server has no per-kernel env hook: its sessions pass `env=` (os.environ plus
+    `JPY_SESSION_NAME`) to `start_kernel`, its kernels handler passes none (the provisioner
+    then copies os.environ), so wrapping this instance's `start_kernel` covers both without
+    changing os.environ, which other devices in the same process (tests) would share. The
+    env's values are never logged (jupyter_server logs only the keys).
+    """
+    original = kernel_manager.start_kernel
+    own = "start_kernel" in vars(kernel_manager)  # wrapped already by someone else
+
+    async def start_kernel(*args: Any, **kwargs: Any) -> Any:
+        given = kwargs.get("env")
+        kwargs["env"] = {**(given if given is not None else os.environ), **env}
+        started = original(*args, **kwargs)
+        return await started if inspect.isawaitable(started) else started
+
+    kernel_manager.start_kernel = start_kernel
+
+    def restore() -> None:
+        if vars(kernel_manager).get("start_kernel") is start_kernel:
+            if own:
+                kernel_manager.start_kernel = original
+            else:
+                del kernel_manager.start_kernel  # the class's method again
+
+    return restore
+
+
 class ParallalxApp(ExtensionApp):
     """Device identity, pairing requests and (in later layers) the cluster, inside Jupyter.
 
@@ -170,9 +211,9 @@ class ParallalxApp(ExtensionApp):
 
     # home, device_name, peer_ip, peer_port, request_ttl, reveal_window, clock_skew,
     # max_pending, max_pending_per_ip, peer_rate, peer_burst, peer_global_rate, poll_interval,
-    # scheduler_ip, scheduler_port, main_device_trains, job_stale_after: one trait per row of
-    # `settings.SETTINGS` (name, type, default, help), defaulting to PARALLALX_<NAME>, else the
-    # table's default
+    # scheduler_ip, scheduler_port, main_device_trains, discoverable, job_stale_after: one
+    # trait per row of `settings.SETTINGS` (name, type, default, help), defaulting to
+    # PARALLALX_<NAME>, else the table's default
     locals().update(_setting_traits())
 
     # ------------------------------------------------------------------ lifecycle
@@ -180,6 +221,7 @@ class ParallalxApp(ExtensionApp):
     manager: DeviceManager | None = None
     listener: PeerListener | None = None
     store: Store | None = None
+    discovery: Discovery | None = None
 
     home_lock: FileLock | None = None
 
@@ -276,11 +318,16 @@ class ParallalxApp(ExtensionApp):
             "parallalx device %s (%s), peer listener on %s:%s",
             identity.display_id, self.device_name, self.peer_ip, self.listener.port,
         )
+        self.discovery = Discovery(
+            device_id=identity.device_id, device_name=self.device_name, peer_ip=self.peer_ip,
+            peer_port=self.listener.port, announce=self.discoverable, log=self.log,
+        )
         self.jobs = JobRegistry(self.store, emit, stale_after=self.job_stale_after)
         self.spawner = JobSpawner(self.jobs, home)
         self.settings.update({"parallalx_manager": self.manager, "parallalx_app": self,
                               "parallalx_environments": self.environments,
                               "parallalx_jobs": self.jobs,
+                              "parallalx_discovery": self.discovery,
                               "parallalx_spawner": self.spawner})
 
     def initialize_handlers(self) -> None:
@@ -304,8 +351,20 @@ class ParallalxApp(ExtensionApp):
         write_private(home / SERVER_INFO_FILE, json.dumps(info))
         self.spawner.server_url = info["url"]
         self.spawner.token = info["token"]
+        self._restore_kernel_env = pass_env_to_kernels(serverapp.kernel_manager, {
+            "PARALLALX_HOME": str(home), "PARALLALX_URL": info["url"],
+            "PARALLALX_TOKEN": info["token"] or ""})
+        if self.discovery is not None:  # after the listener is up: announce what answers
+            await self.discovery.start()
+
+    _restore_kernel_env: Any = None
 
     async def stop_extension(self) -> None:
+        if self._restore_kernel_env is not None:
+            self._restore_kernel_env()
+            self._restore_kernel_env = None
+        if self.discovery is not None:  # first: nearby devices drop this one at once
+            await self.discovery.stop()
         if getattr(self, "spawner", None) is not None:
             await self.spawner.stop()
         if self.manager is not None:

@@ -4,7 +4,14 @@ It speaks to the local Jupyter server's REST API, exactly like the panel, widget
 no behaviour lives only here: its commands come from the command table (`commands`), which the
 `%parallalx` magic is built from too. The server is found from `--url`/`--token`, the environment
 (`PARALLALX_URL`, `PARALLALX_TOKEN`) or the `server.json` the extension writes into its home;
-these options, `--json` and `--timeout` go before or after the command.
+these options, `--json` and `--timeout` go before or after the command; an explicit `--home`
+wins over `PARALLALX_URL` (a notebook's `!parallalx --home OTHER ...` means that other device).
+
+An ID may start with "-" (request IDs made before they were kept from doing so): `accept -- ID`
+works as in every argparse program, and a lone argument that only looks like an option
+(`accept -xAQ...`: no option of the command is spelt like it) is taken as the ID
+(`protect_dash_arguments`). Output piped into `head` that stops reading ends the command
+quietly (exit status 141, as for SIGPIPE), without a BrokenPipeError traceback.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -19,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from .client import ApiClient, ClientError, ServerNotFound, find_server
-from .commands import CLI, COMMANDS, Command, CommandError, Invocation
+from .commands import CLI, COMMANDS, Command, CommandError, Invocation, readable
 
 EXIT_API = 1
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a writer whose reader left
 
 
 class CliError(Exception):
@@ -59,6 +68,11 @@ def cmd_run(args: argparse.Namespace) -> Any:
         raise CliError(str(err)) from None
     except Exception as err:  # no cluster, cannot connect: one line
         raise CliError(f"{args.workload}: {type(err).__name__}: {err}") from None
+    return follow_job(args, workload, job)
+
+
+def follow_job(args: argparse.Namespace, workload: Any, job: Any) -> Any:
+    """Show a job this process owns until it ends (progress on stderr); its summary."""
     if not args.json:
         print(f"{workload.name} job {job.id} started; `parallalx jobs cancel {job.id}` or "
               "Ctrl-C stops it", file=sys.stderr)
@@ -81,7 +95,47 @@ def cmd_run(args: argparse.Namespace) -> Any:
                **workload.summarize(result)}
     if args.json:
         return summary
-    return "\n".join(f"{k}: {v}" for k, v in summary.items())
+    return readable(summary)
+
+
+def cmd_invite(args: argparse.Namespace) -> Any:
+    """`invite`: send the request and print it (its verification code is what the other
+    device's user compares); with `--wait`, then wait for their decision (until the request
+    expires; Ctrl-C stops waiting and leaves the request open)."""
+    command = COMMANDS["invite"]
+    url, token = args.server
+    api = ApiClient(url, token, timeout=args.timeout)
+    inv = Invocation(command.name, api, args, CLI)
+    sent = command.call(inv)  # type: ignore[misc]
+    if not args.wait:
+        return sent if args.json else command.show(inv, sent)
+    if not args.json:
+        print(command.show(inv, sent), flush=True)
+        print("Waiting for the other device's user to decide (Ctrl-C stops waiting; the "
+              "request stays open) ...", file=sys.stderr, flush=True)
+    try:
+        decided = wait_for_decision(api, str(sent["id"]), sent.get("expires_at"))
+    except KeyboardInterrupt:
+        raise CliError(f"stopped waiting; request {sent['id']} is still open (`parallalx "
+                       "requests --direction outgoing` shows its answer later)") from None
+    if args.json:
+        return decided
+    state = str(decided.get("state"))
+    if state == "pending":  # the other device did not answer before the request expired
+        return f"no decision before the request expired (state: {state})"
+    return f"the other device's user decided: {state}"
+
+
+def wait_for_decision(api: ApiClient, request_id: str, expires_at: Any,
+                      interval: float = 1.0) -> dict[str, Any]:
+    """Poll our outgoing request until it is no longer pending or it has expired (plus a few
+    seconds for the other side's answer to arrive); the last view of it."""
+    deadline = (float(expires_at) if isinstance(expires_at, int | float) else time.time() + 600)
+    while True:
+        request = api.get_request(request_id)
+        if request.get("state") != "pending" or time.time() > deadline + 5:
+            return request
+        time.sleep(interval)
 
 
 def _run_client(args: argparse.Namespace) -> Any:
@@ -123,7 +177,19 @@ def cmd_demo(args: argparse.Namespace) -> Any:
 
 
 #: the CLI's own implementation of table commands that are not one REST call
-HANDLERS: dict[str, Callable[[argparse.Namespace], Any]] = {"run": cmd_run}
+HANDLERS: dict[str, Callable[[argparse.Namespace], Any]] = {"run": cmd_run,
+                                                             "invite": cmd_invite}
+
+
+def cmd_launch(args: argparse.Namespace) -> Any:
+    """`launch`: a script on every worker (``cli_launch``)."""
+    from .cli_launch import launch_script
+
+    # this module's own helpers: run as `python -m parallalx_jupyter.cli` it is `__main__`
+    return launch_script(args, follow=follow_job, client_for=_run_client)
+
+
+HANDLERS["launch"] = cmd_launch
 
 
 def _add_global_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
@@ -149,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="parallalx", description="Pool your computers into one PyTorch training cluster."
     )
     _add_global_options(parser, defaults=True)
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                help="what to do (`parallalx COMMAND --help` for its options)")
     for command in COMMANDS.values():
         if CLI not in command.surfaces:
             continue
@@ -170,17 +237,114 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_ID_LIKE = re.compile(r"-[A-Za-z0-9_-]{1,63}")
+
+
+def _takes_value(action: argparse.Action) -> bool:
+    return action.nargs != 0 and not isinstance(
+        action, (argparse._StoreConstAction, argparse._HelpAction, argparse._VersionAction))
+
+
+def _option(options: dict[str, argparse.Action], token: str) -> argparse.Action | None:
+    """The option `token` names: spelt out, or (argparse's abbreviations) the one long option
+    that starts with it."""
+    name = token.split("=", 1)[0]
+    if name in options:
+        return options[name]
+    short = options.get(token[:2]) if len(token) > 2 and token[1] != "-" else None
+    if short is not None and _takes_value(short):
+        return short  # `-rsix`: `-r six`
+    if name.startswith("--"):
+        matches = {a for o, a in options.items() if o.startswith(name)}
+        if len(matches) == 1:
+            return matches.pop()
+    return None
+
+
+def protect_dash_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """`argv` with every argument after the command that only looks like an option (an ID
+    such as `-xAQ...`: spelt like no option of that command, nor the start of one, and not
+    the value of the option before it) moved behind `--`, where argparse takes it as a
+    positional. Without this `parallalx accept -xAQ...` says the request ID is missing."""
+    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    index = None
+    for i, token in enumerate(argv):
+        previous = _option(parser._option_string_actions, argv[i - 1]) if i else None
+        if previous is not None and _takes_value(previous) and "=" not in argv[i - 1]:
+            continue  # `--home device`: a value, not the command
+        if sub is not None and token in sub.choices:
+            index = i
+            break
+    if sub is None or index is None:
+        return argv
+    command = sub.choices[argv[index]]
+    if any(not a.option_strings and a.nargs in (argparse.REMAINDER, "*", "+")
+           for a in command._actions):
+        return argv  # `launch SCRIPT ARGS...`, `run NAME key=value...`: theirs as written
+    options = command._option_string_actions
+    head, rest = argv[: index + 1], argv[index + 1:]
+    tail = rest[rest.index("--") + 1:] if "--" in rest else []
+    rest = rest[: rest.index("--")] if "--" in rest else rest
+    options_kept: list[str] = []  # options and their values, in order
+    positionals: list[str] = []  # the command's positional arguments, in order
+    moved = False
+    for i, token in enumerate(rest):
+        previous = _option(options, rest[i - 1]) if i else None
+        if previous is not None and _takes_value(previous) and "=" not in rest[i - 1]:
+            options_kept.append(token)  # the value of the option before it (`--nthreads -1`)
+        elif _ID_LIKE.fullmatch(token) and _option(options, token) is None:
+            positionals.append(token)
+            moved = True
+        elif token.startswith("-") and token != "-":
+            options_kept.append(token)
+        else:
+            positionals.append(token)
+    if not moved:
+        return argv
+    # every positional behind `--`, in order: argparse fills optional positionals (`jobs
+    # [action] [job]`) as soon as it meets an option, so only the ID behind it would be lost
+    return [*head, *options_kept, "--", *positionals, *tail]
+
+
+def _server(args: argparse.Namespace) -> tuple[str, str]:
+    """The server to talk to: `--url`/`--token`; else an explicit `--home`'s server.json;
+    else `PARALLALX_URL`/`PARALLALX_TOKEN` (a kernel's own server puts them there); else
+    the default home's server.json."""
+    if args.url:
+        return find_server(url=args.url, token=args.token or os.environ.get("PARALLALX_TOKEN"))
+    if args.home:
+        return find_server(token=args.token, home=Path(args.home).expanduser())
+    return find_server(url=os.environ.get("PARALLALX_URL"),
+                       token=args.token or os.environ.get("PARALLALX_TOKEN"))
+
+
+def _print(text: str) -> None:
+    print(text, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
-        if args.command != "demo":
-            home = Path(args.home).expanduser() if args.home else None
-            args.server = find_server(
-                url=args.url or os.environ.get("PARALLALX_URL"),
-                token=args.token or os.environ.get("PARALLALX_TOKEN"),
-                home=home,
-            )
+        return _main(sys.argv[1:] if argv is None else list(argv))
+    except BrokenPipeError:
+        # the reader (`| head`) left: nothing more to say to it, and Python must not report
+        # the failed flush of stdout at exit either
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: list[str]) -> int:
+    parser = build_parser()
+    args = parser.parse_args(protect_dash_arguments(parser, argv))
+    try:
+        if args.command == "launch":  # runs without a server too (then unlisted)
+            try:
+                args.server = _server(args)
+            except ServerNotFound:
+                args.server = None
+        elif args.command != "demo":
+            args.server = _server(args)
         result = args.func(args)
     except (CliError, CommandError, ClientError, ServerNotFound) as err:
         print(f"parallalx: error: {err}", file=sys.stderr)
@@ -188,9 +352,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     if args.json and not isinstance(result, str):
-        print(json.dumps(result, indent=2))
-    elif result is not None:
-        print(result)
+        _print(json.dumps(result, indent=2))
+    elif isinstance(result, str):
+        _print(result)
+    elif result is not None:  # never a Python repr: readable lines
+        _print(readable(result))
     return 0
 
 

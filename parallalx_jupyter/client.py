@@ -18,6 +18,11 @@ device's server; first match wins:
 3. `PARALLALX_URL` / `PARALLALX_TOKEN` from the environment;
 4. `<home>/server.json` written by the extension (`find_server`; `PARALLALX_HOME`).
 
+A parallalx server puts its own `PARALLALX_HOME`, `PARALLALX_URL` and `PARALLALX_TOKEN` into
+the environment of every kernel it starts (`app.pass_env_to_kernels`), so in its kernels 3 and
+4 name that server too, and `default_home()` (the cluster dir behind `px.train`) is its home
+even where that is set in a config file only.
+
 `ApiClient` is the one HTTP code path to the REST API: the CLI and the magics (through the
 command table, `commands`), the widgets, a job's reporter and `local_device` use it. JSON in and
 out, one method per route, errors as `ClientError` with the server's `{"error": ...}` message and
@@ -152,6 +157,10 @@ class ApiClient:
         return self.call("POST", "invitations",
                          {"url": url, "kind": "offer" if offer else "invite", "asks": asks})
 
+    def nearby(self) -> list[dict[str, Any]]:
+        """Devices announcing themselves on the local network (unverified: see `invite`)."""
+        return self.call("GET", "nearby")
+
     def cluster(
         self, action: str = "show", *, nthreads: int = 1, kernel: str | None = None
     ) -> dict[str, Any]:
@@ -165,6 +174,10 @@ class ApiClient:
                 body["kernel"] = kernel
             return self.call("POST", "cluster/add-self", body)
         return self.call("POST", f"cluster/{_q(action)}")
+
+    def retry_join(self, main_id: str) -> dict[str, Any]:
+        """Join the main device `main_id` again now (a refused or failed join)."""
+        return self.call("POST", f"cluster/serving/{_q(main_id)}/retry")
 
     def kernels(self, refresh: bool = False) -> list[dict[str, Any]]:
         return self.call("GET", "kernels" + ("?refresh=true" if refresh else ""))

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import text
-from .client import ApiClient, ClientError
+from .client import ApiClient, ClientError, match_device
 
 CLI = "cli"
 MAGIC = "magic"
@@ -106,10 +106,48 @@ class Command:
         return [a.for_surface(surface) for a in self.args if surface in a.surfaces]
 
     def show(self, inv: Invocation, data: Any) -> str:
-        """The result as text (JSON when the command has no text of its own)."""
+        """The result as text (`readable` lines when the command has no text of its own)."""
         if self.text is None:
-            return json.dumps(data, indent=2)
+            return readable(data)
         return self.text(inv, data)
+
+
+def readable(value: Any, indent: int = 0) -> str:
+    """Any JSON-like answer as plain lines, never a Python repr: `key: value` per line, nested
+    objects indented under their key, lists of plain values joined with commas. The text of a
+    command that has none of its own, and of a workload's summary (`parallalx run`)."""
+    pad = "  " * indent
+
+    def scalar(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.6g}"
+        return "-" if v is None or v == "" else text.plain(v)
+
+    def flat(v: Any) -> bool:
+        return not isinstance(v, dict | list | tuple) or (
+            isinstance(v, list | tuple) and all(not isinstance(x, dict | list | tuple) for x in v))
+
+    if isinstance(value, dict):
+        if not value:
+            return f"{pad}(none)"
+        lines = []
+        for key, v in value.items():
+            if flat(v):
+                shown = (", ".join(scalar(x) for x in v) or "(none)") if isinstance(
+                    v, list | tuple) else scalar(v)
+                lines.append(f"{pad}{text.plain(key, 64)}: {shown}")
+            else:
+                lines.append(f"{pad}{text.plain(key, 64)}:")
+                lines.append(readable(v, indent + 1))
+        return "\n".join(lines)
+    if isinstance(value, list | tuple):
+        if not value:
+            return f"{pad}(none)"
+        if flat(value):
+            return pad + ", ".join(scalar(x) for x in value)
+        return "\n".join(readable(v, indent) if flat(v) else f"{pad}-\n{readable(v, indent + 1)}"
+                         for v in value)
+    return pad + scalar(value)
 
 
 # ---------------------------------------------------------------------------- requests
@@ -160,6 +198,16 @@ def _invite(inv: Invocation) -> Any:
     return inv.api.invite(a.peer_url, offer=a.offer, **asks)
 
 
+def _invite_text(inv: Invocation, sent: Any) -> str:
+    """The request and what happens next: the invite returns at once (no "Waiting..." that
+    then exits); the answer comes later, and the CLI can wait for it (`--wait`)."""
+    wait = " or `parallalx invite ... --wait` waits for it" if inv.surface == CLI else ""
+    return (text.request_text(sent)
+            + "\nNext: the other device's user compares this code with the one on their screen "
+              f"and accepts or rejects; `{inv.prog} requests --direction outgoing` shows the "
+              f"answer{wait}.")
+
+
 def _requests_text(inv: Invocation, rows: Any) -> str:
     a = inv.args
     out = text.requests_text(
@@ -190,13 +238,49 @@ def _devices_text(inv: Invocation, rows: Any) -> str:
 
 # ---------------------------------------------------------------------------- cluster, jobs
 
-CLUSTER_ACTIONS = ("show", "start", "stop", "add-self")
+CLUSTER_ACTIONS = ("show", "start", "stop", "add-self", "retry")
 
 
 def _cluster_action(value: str) -> str:
     if value not in CLUSTER_ACTIONS:
-        raise argparse.ArgumentTypeError("action must be show, start, stop or add-self")
+        raise argparse.ArgumentTypeError("action must be show, start, stop, add-self or retry")
     return value
+
+
+def _cluster(inv: Invocation) -> Any:
+    args = inv.args
+    if args.action == "retry":
+        if not args.device:
+            raise CommandError("cluster retry: name the main device to join again")
+        try:
+            main = match_device(inv.api.devices(), args.device)
+        except ValueError as err:
+            raise CommandError(f"cluster retry: {err}") from None
+        return inv.api.retry_join(main["id"])
+    if args.device:
+        raise CommandError(f"cluster {args.action}: takes no device")
+    return inv.api.cluster(args.action, nthreads=args.nthreads, kernel=args.kernel)
+
+
+def _cluster_text(inv: Invocation, state: Any) -> str:
+    """The cluster with every device named as `devices` names it (name, displayed ID), the
+    main devices this one serves included; raw IDs only where the server cannot say."""
+    known: dict[str, dict[str, Any]] = {}
+    try:
+        for device in [*inv.api.devices(), inv.api.device()]:
+            known[str(device.get("id"))] = device
+    except ClientError:
+        pass
+    for worker in state.get("workers") or []:
+        device = known.get(str(worker.get("device_id"))) or {}
+        worker.setdefault("device_name", device.get("name"))
+        worker["device_name"] = worker["device_name"] or device.get("name")
+        worker["device_id_display"] = device.get("id_display")
+    for entry in state.get("serving") or []:
+        device = known.get(str(entry.get("main_id"))) or {}
+        entry["main_name"] = device.get("name")
+        entry["main_id_display"] = device.get("id_display")
+    return text.cluster_text(state)
 
 
 def _jobs(inv: Invocation) -> Any:
@@ -262,11 +346,23 @@ _COMMANDS = [
             arg("--duration-hours", dest="duration_hours", type=float, help="how long"),
             arg("--requirement", dest="requirements", action="append",
                 help="a package the job needs on the worker (repeatable)"),
+            arg("--wait", action="store_true", surfaces=(CLI,),
+                help="then wait for the other device's user to accept or reject (until the "
+                     "request expires; Ctrl-C stops waiting, the request stays open)"),
         ),
         call=_invite,
-        text=lambda inv, sent: text.request_text(sent)
-        + "\nWaiting for the other device's user to decide.",
+        text=_invite_text,
         cell=True,
+    ),
+    Command(
+        "discover",
+        {CLI: "devices nearby on the local network, with the command that invites each",
+         MAGIC: "devices nearby on the local network (a table with Invite buttons)"},
+        "List the devices that announce themselves on this local network (mDNS/DNS-SD): name, "
+        "device ID, address, and the `{prog} invite URL` command for each. An announcement "
+        "proves nothing: the verification code is the check.",
+        call=lambda inv: inv.api.nearby(),
+        text=lambda inv, rows: text.nearby_text(rows, inv.prog),
     ),
     Command(
         "requests",
@@ -322,20 +418,22 @@ _COMMANDS = [
         text=lambda inv, device: text.revoked_text(device),
     ),
     Command(
-        "cluster", "this device's cluster: show, start, stop, add-self",
+        "cluster", "this device's cluster: show, start, stop, add-self, retry DEVICE",
         "The scheduler this device runs as a main device, workers per device (this device's "
         "own worker starts with the cluster unless main_device_trains is off), the dashboard "
-        "link, and the main devices this device serves. add-self runs this device's own "
-        "worker in --kernel or with --nthreads.",
+        "link, the devices whose workers it refused and why, and the main devices this device "
+        "serves. add-self runs this device's own worker in --kernel or with --nthreads; retry "
+        "DEVICE joins that main device's cluster again now (a refused or failed join).",
         args=(
             arg("action", nargs="?", default="show", type=_cluster_action,
-                help="show | start | stop | add-self"),
+                help="show | start | stop | add-self | retry"),
+            arg("device", nargs="?",
+                help="retry: the main device (its name, or its ID or a unique prefix of it)"),
             arg("--kernel", help="add-self: kernelspec the local worker runs in"),
             arg("--nthreads", type=int, default=1, help="add-self: worker threads"),
         ),
-        call=lambda inv: inv.api.cluster(inv.args.action, nthreads=inv.args.nthreads,
-                                         kernel=inv.args.kernel),
-        text=lambda inv, state: text.cluster_text(state),
+        call=_cluster,
+        text=_cluster_text,
     ),
     Command(
         "kernels", "kernels (environments) a worker can run in",
@@ -358,7 +456,8 @@ _COMMANDS = [
         "device's versions of the cluster-critical packages plus the given requirements; "
         "`install` installs what is missing with that environment's pip.",
         args=(
-            arg("action", choices=["check", "install"]),
+            arg("action", choices=["check", "install"],
+                help="check: show what is missing; install: install it"),
             arg("-r", "--requirement", dest="requirements", action="append", default=[],
                 help="an extra requirement of the job (repeatable)"),
             _KERNEL, _IDE,
@@ -416,11 +515,45 @@ _COMMANDS = [
             arg("--job-id", help=argparse.SUPPRESS, surfaces=(CLI,)),
         ),
     ),
+    Command(  # the job runs in the CLI's process (`cli_launch`) or the kernel's (notebook/jobs)
+        "launch", {CLI: "run a script on every worker, torchrun-style (this process owns the job)",
+                   MAGIC: "run a script (or the cell below) on every worker, torchrun-style"},
+        {CLI: "Run SCRIPT as __main__ once per worker with its ARGS (sys.argv), the torch "
+              "process group formed and torchrun's variables (RANK, WORLD_SIZE, ...) set. "
+              "Options go before SCRIPT; everything after it is the script's.",
+         MAGIC: "Run SCRIPT, or the cell below `%%parallalx launch [options] [-- ARGS]`, as "
+                "__main__ once per worker (sys.argv = [script, *ARGS]), the torch process group "
+                "formed and torchrun's variables set, in the background with a live view; the "
+                "job is stored in VAR (-o, default `job`) and listed by this device's server."},
+        args=(
+            arg("--working-dir", metavar="DIR",
+                help="ship DIR (at most 100 MB; .git, __pycache__, *.pyc left out) and run the "
+                     "script inside it; default: the script alone"),
+            arg("--scheduler", metavar="ADDR",
+                help={CLI: "a Dask scheduler address (default: this device's cluster)",
+                      MAGIC: "Dask scheduler address (default: a `client` variable, the "
+                             "default Dask client, or this device's cluster)"}),
+            arg("--workers", metavar="ADDR,...", help="only these workers"),
+            arg("--name", help="name shown in the job list"),
+            arg("--checkpoint-dir", metavar="DIR", help="write px.checkpoint()s here"),
+            arg("--max-restarts", type=int, default=3,
+                help="re-form the group at most this often after losing a device"),
+            arg("--group-timeout", type=float, default=60.0,
+                help="seconds a collective may wait for a rank"),
+            arg("script", help="the Python script to run on each rank", surfaces=(CLI,)),
+            arg("script", nargs="?", surfaces=(MAGIC,),
+                help="the Python script to run on each rank (none with a cell: the cell is)"),
+            arg("script_args", nargs=argparse.REMAINDER, metavar="ARGS",
+                help="the script's arguments"),
+        ),
+        cell=True,
+    ),
     Command(
         "jobs", "jobs of every workload on this device: list, cancel ID, remove ID",
         "The device's job list: jobs from every kernel, the CLI and the panel's view of them.",
         args=(
-            arg("action", nargs="?", default="list", choices=("list", "cancel", "remove")),
+            arg("action", nargs="?", default="list", choices=("list", "cancel", "remove"),
+                help="list (default) | cancel | remove"),
             arg("job", nargs="?", help="job ID (cancel, remove)"),
         ),
         call=_jobs,

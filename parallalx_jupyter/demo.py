@@ -18,6 +18,7 @@ import json
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,14 @@ from .local_device import LocalDevice, wait_for
 NAMES = ["laptop", "lab-desktop", "gaming-pc", "workstation", "tower", "mini-pc", "nuc", "server"]
 
 
+#: where the demo's lines go (`run_demo(echo=...)`); None: print them unless `as_json`
+_echo: Callable[[str], None] | None = None
+
+
 def _say(as_json: bool, text: str) -> None:
-    if not as_json:
+    if _echo is not None:
+        _echo(text)
+    elif not as_json:
         print(text, flush=True)
 
 
@@ -38,8 +45,14 @@ def check_device_count(devices: int) -> int:
     return devices
 
 
-def run_demo(devices: int = 3, workdir: str | None = None, as_json: bool = False) -> Any:
+def run_demo(devices: int = 3, workdir: str | None = None, as_json: bool = False,
+             echo: Callable[[str], None] | None = None) -> Any:
+    """Run the demo; the report (a dict) with `as_json`, else None. Its lines, training
+    progress included, are printed, or handed to `echo` where one is given (a test reads
+    them without a terminal)."""
+    global _echo
     check_device_count(devices)
+    _echo = echo
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="parallalx-demo-"))
     started: list[LocalDevice] = []
     report: dict[str, Any] = {"devices": [], "pairings": []}
@@ -85,11 +98,31 @@ def run_demo(devices: int = 3, workdir: str | None = None, as_json: bool = False
         report["seconds"] = round(time.perf_counter() - t0, 2)
         _say(as_json, f"total time {report['seconds']} s (pairing + training)")
     finally:
+        _echo = None
         for dev in started:
             dev.stop()
         if not workdir:
             shutil.rmtree(root, ignore_errors=True)
     return report if as_json else None
+
+
+def _watch(job: Any, as_json: bool, timeout: float, every: float = 2.0) -> Any:
+    """Say how training goes while it trains (state, step/total, loss, samples/s, ETA: the
+    line `parallalx run` prints), at most every `every` s and only when it changed, so
+    the demo is never silent for the minute it trains; then the job's result."""
+    from .jobs.reporter import summarize
+    from .text import progress_text
+
+    deadline = time.monotonic() + timeout
+    last, said_at = "", 0.0
+    while not job.done() and time.monotonic() < deadline:
+        time.sleep(0.25)
+        line = progress_text(summarize(job.progress)) if job.progress else ""
+        line = f"  training ({job.state}): {line}" if line else f"  training ({job.state}) ..."
+        if line != last and time.monotonic() - said_at >= every:
+            _say(as_json, line)
+            last, said_at = line, time.monotonic()
+    return job.result(timeout=max(1.0, deadline - time.monotonic()))
 
 
 def _wait_for_workers(main: LocalDevice, others: list[LocalDevice], timeout: float) -> dict:
@@ -136,7 +169,7 @@ def _train_digits(main: LocalDevice, others: list[LocalDevice], as_json: bool) -
     names.update({dev.api("GET", "device")["id"]: dev.name for dev in (main, *others)})
     device_of = {w["address"]: names.get(w["device_id"], w["device_id"])
                  for w in state["workers"]}
-    _say(as_json, "cluster: " + ", ".join(f"{device_of[a]} ({a})" for a in sorted(device_of)))
+    _say(as_json, "cluster: workers of " + ", ".join(sorted(set(device_of.values()))))
     client = main_client(home=main.home / "state")
     try:
         x_tr, y_tr, x_te, y_te = _digits()
@@ -150,7 +183,7 @@ def _train_digits(main: LocalDevice, others: list[LocalDevice], as_json: bool) -
                     functools.partial(torch.optim.Adam, lr=3e-3), epochs=15, batch_size=64,
                     client=client, torch_threads=1,
                     name="demo: digits MLP", report=ApiClient(main.url, main.token))
-        trained = job.result(timeout=120)
+        trained = _watch(job, as_json, timeout=120)
         train_s = time.perf_counter() - t_train
     finally:
         client.close()

@@ -21,6 +21,9 @@ from typing import Any
 
 from .client import ApiClient, ClientError
 
+#: what a kernel's server sets for it; a device started from that kernel is another device
+INHERITED_SERVER_VARS = frozenset({"PARALLALX_HOME", "PARALLALX_URL", "PARALLALX_TOKEN"})
+
 
 def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:
     """Poll `predicate` until it returns something truthy; TimeoutError after `timeout` s."""
@@ -132,7 +135,9 @@ class LocalDevice:
         self.peer_port = self.peer_port or free_port()
         self._write_config()
         env = {
-            **os.environ,
+            # not the variables that name another device's server: a demo or test run from
+            # a notebook inherits its kernel's (`app.pass_env_to_kernels`)
+            **{k: v for k, v in os.environ.items() if k not in INHERITED_SERVER_VARS},
             "JUPYTER_CONFIG_DIR": str(self.home / "jupyter-config"),
             "JUPYTER_DATA_DIR": str(self.home / "jupyter-data"),
             "JUPYTER_RUNTIME_DIR": str(self.home / "jupyter-runtime"),

@@ -86,6 +86,10 @@ SETTINGS: tuple[Setting, ...] = (
             "This device trains too once it runs a cluster: its own worker starts with the "
             "scheduler, in the Python running this server (`parallalx cluster add-self "
             "--kernel` picks another). False: only the paired devices train."),
+    Setting("discoverable", bool, True,
+            "Announce this device's peer listener on the local network (mDNS/DNS-SD) so that "
+            "nearby devices list it. An announcement proves nothing: the verification code "
+            "stays the check. False: not announced (this device still lists the others)."),
     Setting("job_stale_after", float, 30.0,
             "Seconds without a report after which a running job is shown as lost (its kernel "
             "died or its machine slept)."),

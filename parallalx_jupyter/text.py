@@ -50,18 +50,31 @@ def table(rows: Sequence[Sequence[Any]], header: Sequence[str], empty: str = "(n
 
 
 def eta(seconds: Any) -> str:
-    """Seconds left as `42s` or `3m 05s`; `-` when unknown."""
-    if not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
+    """Seconds left as `42s`, `3m 05s` or `2h 03m`; `-` when unknown. The panel's
+    `jobEtaText` (labextension/src/models/jobViews.ts) writes the same."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) \
+            or not math.isfinite(seconds) or seconds < 0:
         return "-"
     s = int(seconds)
+    if s >= 3600:
+        return f"{s // 3600}h {s % 3600 // 60:02d}m"
     return f"{s // 60}m {s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 def rate(per_s: Any) -> str:
-    """A throughput (samples/s) as a whole number with thousands separators; `-` if unknown."""
-    if not isinstance(per_s, (int, float)) or not math.isfinite(per_s):
+    """A throughput (samples/s) as a whole number with thousands separators (`0.52` below
+    10); `-` if unknown. The panel's `jobSpeedText` writes the same."""
+    if isinstance(per_s, bool) or not isinstance(per_s, (int, float)) \
+            or not math.isfinite(per_s) or per_s < 0:
         return "-"
-    return f"{per_s:,.0f}"
+    return f"{per_s:.2f}" if per_s < 10 else f"{int(per_s + 0.5):,}"
+
+
+def speed_eta(p: dict[str, Any]) -> str:
+    """A job's speed and ETA as every Python surface shows them (the CLI's job line, the
+    notebook's dashboards): `1,234 samples/s · ETA 1m 05s`. Both are the values the job
+    computed once and smoothed (`jobs.speed`); nothing here recomputes them."""
+    return f"{rate(p.get('samples_per_s'))} samples/s · ETA {eta(p.get('eta_s'))}"
 
 
 def countdown(expires_at: float | None, now: float | None = None) -> str:
@@ -166,6 +179,38 @@ def incomplete_line(count: int) -> str:
             "someone probing this device); not listed above")
 
 
+# ---------------------------------------------------------------------------- nearby
+
+
+NEARBY_EMPTY = ("No devices found nearby. Discovery lists devices on this local network that "
+                "announce themselves (discoverable on) where multicast works; invite others "
+                "by URL.")
+NEARBY_NOTE = ("An announcement proves nothing: compare the verification code on both screens "
+               "before the other user accepts.")
+
+
+def invite_command(url: str, prog: str = "parallalx") -> str:
+    return f"{prog} invite {plain(url, 100)}"
+
+
+def nearby_text(rows: Iterable[dict[str, Any]], prog: str = "parallalx") -> str:
+    """Devices heard on the network: name, ID prefix, address, and the command that invites
+    each (its first address; the others are listed)."""
+    lines = []
+    for row in rows:
+        urls = [plain(u, 100) for u in row.get("urls") or []][:8]
+        if not urls:
+            continue
+        addresses = ", ".join(plain(a, 40) for a in (row.get("addresses") or [])[:8])
+        paired = "  (paired)" if row.get("paired") else ""
+        lines.append(f"{plain(row.get('name'), NAME_LIMIT)}  {short_id(row)}  "
+                     f"{addresses}:{plain(row.get('port'), 6)}{paired}")
+        lines.append(f"  {invite_command(urls[0], prog)}")
+    if not lines:
+        return NEARBY_EMPTY
+    return "\n".join([*lines, "", NEARBY_NOTE])
+
+
 # ---------------------------------------------------------------------------- devices
 
 
@@ -259,18 +304,35 @@ def cluster_text(state: dict[str, Any]) -> str:
         f"dashboard:  {plain(state.get('dashboard_link')) or '-'}",
         f"CA:         {plain(state.get('ca_fingerprint')) or '-'}",
     ]
-    rows = [[plain(w.get("device_name") or "?", NAME_LIMIT)
-             + (" (this device)" if w.get("this_device") else ""),
-             short_id({"id": w.get("device_id")}), plain(w.get("address")),
-             plain(w.get("nthreads"))]
-            for w in state.get("workers") or []]
-    lines.append("workers:\n" + table(rows, ["DEVICE", "DEVICE ID", "ADDRESS", "THREADS"]))
+    # one row per device, named: a worker's own address (tls://...) or its raw ID would be a
+    # second way of naming a device next to `devices` (`device_id_display`: the ID as
+    # `parallalx devices` shows it, where the caller knows it)
+    by_device: dict[str, list[dict[str, Any]]] = {}
+    for w in state.get("workers") or []:
+        by_device.setdefault(str(w.get("device_id")), []).append(w)
+    rows = []
+    for workers in by_device.values():
+        w = workers[0]
+        threads = sum(x["nthreads"] for x in workers if isinstance(x.get("nthreads"), int))
+        rows.append([plain(w.get("device_name") or "(unknown device)", NAME_LIMIT)
+                     + (" (this device)" if w.get("this_device") else ""),
+                     short_id({"id_display": w.get("device_id_display"),
+                               "id": w.get("device_id")}),
+                     len(workers), threads or "-"])
+    lines.append("workers:\n" + table(rows, ["DEVICE", "DEVICE ID", "WORKERS", "THREADS"]))
+    for refused in state.get("refused_joins") or []:
+        who = plain(refused.get("device_name") or "(unknown device)", NAME_LIMIT)
+        lines.append(f"refused: {who} [{short_id({'id': refused.get('device_id')})}]: "
+                     f"{plain(refused.get('reason'))}")
     own = state.get("own_worker")
     if own and own.get("state") != "running":  # once in, it is a row of the table above
         lines.append(f"this device's worker: {plain(own.get('state'), 30)}"
                      + (f" ({plain(own['message'])})" if own.get("message") else ""))
     for entry in state.get("serving") or []:
-        lines.append(f"serving main {plain(entry.get('main_id'), 15)}…: "
+        main = plain(entry.get("main_name") or "(unknown device)", NAME_LIMIT)
+        main_id = short_id({"id_display": entry.get("main_id_display"),
+                            "id": entry.get("main_id")})
+        lines.append(f"serving main device {main} [{main_id}]: "
                      f"{plain(entry.get('state'), 30)}"
                      + (f" ({plain(entry['message'])})" if entry.get("message") else ""))
     return "\n".join(lines)
@@ -317,10 +379,8 @@ def progress_text(p: dict[str, Any]) -> str:
                                          if p.get("total") else "")]
     if p.get("loss") is not None:
         parts.append(f"loss {p['loss']:.4g}")
-    if p.get("samples_per_s") is not None:
-        parts.append(f"{rate(p['samples_per_s'])}/s")
-    if p.get("total") or p.get("eta_s") is not None:
-        parts.append(f"ETA {eta(p.get('eta_s'))}")
+    if p.get("samples_per_s") is not None or p.get("eta_s") is not None:
+        parts.append(speed_eta(p))
     return " · ".join(x for x in parts if x)
 
 
@@ -333,8 +393,13 @@ def jobs_table(jobs: Sequence[dict[str, Any]]) -> str:
         state = plain(j["state"], 20)
         if state == "recovering" and p.get("message"):  # which device was lost, and why
             state = f"recovering: {plain(p['message'], 70)}"
+        elif state == "cancelled":  # the user's own choice, in words: not an error
+            state = plain(p.get("message"), 70) or "cancelled by the user"
+        progress = job_progress(j)
+        if progress == "-" and state == "running" and p.get("message"):  # the phase
+            progress = plain(p["message"], 40)
         rows.append([
-            j["id"], j["workload"], plain(j["name"], 40), state, job_progress(j),
+            j["id"], j["workload"], plain(j["name"], 40), state, progress,
             "-" if loss is None else f"{loss:.4g}",
             rate(p.get("samples_per_s")),
             eta(p.get("eta_s")),

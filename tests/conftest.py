@@ -28,10 +28,17 @@ pytest_plugins = ["pytest_jupyter.jupyter_server"]
 MAIN_DEVICE_TRAINS = "PARALLALX_MAIN_DEVICE_TRAINS"
 
 
+#: The suite's devices do not announce themselves on the network (`discoverable`): devices of
+#: tests running side by side on one host would otherwise list each other. The discovery tests
+#: turn it on for their devices (`make_device(..., discoverable=True)`).
+DISCOVERABLE = "PARALLALX_DISCOVERABLE"
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _main_device_trains_off() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(MAIN_DEVICE_TRAINS, "0")
+        patch.setenv(DISCOVERABLE, "0")
         yield
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -14,8 +15,16 @@ pytestmark = pytest.mark.timeout(240)
 
 @pytest.mark.e2e  # starts three device processes and their cluster
 def test_demo_pairs_devices_and_trains_digits_on_the_devices_auto_chose() -> None:
-    report = run_demo(devices=3, as_json=True)
+    said: list[str] = []
+    report = run_demo(devices=3, as_json=True, echo=said.append)
     training = report["training"]
+    # it says how training goes while it trains, not only once it is over (issue #17, 13)
+    progress = [line for line in said if line.startswith("  training (")]
+    assert progress and said.index(progress[0]) < next(
+        i for i, line in enumerate(said) if line.startswith("test accuracy")), said
+    assert any(re.search(r": \d+/\d+", line) for line in progress), progress
+    # devices by name, never by their workers' addresses
+    assert not [line for line in said if "tls://" in line], said
     print(f"\ndemo: {training['contribution']} accuracy {training['accuracy']} "
           f"training {training['training_seconds']} s, total {report['seconds']} s")
     assert training["accuracy"] >= 0.95

@@ -1,17 +1,23 @@
 """How a kernel picks its device when its own Jupyter server is slow to answer: a server that
 gives no answer in time is not ruled out, so the kernel never moves to the device named in its
 environment (`PARALLALX_URL`) because its own is busy. The end-to-end check with a real kernel
-is tests/notebook/test_notebook_api.py::test_a_kernel_finds_the_jupyter_server_it_belongs_to."""
+is tests/notebook/test_notebook_api.py::test_a_kernel_finds_the_jupyter_server_it_belongs_to.
+
+And how a notebook's kernel finds its server's `home` (the cluster behind `px.train`) when
+that is set in the server's config only: the server hands it to its kernels
+(`app.pass_env_to_kernels`)."""
 
 from __future__ import annotations
 
 import json
 import os
 import socket
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kernel_helpers import run_in_kernel, wait_for_kernel
 
 from parallalx_jupyter import client
 
@@ -61,3 +67,57 @@ def test_a_silent_server_that_is_not_the_parent_is_not_taken(kernel, silent_serv
     monkeypatch.setenv("JPY_PARENT_PID", str(os.getppid()))  # another process started us
     assert client.find_kernel_server() is None
     assert client.locate_server().found_by == "PARALLALX_URL"
+
+
+
+
+
+
+@pytest.mark.e2e  # a Jupyter server process, its cluster and a kernel
+def test_a_notebook_kernel_finds_its_servers_home_set_only_in_a_config_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue #17, item 1: the server's `home` is in its config file only (LocalDevice writes
+    `c.ParallalxApp.home` into jupyter_server_config.json, nothing into the environment) and
+    it serves under a base URL; a notebook's kernel (a session, as JupyterLab starts it)
+    still finds that server's cluster (`main_client`, behind `px.train`), its REST API
+    (`locate_server`) and, for a `!parallalx` in a cell, the CLI finds it too."""
+    from jupyter_client import BlockingKernelClient
+
+    from parallalx_jupyter.local_device import LocalDevice
+
+    for key in ("PARALLALX_URL", "PARALLALX_TOKEN", "PARALLALX_HOME"):
+        monkeypatch.delenv(key, raising=False)
+    dev = LocalDevice(home=tmp_path / "delta", name="delta", base_url="/user/someone/").start()
+    kc = None
+    try:
+        scheduler = dev.api("POST", "cluster/start")["scheduler_address"]
+        api = client.ApiClient(dev.url, dev.token, timeout=90)
+        session = api.request("POST", "api/sessions", {
+            "path": "train.ipynb", "type": "notebook", "name": "train.ipynb",
+            "kernel": {"name": "python3"}})
+        kernel_id = session["kernel"]["id"]
+        kc = BlockingKernelClient(
+            connection_file=str(dev.home / "jupyter-runtime" / f"kernel-{kernel_id}.json"))
+        kc.load_connection_file()
+        kc.start_channels()
+        wait_for_kernel(kc)
+        out = run_in_kernel(kc, textwrap.dedent("""
+            import json, subprocess, sys
+            from parallalx_jupyter.client import default_home, locate_server
+            from parallalx_jupyter.cluster.connect import main_client
+            ref = locate_server()
+            c = main_client()
+            cli = subprocess.run([sys.executable, "-m", "parallalx_jupyter.cli", "--json",
+                                  "device"], capture_output=True, text=True, timeout=60)
+            print(json.dumps({"home": str(default_home()), "url": ref.url,
+                              "scheduler": c.scheduler.address,
+                              "cli": json.loads(cli.stdout or "{}").get("name")}))
+            c.close()
+        """))
+        found = json.loads(out.strip().splitlines()[-1])
+        assert found == {"home": str(dev.home / "state"), "url": dev.url + "/",
+                         "scheduler": scheduler, "cli": "delta"}
+    finally:
+        if kc is not None:
+            kc.stop_channels()
+        dev.stop()

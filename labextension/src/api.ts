@@ -15,6 +15,7 @@ import type {
   IInvitationBody,
   IJob,
   IKernelChoice,
+  INearbyDevice,
   IPairedDevice,
   IRejectBody,
   IRequest,
@@ -205,6 +206,11 @@ export class ParallalxAPI {
     return this._post<IRequest>('invitations', body);
   }
 
+  /** Devices announcing themselves on the local network (unverified), this one excluded. */
+  listNearby(): Promise<INearbyDevice[]> {
+    return this._call<INearbyDevice[]>('nearby', { method: 'GET' });
+  }
+
   /** This device's scheduler and workers, and the main devices it serves. */
   getCluster(): Promise<IClusterState> {
     return this._call<IClusterState>('cluster', { method: 'GET' });
@@ -223,6 +229,11 @@ export class ParallalxAPI {
   /** Start the scheduler if needed and contribute a worker of this device. */
   addSelfToCluster(body: IAddSelfBody = {}): Promise<IClusterState> {
     return this._post<IClusterState>('cluster/add-self', body);
+  }
+
+  /** Join the main device `mainId` again now (a refused or failed join). */
+  retryJoin(mainId: string): Promise<IClusterState> {
+    return this._post<IClusterState>(`cluster/serving/${seg(mainId)}/retry`);
   }
 
   /** Jobs on this device (running and the kept history), newest first. */

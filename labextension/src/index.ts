@@ -3,13 +3,14 @@ import {
   JupyterFrontEnd,
   JupyterFrontEndPlugin
 } from '@jupyterlab/application';
-import { ICommandPalette, InputDialog, Notification } from '@jupyterlab/apputils';
+import { ICommandPalette, Notification } from '@jupyterlab/apputils';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { IStatusBar } from '@jupyterlab/statusbar';
 import { LabIcon, refreshIcon } from '@jupyterlab/ui-components';
 
 import iconSvg from '../style/icon.svg';
 import { ParallalxAPI } from './api';
+import { askInvitation } from './inviteDialog';
 import type { RequestKind } from './models/apiTypes';
 import { formatCode } from './models/requestViews';
 import { RequestToasts } from './notify';
@@ -59,7 +60,9 @@ const plugin: JupyterFrontEndPlugin<void> = {
       toolbarCommands: [
         { id: CommandIDs.invite, label: 'Invite' },
         { id: CommandIDs.refresh, label: '' }
-      ]
+      ],
+      // A nearby device: the usual invite dialog, its announced peer URL filled in.
+      onInvite: (_device, url) => commands.execute(CommandIDs.invite, { url })
     });
     panel.title.icon = parallalxIcon;
     shell.add(panel, 'left', { rank: 800 });
@@ -85,22 +88,18 @@ const plugin: JupyterFrontEndPlugin<void> = {
       icon: args => (args['isPalette'] ? undefined : refreshIcon),
       execute: () => model.refresh({ device: true })
     });
-    const sendRequest = async (kind: RequestKind) => {
-      const invite = kind === 'invite';
-      const result = await InputDialog.getText({
-        title: invite ? 'Invite a device' : 'Offer this device to a main device',
-        label: invite
-          ? 'Peer address of the device that should run workers for you (https://host:port):'
-          : 'Peer address of the main device (https://host:port):',
-        placeholder: 'https://192.168.1.20:8476',
-        okLabel: 'Send request'
-      });
-      const url = result.value?.trim();
-      if (!result.button.accept || !url) {
+    const sendRequest = async (kind: RequestKind, url = '') => {
+      const asked = await askInvitation(kind, url);
+      if (!asked) {
         return;
       }
+      if (!asked.body) {
+        Notification.error(`Parallalx: ${asked.error}`, { autoClose: 8000 });
+        return;
+      }
+      const body = asked.body;
       try {
-        const request = await model.invite({ url, kind });
+        const request = await model.invite(body);
         openPanel();
         Notification.success(
           `Parallalx: request sent to “${request.peer.name}”. Code ${formatCode(request.code)}: their screen must show the same.`,
@@ -117,7 +116,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
       label: 'Invite a Device by URL…',
       caption: 'Send a connection request asking another device to run workers for this one',
       icon: args => (args['isPalette'] ? undefined : parallalxIcon),
-      execute: () => sendRequest('invite')
+      execute: args => sendRequest('invite', typeof args['url'] === 'string' ? args['url'] : '')
     });
     commands.addCommand(CommandIDs.offer, {
       label: 'Offer This Device to a Main Device…',

@@ -4,6 +4,7 @@ import {
   describeServedState,
   describeWorker,
   groupWorkers,
+  joinRetryable,
   safeLink
 } from '../src/models/clusterViews';
 import {
@@ -17,6 +18,9 @@ import { SCHEMA_PREFIX, parseEvent } from '../src/models/events';
 import { formatBytes, formatEta, formatLoss, formatRate } from '../src/models/format';
 import {
   describeJobProgress,
+  jobEtaText,
+  jobSpeedText,
+  jobWorkersText,
   describeJobState,
   describeOwner,
   jobCancellable,
@@ -497,5 +501,54 @@ describe('run a workload', () => {
       'epochs: integer, ≥ 1'
     ]);
     expect(describeWorkloadParams(null)).toEqual([]);
+  });
+});
+
+describe('job speed and ETA', () => {
+  // the same cases as tests/test_text.py (SPEED_CASES, ETA_CASES): the panel writes the job's own
+  // smoothed numbers exactly as the CLI and the notebook do, and never computes its own
+  it('writes the payload numbers as text.py does', () => {
+    const speeds: [number | null, string][] = [
+      [0.523, '0.52 samples/s'],
+      [12.5, '13 samples/s'],
+      [845.2, '845 samples/s'],
+      [1234.5, '1,235 samples/s'],
+      [1234567, '1,234,567 samples/s'],
+      [null, '']
+    ];
+    for (const [value, shown] of speeds) {
+      expect(jobSpeedText({ samples_per_s: value })).toBe(shown);
+    }
+    const etas: [number | null, string][] = [
+      [42.9, '42s'],
+      [65, '1m 05s'],
+      [7380, '2h 03m'],
+      [null, ''],
+      [-1, '']
+    ];
+    for (const [value, shown] of etas) {
+      expect(jobEtaText({ eta_s: value })).toBe(shown);
+    }
+    expect(jobSpeedText(null)).toBe('');
+  });
+});
+
+describe('job workers', () => {
+  it('names the devices of the ranks, never addresses, each device once', () => {
+    expect(jobWorkersText({ devices: ['laptop', 'desktop', 'desktop'], workers: 3 })).toBe(
+      'laptop, desktop ×2'
+    );
+    expect(jobWorkersText({ devices: null, workers: 2 })).toBe('2');
+    expect(jobWorkersText({ devices: [], workers: null })).toBe('');
+    expect(jobWorkersText(undefined)).toBe('');
+  });
+});
+
+describe('joins this device serves', () => {
+  it('says a refused join in words and offers Retry where it helps', () => {
+    expect(describeServedState('refused')).toBe('refused by the main device');
+    expect(describeServedState('waiting-for-scheduler')).toBe('waiting for scheduler');
+    expect(['refused', 'failed', 'waiting-for-scheduler'].every(joinRetryable)).toBe(true);
+    expect(['running', 'starting-worker', 'requesting-certificate'].some(joinRetryable)).toBe(false);
   });
 });

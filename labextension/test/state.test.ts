@@ -5,6 +5,7 @@ import type {
   IClusterState,
   IDevice,
   IJob,
+  INearbyDevice,
   IPairedDevice,
   IRequest,
   IWorkload,
@@ -39,6 +40,14 @@ class FakeAPI implements IModelAPI {
     this._check('requests');
     return structuredClone(this.requests);
   };
+  getRequest = async (id: string) => {
+    this._check(`request ${id}`);
+    const r = this.requests.find(x => x.id === id);
+    if (!r) {
+      throw new Error('no such request');
+    }
+    return structuredClone(r);
+  };
   listDevices = async () => {
     this._check('devices');
     return structuredClone(this.devices);
@@ -67,6 +76,15 @@ class FakeAPI implements IModelAPI {
     const r = makeRequest({ id: 'out-1', direction: 'outgoing' });
     this.requests.push(r);
     return structuredClone(r);
+  };
+  nearby: INearbyDevice[] = [];
+  nearbyFail: Error | null = null;
+  listNearby = async () => {
+    this.calls.push('nearby');
+    if (this.nearbyFail) {
+      throw this.nearbyFail;
+    }
+    return structuredClone(this.nearby);
   };
   listKernelChoices = async () => {
     this.calls.push('kernels');
@@ -97,6 +115,16 @@ class FakeAPI implements IModelAPI {
   stopCluster = async () => {
     this._check('cluster/stop');
     this.cluster = { ...this.cluster, running: false, scheduler_address: null, workers: [] };
+    return structuredClone(this.cluster);
+  };
+  retryJoin = async (mainId: string) => {
+    this._check(`cluster/serving/${mainId}/retry`);
+    this.cluster = {
+      ...this.cluster,
+      serving: this.cluster.serving.map(s =>
+        s.main_id === mainId ? { ...s, state: 'starting-worker', message: null } : s
+      )
+    };
     return structuredClone(this.cluster);
   };
   addSelfToCluster = async (body: { nthreads?: number } = {}) => {
@@ -235,6 +263,18 @@ describe('ParallalxModel', () => {
     expect(fresh).toEqual([['new1']]);
   });
 
+  it('tells the sender how an outgoing request ended once it leaves the open list', async () => {
+    api.requests = [makeRequest({ id: 'out', direction: 'outgoing' })];
+    const decided: string[] = [];
+    model.outgoingDecided.connect((_, rs) => decided.push(...rs.map(r => `${r.id}:${r.state}`)));
+    await model.start();
+    api.requests[0].state = 'accepted';
+    await model.refresh();
+    await vi.waitFor(() => expect(decided).toEqual(['out:accepted']));
+    await model.refresh();
+    expect(decided).toEqual(['out:accepted']);
+  });
+
   it('reports incoming requests that stopped being pending', async () => {
     api.requests = [makeRequest({ id: 'a' }), makeRequest({ id: 'b' })];
     const closed: string[][] = [];
@@ -346,6 +386,26 @@ describe('ParallalxModel', () => {
     expect(countCalls(api, 'kernels')).toBe(1);
     await model.refresh();
     expect(countCalls(api, 'kernels')).toBe(1);
+  });
+
+  it('loads nearby devices; a failure is kept apart; last_seen alone is no change', async () => {
+    const bravo: INearbyDevice = {
+      id: 'BRAVO', id_display: 'BRAVOXX-XXXXXXX', name: 'bravo', addresses: ['10.0.0.7'],
+      port: 8476, urls: ['https://10.0.0.7:8476'], last_seen: 1, paired: false
+    };
+    api.nearby = [bravo];
+    await model.start();
+    expect(model.nearby.map(d => d.name)).toEqual(['bravo']);
+    const changed = vi.fn();
+    model.changed.connect(changed);
+    api.nearby = [{ ...bravo, last_seen: 2 }];
+    await model.refresh();
+    expect(changed).not.toHaveBeenCalled();
+    api.nearbyFail = new APIError('no such API route: /parallalx/api/nearby', 404);
+    await model.refresh();
+    expect(model.error).toBeNull();
+    expect(model.nearby).toEqual([]);
+    expect(model.nearbyError).toContain('no such API route');
   });
 
   it('loads the cluster state; a cluster failure does not fail the refresh', async () => {

@@ -25,6 +25,18 @@ HISTORY_LIMIT = 100_000
 class JobCancelledError(RuntimeError):
     """The job stopped because someone cancelled it (``Job.cancel()``, the panel, the CLI)."""
 
+
+CANCELLED_BY_USER = "cancelled by the user"
+
+
+def cancelled_text(exc: BaseException | str | None = None) -> str:
+    """What a cancelled job says about it: the user's own choice, in words, never an error
+    (``cancelled by the user at step 40``); a workload's own wording is kept after it."""
+    detail = str(exc or "").strip()
+    if not detail or detail.startswith(CANCELLED_BY_USER):
+        return detail or CANCELLED_BY_USER
+    return f"{CANCELLED_BY_USER} ({detail})"
+
 DETAIL_KEYS = ("ranks", "workers_detail")  # per-worker parts, kept only in ``progress``
 
 
@@ -64,7 +76,9 @@ class Job:
                 self.state = str(rec["state"])
                 message = rec.get("message")
                 self.state_message = str(message) if message else None
-                if rec.get("error"):
+                if self.state == "cancelled":  # the user's choice: a message, not an error
+                    self.state_message = cancelled_text(message or rec.get("error"))
+                elif rec.get("error"):
                     self.error = str(rec["error"])
             self._on_record(rec)
 

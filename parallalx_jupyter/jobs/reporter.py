@@ -5,8 +5,11 @@ posts state and progress from its own thread at most ``interval`` apart (and a h
 ``heartbeat`` seconds while nothing changes, so the server can tell a quiet job from a dead
 kernel). Each answer says whether a user asked to cancel (from the panel, the CLI or another
 kernel); the reporter then calls ``job.cancel()``. A state record's ``message`` (``recovering``:
-which device was lost and why) becomes the job's status line, and while ``recovering`` the
-speed and ETA of the lost group are cleared rather than left to mislead. Training never
+which device was lost and why; before the first step the phase, e.g. ``preflight: timing
+devices…``; ``cancelled by the user``, never posted as an error) becomes the job's status
+line, and while ``recovering`` the speed and ETA of the lost group are cleared rather than
+left to mislead. Speed and ETA are posted as the job computed them (smoothed once, by
+``jobs.speed``), so every surface shows the same numbers. Training never
 waits on it: records are only copied under a lock, and an unreachable server just means the
 job stays local (it is retried with a growing delay, the job's final state is always tried
 once more at the end).
@@ -25,7 +28,7 @@ from typing import Any
 
 from ..client import ApiClient, ClientError, locate_server
 from . import FINAL_STATES
-from .handle import Job
+from .handle import Job, cancelled_text
 from .hub import Record
 
 log = logging.getLogger(__name__)
@@ -56,6 +59,7 @@ def summarize(rec: Record) -> dict[str, Any]:
         ranks = rec.get("ranks")
         workers = len(ranks) if isinstance(ranks, list) else None
     message = rec.get("message")
+    devices = rec.get("devices")
     return {
         "step": step,
         "total": total,
@@ -64,6 +68,8 @@ def summarize(rec: Record) -> dict[str, Any]:
         "samples_per_s": _num(rec.get("samples_per_s")),
         "eta_s": _num(rec.get("eta_s")),
         "workers": workers,
+        # the ranks' devices by name (the driver's labels): what the panel shows as Workers
+        "devices": [str(d)[:200] for d in devices[:64]] if isinstance(devices, list) else None,
         "message": str(message)[:500] if message is not None else None,
     }
 
@@ -127,16 +133,19 @@ class JobReporter:
             elif kind == "state":
                 self._state = str(rec.get("state"))
                 message = rec.get("message")
+                cancelled = self._state == "cancelled"
+                if cancelled:  # the user's own choice: said in the status line, not an error
+                    message = cancelled_text(message or rec.get("error"))
                 if self._state == "recovering":
                     self._forced = ({"message": str(message or "recovering")[:500],
                                      "eta_s": None, "samples_per_s": None}, True)
                 elif message is not None or self._forced is not None:
                     self._forced = ({"message": str(message)[:500] if message else None}, False)
-                if rec.get("error"):
+                if rec.get("error") and not cancelled:
                     self._error = str(rec["error"])[:20_000]
                 if self._state in FINAL_STATES:
                     self._final = True
-                    self._wake.set()
+                self._wake.set()  # a new state or phase shows at once, not an interval later
 
     def _take(self) -> dict[str, Any] | None:
         with self._lock:

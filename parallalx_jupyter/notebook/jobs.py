@@ -74,6 +74,10 @@ class JobView(widgets.VBox):
                     if self.state == "finished":
                         self.bar.value = 1.0
                     self.cancel_button.disabled = True
+                    if self.state == "cancelled":  # the user's own choice, not an error
+                        said = str(rec.get("message") or "cancelled by the user")[:500]
+                        self.final.value = f"<b>{html.escape(said)}</b>"
+                        return
                     error = str(rec.get("error") or "")[:2000]
                     self.final.value = f"<b>{html.escape(self.state)}" + \
                         (f": {html.escape(error)}" if error else "") + "</b>"
@@ -96,6 +100,53 @@ def _param_value(ns: dict[str, Any], schema: dict[str, Any], key: str, value: An
                               "(or give package.module:attribute)")
         return ns[value]
     return value
+
+
+@handles("launch")
+def _launch(ctx: Context, args: Any) -> Result:
+    """`%parallalx launch SCRIPT [ARGS]` or `%%parallalx launch [options] [-- ARGS]` with the
+    cell as the script: the same job as `px.launch` (see the command's help)."""
+    import tempfile
+    from pathlib import Path
+
+    from ..workloads import WorkloadError
+    from ..workloads.launch import LaunchWorkload
+    from ..workloads.launch_script import ScriptError, launch_params, script_run
+    from ..workloads.runner import start
+
+    var = args.output or "job"
+    args.output = None
+    argv = list(args.script_args or [])
+    if ctx.cell is not None and ctx.cell.strip():
+        if args.script is not None:  # with a cell every word after the options is an argument
+            argv = [args.script, *argv]
+        if args.working_dir:
+            raise magic_error("launch: --working-dir ships a directory with a script file in "
+                              "it: save the cell there and run `%parallalx launch "
+                              "--working-dir DIR DIR/script.py`")
+        script = Path(tempfile.mkdtemp(prefix="parallalx-cell-")) / "cell.py"
+        script.write_text(ctx.cell)
+    elif args.script is None:
+        raise magic_error("launch: give a script, or use %%parallalx launch with the script "
+                          "as the cell")
+    else:
+        script = Path(args.script)
+    ns = ctx.shell.user_ns
+    workload = LaunchWorkload()
+    try:
+        fn = script_run(script, argv, args.working_dir)
+        params = workload.validate(launch_params(fn, args))
+        job = start(workload, params, client=args.scheduler or ns.get("client"),
+                    name=args.name, report=ctx.job_reporting())
+    except (ScriptError, WorkloadError) as err:
+        raise magic_error(f"launch: {err}") from None
+    except Exception as err:  # no cluster, unreachable scheduler
+        raise magic_error(f"launch: {type(err).__name__}: {err}") from None
+    with _JOBS_LOCK:
+        JOBS[job.id] = job
+    ns[var] = job
+    view = JobView(job)
+    return Result({"id": job.id, "workload": job.workload, "state": job.state}, lambda: view)
 
 
 @handles("run")

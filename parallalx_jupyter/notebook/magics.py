@@ -22,8 +22,8 @@ JSON data in the variable VAR). Errors are one line (`UsageError: parallalx: ...
 The built-in subcommands come from the command table (`parallalx_jupyter.commands`), which the
 `parallalx` CLI is built from too: each command's arguments, help, REST call and text are
 declared there once. Here a table command may show a live widget instead of its text
-(`@shows(name)`: `devices`, `requests`, `invite`, `accept`, `reject`) or run a notebook
-implementation of its own (`@handles(name)`: `status`, `run`, `install`).
+(`@shows(name)`: `devices`, `requests`, `invite`, `accept`, `reject`, `discover`) or run a
+notebook implementation of its own (`@handles(name)`: `status`, `run`, `install`).
 
 A subcommand of the notebook only (`%%parallalx train`, or a plugin's) is a few lines, anywhere
 that is imported when the extension loads:
@@ -351,6 +351,13 @@ def _devices(ctx: Context, args: Any, data: Any) -> Any:
     from .widgets import DeviceTable
 
     return DeviceTable(ctx.connection)
+
+
+@shows("discover")
+def _discover(ctx: Context, args: Any, data: Any) -> Any:
+    from .nearby import NearbyTable
+
+    return NearbyTable(ctx.connection, data)
 
 
 @shows("requests")

@@ -21,7 +21,8 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from ..text import eta, rate
+from ..jobs.handle import JobCancelledError, cancelled_text
+from ..text import plain, rate, speed_eta
 from .magics import Context, Result, argument, magic_error, subcommand
 
 REQUIRED = ("model", "dataset", "loss_fn", "optimizer")
@@ -75,6 +76,7 @@ class TrainingDashboard(widgets.VBox):
         self._lock = threading.Lock()
         self._losses: list[float] = []
         self._worker_bars: dict[str, tuple[widgets.FloatProgress, widgets.HTML]] = {}
+        self._device_of: dict[str, str] = {}  # worker address -> the label its bar shows
         self.title = widgets.HTML(html.escape(f"training job {job.id}"))
         self.overall = widgets.FloatProgress(value=0.0, min=0.0, max=1.0, description="total")
         self.stats = widgets.HTML("")
@@ -99,8 +101,12 @@ class TrainingDashboard(widgets.VBox):
             self.on_record(rec)
         if job.done() and self.state not in FINAL_STATES:
             exc = job.exception(0)
-            self.on_record({"kind": "state", "state": "failed" if exc else "finished",
-                            "error": str(exc) if exc else ""})
+            if isinstance(exc, JobCancelledError):
+                self.on_record({"kind": "state", "state": "cancelled",
+                                "message": cancelled_text(exc)})
+            else:
+                self.on_record({"kind": "state", "state": "failed" if exc else "finished",
+                                "error": str(exc) if exc else ""})
 
     # ------------------------------------------------------------------ updates
     def on_record(self, rec: dict[str, Any], history: bool = True) -> None:
@@ -125,34 +131,36 @@ class TrainingDashboard(widgets.VBox):
         self.overall.value = min(max(_num(rec.get("fraction")), 0.0), 1.0)
         total = int(_num(rec.get("total_steps"))) or 1
         ranks = rec.get("ranks") or []
-        by_worker = rec.get("samples_by_worker") or {}
+        by_device = rec.get("samples_by_device") or {}
         for r in ranks:
-            worker = str(r.get("worker", ""))
-            bar, label = self._bar(worker, int(_num(r.get("rank"))))
+            # the device's name (the driver's ``_label``), never a worker address
+            device = plain(r.get("device") or f"rank {int(_num(r.get('rank')))}", 80)
+            self._device_of[str(r.get("worker", ""))] = device
+            bar, label = self._bar(device, int(_num(r.get("rank"))))
             bar.value = min(_num(r.get("global_step")) / total, 1.0)
             label.value = html.escape(
-                f"{worker[:80]}: {rate(_num(r.get('samples_per_s')))} samples/s, "
+                f"{device}: {rate(r.get('samples_per_s'))} samples/s, "
                 f"comm {_num(r.get('comm_share')):.0%}, "
-                f"{int(_num(by_worker.get(worker)))} samples"
+                f"{int(_num(by_device.get(r.get('device'))))} samples"
             )
         stragglers = ", ".join(f"rank {int(_num(s))}" for s in rec.get("stragglers") or [])
         self.stats.value = html.escape(
             f"step {int(_num(rec.get('global_step')))}/{total} · epoch "
             f"{int(_num(rec.get('epoch')))} · loss {_num(rec.get('loss'), math.nan):.4g} · "
-            f"{rate(_num(rec.get('samples_per_s')))} samples/s · communication "
-            f"{_num(rec.get('comm_share')):.0%} · stragglers: {stragglers or 'none'} · "
-            f"ETA {eta(rec.get('eta_s'))}"
+            f"{speed_eta(rec)} · communication "
+            f"{_num(rec.get('comm_share')):.0%} · stragglers: {stragglers or 'none'}"
         )
         self.loss_plot.value = sparkline(self._losses)
 
-    def _bar(self, worker: str, rank: int) -> tuple[widgets.FloatProgress, widgets.HTML]:
-        if worker not in self._worker_bars:
+    def _bar(self, device: str, rank: int) -> tuple[widgets.FloatProgress, widgets.HTML]:
+        """The bar and label of one rank, by its device's name."""
+        if device not in self._worker_bars:
             bar = widgets.FloatProgress(value=0.0, min=0.0, max=1.0,
                                         description=f"rank {rank}", bar_style="info")
             label = widgets.HTML("")
-            self._worker_bars[worker] = (bar, label)
+            self._worker_bars[device] = (bar, label)
             self.workers.children = (*self.workers.children, widgets.HBox([bar, label]))
-        return self._worker_bars[worker]
+        return self._worker_bars[device]
 
     def _state(self, rec: dict[str, Any]) -> None:
         self.state = str(rec.get("state", self.state))
@@ -160,6 +168,10 @@ class TrainingDashboard(widgets.VBox):
             message = str(rec.get("message") or "")[:500]
             self.final.value = html.escape(
                 f"state: {self.state}" + (f" — {message}" if message else ""))
+            first_step = bool(self.progress.get("ranks"))
+            if rec.get("phase") not in (None, "training") and not first_step:
+                # before the first step: what the job is doing, not an empty line
+                self.stats.value = html.escape(message)
             # while the group re-forms its last speed and ETA mean nothing: say so instead
             recovering = self.state == "recovering"
             self.overall.bar_style = "warning" if recovering else ""
@@ -167,9 +179,11 @@ class TrainingDashboard(widgets.VBox):
                 self.stats.value = html.escape(
                     f"step {int(_num(self.progress.get('global_step')))} · re-forming the "
                     "group: no speed or ETA until it trains again")
-                for worker in rec.get("lost_workers") or []:
-                    if worker in self._worker_bars:
-                        self._worker_bars[worker][0].bar_style = "danger"
+                lost = {*(rec.get("lost_devices") or []),
+                        *(self._device_of.get(w) for w in rec.get("lost_workers") or [])}
+                for device in lost:
+                    if device in self._worker_bars:
+                        self._worker_bars[device][0].bar_style = "danger"
             return
         self.error = str(rec.get("error") or "")[:2000]
         style = {"finished": "success", "failed": "danger", "cancelled": "warning"}[self.state]
@@ -181,9 +195,13 @@ class TrainingDashboard(widgets.VBox):
                 bar.value = 1.0
             bar.bar_style = style
         self.cancel_button.disabled = True
-        text = "done" if self.state == "finished" else self.state
-        if self.error:
-            text += f": {self.error}"
+        if self.state == "cancelled":  # the user's own choice, said as such: not an error
+            self.error = ""
+            text = str(rec.get("message") or "cancelled by the user")[:500]
+        else:
+            text = "done" if self.state == "finished" else self.state
+            if self.error:
+                text += f": {self.error}"
         self.final.value = f"<b>{html.escape(text)}</b>"
         unsubscribe, self._unsubscribe = self._unsubscribe, None
         if unsubscribe is not None:

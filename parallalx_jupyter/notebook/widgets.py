@@ -41,7 +41,6 @@ from ..text import (
     ID_LIMIT,
     NAME_LIMIT,
     TEXT_LIMIT,
-    asks_parts,
     countdown,
     devices_text,
     granted_text,
@@ -120,14 +119,16 @@ class _LiveView(_TextRepr):
     connection: Connection
     _live: Any = None
     _attached = False
+    _stopped = False  # was live and stopped following (detached): only then say so
 
     def _start(self, live: bool) -> None:
         self._live = self.connection.live
         self._live.refresh()  # fresh data, in the foreground: errors reach the caller
+        # live from its first render: no "not live any more" on a view that is about to be
+        self._attached = live
         with UI_LOCK:
             self._render()
         if live:
-            self._attached = True
             self._live.attach(self)
 
     @property
@@ -154,6 +155,7 @@ class _LiveView(_TextRepr):
         """Stop following live updates (the view keeps its last state)."""
         if self._attached:
             self._attached = False
+            self._stopped = True
             self._live.detach(self)
             with UI_LOCK:
                 self._render()
@@ -173,9 +175,57 @@ class _LiveView(_TextRepr):
     def _notice(self) -> str:
         if self._live is not None and self._live.error:
             return f'<span style="color:#b00">⚠ updates failed: {esc(self._live.error)}</span>'
-        if self._live is not None and not self._attached:
+        if self._live is not None and self._stopped and not self._attached:
             return '<span style="color:#777">(not live any more: run the cell again)</span>'
         return ""
+
+
+# long peer text (a purpose, a device ID) wraps inside the card instead of widening the output
+WRAP = "overflow-wrap:anywhere;word-break:break-word;white-space:normal"
+
+
+def wrap(html_text: str) -> str:
+    """An HTML widget's value in a block that wraps long words."""
+    return f'<div style="{WRAP}">{html_text}</div>'
+
+
+_ASK_WORDS = {
+    "nthreads": lambda v: f"{v} CPU thread{'' if v == 1 else 's'}",
+    "memory_limit_gb": lambda v: f"{v} GB memory",
+    "gpus": lambda v: f"{v} GPU{'' if v == 1 else 's'}",
+    "duration_hours": lambda v: f"for {v} h",
+}
+
+
+def asks_html(asks: Any) -> str:
+    """What a request asks for, as a readable sentence (escaped HTML): the purpose, then the
+    limits in words ("2 CPU threads · 4 GB memory"), then other fields as `name: value`; never a
+    raw dict or list, whatever shape a peer sent."""
+    if not isinstance(asks, dict):
+        return esc(asks) if asks else "run training workers"
+    purpose = plain(asks.get("purpose") or "run training workers")
+    parts: list[str] = []
+    for key, value in list(asks.items())[:20]:
+        if key == "purpose" or value is None or value in ([], {}, ""):
+            continue
+        if key in _ASK_WORDS and isinstance(value, int | float) and not isinstance(value, bool):
+            parts.append(_ASK_WORDS[key](value))
+        else:
+            parts.append(f"{plain(str(key).replace('_', ' '), 32)}: {_readable(value)}")
+    return html.escape(purpose) + "".join(f" · {html.escape(p)}" for p in parts)
+
+
+def _readable(value: Any, depth: int = 0) -> str:
+    """A nested value as `a, b` / `key value, key value` text (plain, length-limited)."""
+    if isinstance(value, dict):
+        if depth > 1:
+            return "…"
+        return ", ".join(f"{plain(str(k).replace('_', ' '), 32)} {_readable(v, depth + 1)}"
+                         for k, v in list(value.items())[:10])
+    if isinstance(value, list | tuple):
+        more = " …" if len(value) > 20 else ""
+        return ", ".join(_readable(v, depth + 1) for v in value[:20]) + more
+    return plain(value, 200)
 
 
 def _set(widget: widgets.Widget, name: str, value: Any) -> None:
@@ -317,14 +367,14 @@ class RequestCard(_TextRepr, widgets.VBox):
         incoming = r.get("direction") == "incoming"
         state = r.get("state")
         before, after = request_title(r)
-        _set(self.title, "value",
-             f"{html.escape(before)}<b>{esc(peer_name(r), NAME_LIMIT)}</b>{html.escape(after)}")
+        _set(self.title, "value", wrap(
+            f"{html.escape(before)}<b>{esc(peer_name(r), NAME_LIMIT)}</b>{html.escape(after)}"))
         peer = r.get("peer") or {}
+        renews = (" · <b>already paired</b>: accepting renews that pairing, its worker keeps "
+                  "running") if incoming and r.get("already_paired") else ""
         _set(self.peer, "value",
-             f"Device ID: <code>{esc(peer.get('id_display'), ID_LIMIT)}</code>")
-        purpose, parts = asks_parts(r.get("asks"))
-        _set(self.asks, "value", "Asks: " + esc(purpose) + "".join(
-            f" · {html.escape(p)}" for p in parts))
+             wrap(f"Device ID: <code>{esc(peer.get('id_display'), ID_LIMIT)}</code>{renews}"))
+        _set(self.asks, "value", wrap("Asks: " + asks_html(r.get("asks"))))
         code = pretty_code(r.get("code"))
         where = "on the other device" if incoming else "that the other device's user sees"
         _set(self.code, "value",
@@ -338,7 +388,7 @@ class RequestCard(_TextRepr, widgets.VBox):
         _set(self.accept_button, "disabled", self.busy)
         _set(self.reject_button, "disabled", self.busy)
         if self.error:
-            status = f'<span style="color:#b00">⚠ {esc(self.error)}</span>'
+            status = wrap(f'<span style="color:#b00">⚠ {esc(self.error)}</span>')
         elif self.busy:
             status = "<i>deciding…</i>"
         elif state == "pending":
@@ -377,6 +427,7 @@ class Inbox(_LiveView, widgets.VBox):
         self._order: list[str] = []
         self.header = widgets.HTML(f"<b>{esc(title)}</b>")
         self.empty = widgets.Label("No open connection requests.")
+        self.more = widgets.HTML()  # "N more" when over LIMIT
         self.notice = widgets.HTML()
         super().__init__(layout=widgets.Layout(margin="4px 0"))
         self.add_class("parallalx-inbox")
@@ -404,7 +455,11 @@ class Inbox(_LiveView, widgets.VBox):
     def _render(self) -> None:
         chosen = [r for r in self._live.requests if self._wanted(r)]
         chosen.sort(key=lambda r: r.get("created_at") or 0, reverse=True)
+        hidden = len(chosen) - self.LIMIT
         chosen = chosen[: self.LIMIT]
+        _set(self.more, "value", (
+            f"<i>{hidden} more not shown (the {self.LIMIT} newest are): "
+            "<code>%parallalx requests</code> lists them all</i>") if hidden > 0 else "")
         for r in chosen:
             card = self.cards.get(r["id"])
             if card is None:
@@ -414,7 +469,8 @@ class Inbox(_LiveView, widgets.VBox):
         self._order = [r["id"] for r in chosen]
         _set(self.notice, "value", self._notice())
         cards = [self.cards[rid] for rid in self._order]
-        children = (self.header, *(cards or [self.empty]), self.notice)
+        children = (self.header, *(cards or [self.empty]),
+                    *([self.more] if self.more.value else []), self.notice)
         if tuple(self.children) != children:
             self.children = children
 

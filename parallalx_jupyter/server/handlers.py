@@ -22,17 +22,18 @@ from tornado import web
 from ..cluster.service import ClusterService
 from ..devices import ApiError, DeviceManager
 from ..environments.service import EnvironmentService
-from ..errors import ParallalxError
 from ..pairing import parse_json, validate
+from .dashboard_proxy import dashboard_handlers
 from .job_registry import JobRegistry
 from .job_spawner import JobSpawner
+from .json_errors import JsonErrors
 
 AUTH_RESOURCE = "parallalx"
 API_PREFIX = "parallalx/api"
 _ID = r"([A-Za-z0-9_\-]{1,64})"
 
 
-class ParallalxHandler(ExtensionHandlerMixin, APIHandler):
+class ParallalxHandler(JsonErrors, ExtensionHandlerMixin, APIHandler):
     auth_resource = AUTH_RESOURCE
 
     @property
@@ -58,27 +59,6 @@ class ParallalxHandler(ExtensionHandlerMixin, APIHandler):
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(data))
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, ParallalxError):
-            message = exc.message
-        elif isinstance(exc, web.HTTPError) and status_code < 500:
-            message = exc.log_message or exc.reason or self._reason
-        elif status_code >= 500:
-            message = "internal server error (see the Jupyter server log)"
-        else:
-            message = self._reason
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps({"error": message}))
-
-    def _handle_request_exception(self, e: BaseException) -> None:
-        # The one place errors become responses: every error raised on purpose carries its
-        # status (errors.ParallalxError); anything else is a 500 without details.
-        if isinstance(e, ParallalxError):
-            self.send_error(e.status, exc_info=(type(e), e, e.__traceback__))
-            return
-        super()._handle_request_exception(e)
 
 
 class DeviceHandler(ParallalxHandler):
@@ -187,6 +167,22 @@ class InvitationsHandler(ParallalxHandler):
             body["url"], body.get("kind", "invite"), body.get("asks")
         )
         self.write_json(result, 201)
+
+
+class NearbyHandler(ParallalxHandler):
+    """Devices announcing themselves on the local network (mDNS), this one excluded: where to
+    send an invitation, not whom to trust (`paired` only says the ID is one paired here)."""
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        discovery = self.settings.get("parallalx_discovery")
+        rows = [dict(d) for d in discovery.nearby()] if discovery is not None else []
+        paired = {d["id"] for d in await self.manager.store.list_devices()
+                  if d.get("state") == "paired"}
+        for row in rows:
+            row["paired"] = row["id"] in paired
+        self.write_json(rows)
 
 
 class ClusterHandler(ParallalxHandler):
@@ -415,6 +411,7 @@ def route_table() -> list[tuple[str, type[ParallalxHandler]]]:
         (rf"/devices/{_ID}", PeerDeviceHandler),
         (rf"/devices/{_ID}/revoke", RevokeHandler),
         (r"/invitations", InvitationsHandler),
+        (r"/nearby", NearbyHandler),
         (r"/kernels", KernelsHandler),
         (r"/ides", IdesHandler),
         (r"/environment/(check|install)", EnvironmentActionHandler),
@@ -441,6 +438,8 @@ class UnknownRouteHandler(ParallalxHandler):
     post = put = patch = delete = get
 
 
-def handlers() -> list[tuple[str, type[ParallalxHandler]]]:
+def handlers() -> list[tuple[str, type]]:
     routes = [(url_path_join("/", API_PREFIX, path), cls) for path, cls in route_table()]
-    return [*routes, (url_path_join("/", API_PREFIX, r"(.*)"), UnknownRouteHandler)]
+    # the Dask dashboard (HTML and websockets, outside the JSON API): server/dashboard_proxy.py
+    return [*routes, (url_path_join("/", API_PREFIX, r"(.*)"), UnknownRouteHandler),
+            *dashboard_handlers()]

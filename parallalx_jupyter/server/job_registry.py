@@ -48,6 +48,11 @@ PROGRESS_SPEC = {
     "samples_per_s": (_finite_or_none, False, "a finite number or null"),
     "eta_s": (_finite_or_none, False, "a finite number or null"),
     "workers": (_optional(_int_range(0, 100_000)), False, "an integer or null"),
+    "devices": (
+        lambda v: v is None or (isinstance(v, list) and len(v) <= 64
+                                and all(isinstance(d, str) and len(d) <= 200 for d in v)),
+        False, "a list of at most 64 device names or null",
+    ),
     "message": (_optional(_str_max(500)), False, "a string of at most 500 characters or null"),
 }
 

@@ -23,6 +23,7 @@ from .. import settings
 from ..devices import DeviceManager
 from ..errors import ParallalxError
 from ..pairing import ProtocolError, parse_json
+from .json_errors import JsonErrors
 
 log = logging.getLogger("parallalx_jupyter.peer")
 
@@ -62,7 +63,7 @@ class RateLimiter:
         return ok
 
 
-class PeerHandler(web.RequestHandler):
+class PeerHandler(JsonErrors, web.RequestHandler):
     """Base: JSON errors only, no server banner details, no tracebacks."""
 
     manager: DeviceManager
@@ -109,24 +110,11 @@ class PeerHandler(web.RequestHandler):
             raise web.HTTPError(413, reason="Payload Too Large")
         return parse_json(b"".join(self._chunks))
 
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, ParallalxError):
-            message = exc.message
-        elif isinstance(exc, web.HTTPError) and status_code < 500:
-            message = exc.log_message or exc.reason or self._reason
-        else:
-            message = "internal error" if status_code >= 500 else self._reason
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps({"error": message}))
+    internal_error = "internal error"  # a peer learns nothing about this server's log
 
-    def _handle_request_exception(self, e: BaseException) -> None:
-        if isinstance(e, ParallalxError):  # every error raised on purpose carries its status
-            if e.status == 401:
-                log.info("refused peer message from %s: %s", self.request.remote_ip, e.message)
-            self.send_error(e.status, exc_info=(type(e), e, e.__traceback__))
-            return
-        super()._handle_request_exception(e)
+    def refused(self, err: ParallalxError) -> None:
+        if err.status == 401:
+            log.info("refused peer message from %s: %s", self.request.remote_ip, err.message)
 
     def reply(self, body: dict[str, Any], status: int = 200) -> None:
         self.set_status(status)

@@ -165,9 +165,12 @@ def make_checkpoint(
     global_step: int,
     rng: list[dict[str, Any]],
     meta: dict[str, Any],
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Assemble the on-disk dict; (epoch, step) is the *next* position to train."""
+    """Assemble the on-disk dict; (epoch, step) is the *next* position to train. ``extra``:
+    more state of the loop (the LR scheduler's, the gradient scaler's), plain types only."""
     return {
+        **(extra or {}),
         "format": FORMAT_VERSION,
         "model": model_state,
         "optimizer": optimizer_state,

@@ -31,6 +31,7 @@ from typing import Any
 
 from distributed import Client, Future, wait
 
+from ..jobs.speed import StreamRates, eta_s
 from ..jobs.topics import JobTopics
 from ..wire import from_wire
 from .checkpoint import CheckpointStore
@@ -66,6 +67,14 @@ from .spec import AttemptPayload, JobSpec
 
 logger = logging.getLogger(__name__)
 
+#: what a job does before its first step, in the order it happens: (phase, text people see)
+PHASES = {
+    "starting": "starting workers…",
+    "preflight": "preflight: timing devices…",
+    "placing": "placing shards…",
+    "training": "training",
+}
+
 #: placement decisions of this session: (job digest, settings, workers) -> (chosen workers,
 #: strategy, local-SGD period, report line, reason); the same job gets the same devices
 _PLACEMENTS: dict[tuple[Any, ...], tuple[tuple[str, ...], str, int, str, str]] = {}
@@ -73,6 +82,9 @@ _PLACEMENTS: dict[tuple[Any, ...], tuple[tuple[str, ...], str, int, str, str]] =
 
 class Driver:
     """Runs a job to completion; ``run()`` returns the final checkpoint bytes."""
+
+    #: the Dask task of one rank (``launch_driver.LaunchDriver`` runs the user's function)
+    rank_task: Callable[..., Any] = staticmethod(run_rank)
 
     def __init__(
         self,
@@ -129,6 +141,13 @@ class Driver:
         self._placement_note = ""
         self._strategy_reason: str | None = None
         self._start_step = 0  # the global step the current attempt started from
+        # speed and ETA, smoothed once here for every surface (jobs/speed.py): per rank, on
+        # the rank's own clock; the first window (slow first steps) is only a baseline
+        span = min(max(2 * float(job.metrics_interval), 0.2), 1.0)
+        self.sample_rates = StreamRates(min_span_s=span)
+        self.step_rates = StreamRates(min_span_s=span)
+        #: the current phase before the first step (``PHASES``), "training" after it
+        self.phase: str | None = None
 
     # ------------------------------------------------------------------ plumbing
     def _emit(self, kind: str, **fields: Any) -> None:
@@ -157,8 +176,10 @@ class Driver:
             record = self.aggregator.ingest(msg)
             if record is not None:
                 self._heard = time.monotonic()
+                self._measure(msg)
                 self._running_again()
-                self.hub.emit(record)
+                self._phase("training")
+                self.hub.emit(self._shown(record))
         while True:
             try:
                 msg = self._shipped.get_nowait()
@@ -167,6 +188,48 @@ class Driver:
             if msg.get("attempt") == self.aggregator.attempt:
                 self._heard = time.monotonic()
             self._handle_ship(msg)
+
+    def _measure(self, msg: dict[str, Any]) -> None:
+        """Feed one rank message to the speed smoothers (its own time stamp, not arrival)."""
+        at = msg.get("time")
+        at = float(at) if isinstance(at, (int, float)) else time.time()
+        rank = int(msg["rank"])
+        self.sample_rates.add(rank, float(msg.get("samples") or 0), at)
+        self.step_rates.observe(rank, float(msg.get("global_step") or 0), at)
+
+    def _shown(self, record: dict[str, Any], final: bool = False) -> dict[str, Any]:
+        """A progress record as every surface shows it: the smoothed speed and ETA (not the
+        ranks' last windows), and each rank labelled by its device's name (``_label``).
+        ``final``: the attempt's last record, with a speed even if it never settled."""
+        steps_per_s = self.step_rates.median(final)
+        total = self.aggregator.total_steps
+        remaining = max(total - int(record.get("global_step") or 0), 0) if total else None
+        record["samples_per_s"] = self.sample_rates.total(final)
+        record["steps_per_s"] = steps_per_s
+        record["eta_s"] = eta_s(remaining, steps_per_s)
+        for r in record.get("ranks") or []:
+            r["device"] = self._label(str(r.get("worker", "")))
+            r["samples_per_s"] = self.sample_rates.rate(int(r["rank"]))
+        record["samples_by_device"] = {
+            self._label(w): n for w, n in (record.get("samples_by_worker") or {}).items() if w
+        }
+        record["devices"] = [r["device"] for r in record.get("ranks") or []]
+        return record
+
+    def _phase(self, phase: str) -> None:
+        """Say what the job is doing before its first step (a ``state`` record whose message
+        is the phase: the job list, the panel, the CLI and the dashboards show it)."""
+        if phase == self.phase:
+            return
+        self.phase = phase
+        text = PHASES[phase]
+        if self._recovery is not None:  # the loss stays the headline while re-forming
+            self._emit("state", state="recovering", attempt=self.aggregator.attempt,
+                       phase=phase, **{**self._recovery,
+                                       "message": f"{self._recovery['message']} ({text})"})
+        else:
+            self._emit("state", state="running", attempt=self.aggregator.attempt,
+                       phase=phase, message=text)
 
     def _recovering(self, attempt: int, outcome: AttemptOutcome) -> None:
         """Say that the job lost devices and is re-forming: which ones (by name) and why."""
@@ -211,7 +274,10 @@ class Driver:
 
     def _handle_control(self, msg: dict[str, Any]) -> None:
         kind = msg.get("kind")
-        if kind == "preflight":
+        if kind == "phase":  # rank 0 says where it is before the first step
+            if msg.get("attempt") == self.aggregator.attempt and msg.get("phase") in PHASES:
+                self._phase(str(msg["phase"]))
+        elif kind == "preflight":
             current = msg.get("attempt") == self.aggregator.attempt
             reason = str(msg["report"].get("reason", ""))
             if current and self._redecided and self._redecided not in reason:
@@ -225,6 +291,8 @@ class Driver:
             )
             if current:
                 self._running_again()
+                if self.phase != "training":
+                    self._phase("placing")
         elif kind == "rebalance":
             who = [self._label(w) for w in msg.get("workers") or []]
             text = "shares follow measured speed at step {}: {}".format(
@@ -235,6 +303,8 @@ class Driver:
             logger.info("training job %s: %s", self.job.job_id, text)
             self._emit("rebalance", attempt=msg.get("attempt"), step=msg.get("global_step"),
                        devices=who, before=msg.get("before"), after=msg.get("after"), text=text)
+        elif kind == "eval":
+            self._evaluated(msg)
         elif kind == "timeline":
             marks = {**self.marks, **msg.get("marks", {})}
             self._emit("timeline", attempt=msg.get("attempt"), marks=marks)
@@ -263,6 +333,18 @@ class Driver:
                 path=str(path) if path else None,
                 **({"write_error": error} if error else {}),
             )
+
+    def _evaluated(self, msg: dict[str, Any]) -> None:
+        """An epoch's evaluation (rank 0's, summed over the ranks) as a progress record with
+        an ``eval`` entry: it lands in ``job.history`` next to the training loss it follows."""
+        figures = {k: msg[k] for k in ("epoch", "global_step", "loss", "accuracy", "metric",
+                                       "samples") if k in msg}
+        text = ", ".join(f"{k} {msg[k]:.4g}" for k in ("loss", "accuracy", "metric") if k in msg)
+        logger.info("training job %s: epoch %s evaluation: %s", self.job.job_id,
+                    msg.get("epoch"), text)
+        record = self._shown(self.aggregator.snapshot())
+        record["eval"] = figures
+        self.hub.emit(record)
 
     # ------------------------------------------------------------------ phases
     def _candidates(self) -> list[str]:
@@ -389,11 +471,15 @@ class Driver:
         fixed: tuple[str, int] | None = None
         while True:
             if self.cancel_event.is_set():
-                raise TrainingCancelledError("cancelled before training started")
+                raise TrainingCancelledError("cancelled by the user before training started")
+            self.phase = None  # each attempt goes through the phases again
+            self._phase("starting")
             candidates = self._candidates()
             self._require(candidates, "on the cluster")
             envs = self._probe(candidates, attempt)
             self._mark("probed")
+            if self.cancel_event.is_set():  # the probe stops waiting: that is not a lost worker
+                raise TrainingCancelledError("cancelled by the user before training started")
             self._require(list(envs), "after probing the workers")
             check_versions(envs, driver_env)
             workers = order_workers(list(envs), prefer_host=host_of(self.client.scheduler.address))
@@ -425,7 +511,8 @@ class Driver:
                 workers=workers,
                 devices=[self._label(w) for w in workers],
                 resume_step=self.store.global_step if resume else 0,
-                **(self._recovery or {}),
+                phase=self.phase,
+                **(self._recovery or {"message": PHASES["starting"]}),
             )
             outcome = self._attempt(
                 attempt, workers, envs, backend, mixed, resume, fixed, shares
@@ -438,9 +525,10 @@ class Driver:
                 assert self._final is not None
                 return bytes(self._final["data"])
             if outcome.status == "cancelled":
+                step = self._final["global_step"] if self._final else self.aggregator.max_step
                 raise TrainingCancelledError(
-                    "training was cancelled"
-                    + (f" at step {self._final['global_step']}" if self._final else "")
+                    "cancelled by the user" + (f" at step {step}" if step else
+                                               " before training started")
                 )
             if outcome.status == "user_error":
                 assert outcome.error is not None
@@ -511,6 +599,8 @@ class Driver:
             )
 
         self.aggregator.new_attempt(attempt)
+        self.sample_rates.reset()  # another group: other speeds
+        self.step_rates.reset()
         payload_futures: dict[str, Future] = {}
         futures: list[Future] = []
         try:
@@ -531,7 +621,7 @@ class Driver:
                 return failure
             self._mark("rendezvous")
             futures = submit_ranks(
-                self.client, run_rank, workers, make_spec, per_worker=payload_futures
+                self.client, self.rank_task, workers, make_spec, per_worker=payload_futures
             )
             self._mark("submitted")
             return self._monitor(futures, workers)
@@ -799,9 +889,11 @@ class Driver:
         # on their way when it arrives (they travel as separate events).
         self._pump(force=True)
         final_step = int(self._final.get("global_step", 0))
-        if final_step > self.aggregator.max_step and self.aggregator.ranks:
-            self.aggregator.max_step = final_step
-            self.hub.emit(self.aggregator.snapshot())
+        if self.aggregator.ranks and (final_step > self.aggregator.max_step
+                                      or self.sample_rates.total() is None):
+            # the last word on progress, with a speed even for a job too short to settle one
+            self.aggregator.max_step = max(final_step, self.aggregator.max_step)
+            self.hub.emit(self._shown(self.aggregator.snapshot(), final=True))
         return AttemptOutcome("finished")
 
 

@@ -35,7 +35,9 @@ __all__ = [
     "CheckpointOptions",
     "CommunicationOptions",
     "DataOptions",
+    "EvaluationOptions",
     "MetricsOptions",
+    "OptimizationOptions",
     "Parameter",
     "PlacementOptions",
     "RecoveryOptions",
@@ -76,6 +78,16 @@ class DataOptions:
         shuffle: reshuffle the samples every epoch.
         seed: seeds the shuffle and torch before a model factory runs, identically on every
             rank.
+        collate_fn: turns a list of dataset items into one batch on each rank, like a
+            ``DataLoader``'s (e.g. ``transformers.DataCollatorWithPadding(tokenizer)`` for
+            items of different lengths). None: tensors are stacked, and dict items become a
+            dict of tensors. It travels to the workers, so it must pickle (no lock or open
+            connection inside).
+        grad_accumulation: micro-batches per optimizer step: each rank's part of the global
+            batch is split in this many pieces, run one after the other, and their gradients
+            summed before the step (under DDP without an all-reduce but for the last). The
+            step's maths stays that of ``batch_size`` samples; a rank holds 1/N of them at a
+            time, which is what lets a big batch fit in memory.
     """
 
     epochs: int = _setting(1, _POS_INT)
@@ -83,6 +95,10 @@ class DataOptions:
     max_steps: int | None = _setting(None, {"type": ["integer", "null"], "minimum": 1})
     shuffle: bool = _setting(True, {"type": "boolean"})
     seed: int = _setting(0, {"type": "integer"})
+    collate_fn: Callable[[list[Any]], Any] | None = _setting(
+        None, {**_PY, "description": "list of items -> batch, on each rank"}
+    )
+    grad_accumulation: int = _setting(1, {**_POS_INT, "description": "micro-batches per step"})
 
 
 @dataclass(frozen=True)
@@ -184,6 +200,63 @@ class MetricsOptions:
     )
 
 
+@dataclass(frozen=True)
+class OptimizationOptions:
+    """What happens around each optimizer step: learning-rate schedule, clipping, precision.
+
+    Attributes:
+        lr_scheduler: a factory ``optimizer -> scheduler``, built on every rank after the
+            optimizer, e.g. ``functools.partial(torch.optim.lr_scheduler.OneCycleLR,
+            max_lr=0.1)``. When the factory has a ``total_steps`` parameter left unset (None),
+            it receives how often the scheduler will be stepped (the job's optimizer steps for
+            ``lr_scheduler_interval="step"``, its epochs for ``"epoch"``), so a schedule needs
+            no arithmetic on the ranks' split. Its state is in every checkpoint and restored on
+            resume and recovery. ``ReduceLROnPlateau`` is stepped with the evaluation loss
+            (needs ``eval_dataset`` and the ``"epoch"`` interval).
+        lr_scheduler_interval: ``"step"`` (after every optimizer step) or ``"epoch"``.
+        clip_grad_norm: clip the gradients' total norm to this before each step (after fp16
+            unscaling). Under DDP and FSDP the norm is the whole averaged gradient's, the same
+            on every rank; under local SGD each rank clips its own local step's gradient.
+        autocast: ``"bf16"`` or ``"fp16"``: forward and loss under ``torch.autocast``. fp16
+            runs only on CUDA ranks (with a gradient scaler; a CPU rank refuses it by name);
+            bf16 on CPU and CUDA, without a scaler. None: full precision.
+    """
+
+    lr_scheduler: Callable[..., Any] | None = _setting(
+        None, {**_PY, "description": "factory optimizer -> LR scheduler"}
+    )
+    lr_scheduler_interval: str = _setting("step", {"enum": ["step", "epoch"]})
+    clip_grad_norm: float | None = _setting(
+        None, {"type": ["number", "null"], "exclusiveMinimum": 0}
+    )
+    autocast: str | None = _setting(None, {"enum": [None, "bf16", "fp16"]})
+
+
+@dataclass(frozen=True)
+class EvaluationOptions:
+    """Evaluation on held-out data at the end of every epoch, into the job's history.
+
+    Every rank evaluates its own contiguous slice of the data set (same model on every rank:
+    local SGD averages first) and the figures are summed across ranks, so an epoch's
+    evaluation costs 1/N of it on each of N devices; the result is a ``progress`` record with
+    an ``eval`` entry (``job.history``, ``on_progress``, the job's events).
+
+    Attributes:
+        dataset: the held-out data, in the training set's form (object, ``(X, y)`` tensors or
+            a zero-argument factory). None: no evaluation.
+        metric: ``metric(outputs, targets) -> float`` per batch, averaged over the samples
+            (exact for means such as accuracy; a batch-wise approximation otherwise), shown as
+            ``metric``. Always shown: ``loss`` (the training loss on the held-out data), and
+            ``accuracy`` when the outputs are class logits and the targets integer labels.
+    """
+
+    dataset: Any = _setting(None, {**_PY, "description": "held-out data, evaluated per epoch"},
+                            "eval_dataset")
+    metric: Callable[[Any, Any], float] | None = _setting(
+        None, {**_PY, "description": "metric(outputs, targets) -> float"}, "eval_metric"
+    )
+
+
 #: ``train()``'s keyword for each group, in the order the schema lists them.
 GROUPS: dict[str, type] = {
     "data": DataOptions,
@@ -192,6 +265,8 @@ GROUPS: dict[str, type] = {
     "checkpoint": CheckpointOptions,
     "recovery": RecoveryOptions,
     "metrics": MetricsOptions,
+    "optimization": OptimizationOptions,
+    "evaluation": EvaluationOptions,
 }
 
 

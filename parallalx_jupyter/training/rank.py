@@ -55,7 +55,7 @@ from .launcher import (
     tls_files_of,
     worker_slot,
 )
-from .rank_process import EXIT_ORPHANED, child_main, is_comm_error
+from .rank_process import EXIT_ORPHANED, RankBody, child_main, is_comm_error
 from .spec import AttemptPayload
 
 STOP_GRACE_S = 30.0  # after "stop": time to reach a control step, checkpoint and exit
@@ -94,9 +94,12 @@ def ship_messages(msg: dict[str, Any], seq: int) -> Iterator[dict[str, Any]]:
         }
 
 
-def run_rank(spec: RankSpec, payload: AttemptPayload) -> bytes:
+def run_rank(spec: RankSpec, payload: AttemptPayload, body: RankBody | None = None) -> bytes:
     """Dask task entry point for one rank; returns the rank's small summary dict as data
-    (``wire.to_wire``: nothing a device returns is unpickled on the main device)."""
+    (``wire.to_wire``: nothing a device returns is unpickled on the main device).
+
+    ``body`` is what the rank process runs inside its process group (``child_main``): the
+    training loop by default, the user's own function for ``launch`` (``launch_rank.py``)."""
     from distributed import get_worker
 
     from ..wire import to_wire
@@ -108,12 +111,15 @@ def run_rank(spec: RankSpec, payload: AttemptPayload) -> bytes:
     # Rank 0 holds the attempt's store server open for as long as this task runs.
     store = claim_rendezvous(spec.job_id, spec.attempt) if spec.rank == 0 else None
     try:
-        return to_wire(_relay(spec, payload, worker, key, job))
+        return to_wire(_relay(spec, payload, worker, key, job, body))
     finally:
         del store  # closes the rendezvous port
 
 
-def _relay(spec: RankSpec, payload: AttemptPayload, worker: Any, key: Any, job: Any) -> Any:
+def _relay(
+    spec: RankSpec, payload: AttemptPayload, worker: Any, key: Any, job: Any,
+    body: RankBody | None = None,
+) -> Any:
     seq = 0
     with worker_slot(spec.timeout_s):
         ctx = rank_process_context()
@@ -121,7 +127,7 @@ def _relay(spec: RankSpec, payload: AttemptPayload, worker: Any, key: Any, job: 
         events_r, events_w = ctx.Pipe(duplex=False)
         proc = ctx.Process(
             target=child_main,
-            args=(spec, payload, control_r, events_w),
+            args=(spec, payload, control_r, events_w, body),
             name=f"parallalx-rank-{spec.rank}",
         )
         with children_allowed():

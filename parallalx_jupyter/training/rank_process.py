@@ -31,9 +31,10 @@ import statistics
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
+from .batches import call_model, loss_of, target_of
 from .checkpoint import (
     capture_rng,
     gather_state,
@@ -46,6 +47,7 @@ from .checkpoint import (
 from .errors import CheckpointMismatchError, RankInfraError, TrainingError, UserCodeError
 from .heap import keep_freed_memory
 from .launcher import RankGroup, RankSpec, host_of, process_group, regroup, set_gloo_interface
+from .loop import Precision, StepRunner, build_scheduler, evaluate, scheduler_problem
 from .metrics import RankMetrics
 from .placement import link_bound, plan_placement
 from .preflight import (
@@ -65,6 +67,7 @@ from .resume import (
     mismatch_message,
     model_params,
     saved_fingerprint,
+    unscheduled,
 )
 from .sharding import ShardPlan
 from .spec import (
@@ -74,7 +77,6 @@ from .spec import (
     build_model,
     empty_like_batch,
     fetch,
-    split_batch,
     to_device,
     unpack_user_objects,
     zero_loss,
@@ -214,8 +216,22 @@ class ChildChannel:
         self._sender.join(timeout)
 
 
-def child_main(spec: RankSpec, payload: AttemptPayload, control: Any, events: Any) -> None:
-    """Entry point of a rank process: train, report, and leave without running destructors."""
+#: what a rank process runs inside its process group: ``(spec, payload, channel, marks,
+#: group) -> summary`` (a module-level function: it travels to the forkserver by reference)
+RankBody = Callable[[RankSpec, AttemptPayload, "ChildChannel", dict[str, float], RankGroup],
+                    dict[str, Any]]
+
+
+def train_body(spec: RankSpec, payload: AttemptPayload, channel: ChildChannel,
+               marks: dict[str, float], group: RankGroup) -> dict[str, Any]:
+    """The default body: ``train()``'s training loop."""
+    return RankTrainer(spec, payload, channel, marks, group).run()
+
+
+def child_main(spec: RankSpec, payload: AttemptPayload, control: Any, events: Any,
+               body: RankBody | None = None) -> None:
+    """Entry point of a rank process: run ``body`` (training by default) in the process group,
+    report, and leave without running destructors."""
     marks = {"rank_process": time.time()}
     channel = ChildChannel(control, events)
     code = EXIT_OK
@@ -229,7 +245,7 @@ def child_main(spec: RankSpec, payload: AttemptPayload, control: Any, events: An
         with process_group(spec) as group:
             marks["process_group"] = time.time()
             spec = dataclasses.replace(spec, rank_traffic=group.traffic)
-            summary = RankTrainer(spec, payload, channel, marks, group).run()
+            summary = (body or train_body)(spec, payload, channel, marks, group)
         outcome: tuple[str, Any] = ("done", summary)
     except BaseException as exc:  # noqa: BLE001 - everything is reported, nothing re-raised
         outcome = ("error", portable_error(exc, spec.rank))
@@ -271,9 +287,15 @@ class RankTrainer:
         import torch
 
         with self._user("unpickling the job's model/dataset/loss/optimizer on the worker"):
-            model_obj, dataset_obj, loss_obj, self._optimizer_factory = unpack_user_objects(
-                self.job.user_objects
-            )
+            objects = unpack_user_objects(self.job.user_objects)
+        model_obj, dataset_obj, loss_obj = objects["model"], objects["dataset"], objects["loss_fn"]
+        self._optimizer_factory = objects["optimizer"]
+        self._collate = objects["collate_fn"]
+        self._scheduler_factory = objects["lr_scheduler"]
+        self._metric = objects["eval_metric"]
+        self._eval_data = None
+        with self._user("choosing the precision (autocast=)"):
+            self._precision = Precision(self.job.autocast, device)
         torch.manual_seed(self.job.seed)
         random.seed(self.job.seed)
         with self._user("building the model"):
@@ -284,7 +306,17 @@ class RankTrainer:
                 raise ValueError("the dataset is empty")
         with self._user("building the loss"):
             loss_fn = build_loss(loss_obj)
+        if objects["eval_dataset"] is not None:
+            with self._user("building eval_dataset"):
+                self._eval_data = build_dataset(objects["eval_dataset"])
         return model, dataset, loss_fn
+
+    def _fetch(self, dataset: Any, indices: Any, device: Any) -> Any:
+        """The batch at ``indices`` on ``device`` (an empty one for no indices)."""
+        with self._user("fetching a batch from the dataset"):
+            batch = (fetch(dataset, indices, self._collate) if indices.numel()
+                     else empty_like_batch(dataset, self._collate))
+        return to_device(batch, device)
 
     def _preflight(self, model: Any, dataset: Any, loss_fn: Any, device: Any) -> PreflightReport:
         import psutil
@@ -298,7 +330,10 @@ class RankTrainer:
             if device.type == "cuda"
             else psutil.virtual_memory().available
         )
-        n1 = max(1, min(self.job.global_batch // self.world, len(dataset)))
+        # with grad_accumulation the device holds one micro-batch at a time: so do the probes
+        # (a whole share may not fit, which is why accumulation was asked for)
+        n1 = max(1, min(-(-self.job.global_batch // self.world // self.job.grad_accumulation),
+                        len(dataset)))
         # A second batch size separates per-step overhead from per-sample cost, which only
         # matters for splitting the batch between ranks; one rank times its own batch alone.
         # Half the even share, not twice it: the line through both points is as good and its
@@ -329,11 +364,13 @@ class RankTrainer:
         def step(n: int, net: Any = None) -> tuple[float, float]:
             sync()
             t0 = time.perf_counter()
-            inputs, target = split_batch(to_device(fetch(dataset, torch.arange(n)), device))
-            out = (net or probe_model)(*inputs)
-            sync()
-            t1 = time.perf_counter()
-            loss_fn(out, target).backward()
+            batch = self._fetch(dataset, torch.arange(n), device)
+            with self._precision.autocast():
+                out = call_model(net or probe_model, batch, loss_fn)
+                sync()
+                t1 = time.perf_counter()
+                loss = loss_of(out, target_of(batch), loss_fn)
+            loss.backward()
             if probe_opt is not None:
                 probe_opt.step()
                 probe_opt.zero_grad(set_to_none=True)
@@ -432,7 +469,7 @@ class RankTrainer:
         over = [max(float(d["overhead_s"]), 0.0) for d in devices]
         per = [max(float(d["per_sample_s"]), 1e-12) for d in devices]
         split = proportional_split(total, plan_shares(total, over, per), min_each=1)
-        mine = max(1, min(split[self.rank], dataset_len))
+        mine = max(1, min(-(-split[self.rank] // self.job.grad_accumulation), dataset_len))
         slowest = max(a + b * n for a, b, n in zip(over, per, split, strict=True))
         # the same count on every rank (from the same gathered numbers): each step is a collective
         reps = max(2, min(5, int(0.5 / max(slowest, 1e-9))))
@@ -481,6 +518,11 @@ class RankTrainer:
             step=position[1],
             global_step=global_step,
             rng=rngs,
+            extra={
+                "lr_scheduler": (self._scheduler.state_dict()
+                                 if getattr(self, "_scheduler", None) is not None else None),
+                "grad_scaler": self._precision.state_dict(),
+            },
             meta={
                 "job_id": self.job.job_id,
                 "attempt": self.spec.attempt,
@@ -508,6 +550,34 @@ class RankTrainer:
             self.marks["final_packed"] = time.time()
             msg["marks"] = dict(self.marks)
         self.channel.ship(msg)
+
+    def _end_epoch(self, epoch: int, global_step: int, whole: bool, wrapped: Any,
+                   strategy: Any, runner: StepRunner, loss_fn: Any, device: Any,
+                   report: PreflightReport) -> None:
+        """Evaluate (every epoch, and after a last partial one), ship the figures from rank 0,
+        and step a per-epoch schedule (``whole``: the epoch ended, not just the run)."""
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        eval_loss = None
+        if self._eval_data is not None:
+            strategy.synchronize(wrapped)  # local SGD: one model to evaluate, on every rank
+            model = wrapped.module if isinstance(wrapped, DDP) else wrapped
+            with self._user("evaluating on eval_dataset (eval_metric=)"):
+                figures = evaluate(
+                    model, self._eval_data, loss_fn, self._metric,
+                    lambda ix: self._fetch(self._eval_data, ix, device),
+                    rank=self.rank, world=self.world,
+                    batch_size=-(-self.job.global_batch // self.world),
+                    precision=self._precision, device=device,
+                    lockstep=report.strategy == "fsdp",
+                )
+            eval_loss = figures.get("loss")
+            if self.rank == 0:
+                self.channel.ship({"kind": "eval", "attempt": self.spec.attempt,
+                                   "epoch": epoch, "global_step": global_step, **figures})
+        if whole:
+            with self._user("stepping the LR scheduler"):
+                runner.end_epoch(eval_loss)
 
     def _check_same_job(self, resume: dict[str, Any]) -> None:
         """Refuse another job's checkpoint as the user's error (never retried), with what differs.
@@ -554,6 +624,9 @@ class RankTrainer:
         planned = job.epochs * per_epoch if job.max_steps is None else min(
             job.epochs * per_epoch, job.max_steps)
         self._steps_left = max(planned - int(resume["global_step"] if resume else 0), 0)
+        if self.rank == 0:  # the job shows this phase until the first step (driver.PHASES)
+            self.channel.ship({"kind": "phase", "attempt": self.spec.attempt,
+                               "phase": "preflight"})
         report = self._preflight(model, dataset, loss_fn, device)
         self.marks["preflight"] = time.time()
         if self.rank == 0:
@@ -621,13 +694,31 @@ class RankTrainer:
         with self._user("building the optimizer"):
             optimizer = self._optimizer_factory(wrapped.parameters())
         self._fingerprint["optimizer"] = type(optimizer).__qualname__
+        asked = asked_hyperparameters(optimizer)
+        total = job.epochs * plan.steps_per_epoch
+        if job.max_steps is not None:
+            total = min(total, job.max_steps)
+        by_epoch = job.lr_scheduler_interval == "epoch"
+        with self._user("building the LR scheduler (lr_scheduler=)"):
+            # before any checkpoint is loaded: building a schedule sets the lr of its step 0
+            self._scheduler = build_scheduler(
+                self._scheduler_factory, optimizer,
+                -(-total // plan.steps_per_epoch) if by_epoch else total)
+            problem = scheduler_problem(self._scheduler, job.lr_scheduler_interval,
+                                        self._eval_data is not None, built=True)
+            if problem:
+                raise ValueError(problem)
+        if self._scheduler is not None:
+            asked = unscheduled(asked, optimizer)
 
         epoch, step, global_step = 0, 0, 0
         if resume is not None:
             self._check_same_job(resume)
-            asked = asked_hyperparameters(optimizer)
             with self._user("loading the checkpoint into the model and optimizer"):
                 load_state(wrapped, optimizer, resume)
+                if self._scheduler is not None and resume.get("lr_scheduler"):
+                    self._scheduler.load_state_dict(resume["lr_scheduler"])
+                self._precision.load_state_dict(resume.get("grad_scaler"))
             epoch, step, global_step = resume["epoch"], resume["step"], resume["global_step"]
             if (resume.get("meta") or {}).get("job_id") != job.job_id:
                 # another job's checkpoint (a checkpoint_dir): what is asked now wins
@@ -643,11 +734,18 @@ class RankTrainer:
         else:
             torch.manual_seed(job.seed + self.rank)  # e.g. different dropout masks per rank
 
-        total = job.epochs * plan.steps_per_epoch
-        if job.max_steps is not None:
-            total = min(total, job.max_steps)
         self._total = total
         strategy.begin(wrapped, total)
+        runner = StepRunner(
+            wrapped, optimizer, loss_fn,
+            precision=self._precision,
+            no_sync=strategy.no_sync,
+            zero_loss=zero_loss,
+            accumulation=job.grad_accumulation,
+            clip_grad_norm=job.clip_grad_norm,
+            scheduler=self._scheduler,
+            interval=job.lr_scheduler_interval,
+        )
         metrics = RankMetrics(
             emit=self.channel.metrics,
             rank=self.rank,
@@ -688,18 +786,12 @@ class RankTrainer:
             idx = plan.rank_indices(ep, st, self.rank)
             mine = int(idx.numel())
             sizes = plan.step_sizes(st)
-            with self._user("fetching a batch from the dataset"):
-                batch = fetch(dataset, idx) if mine else empty_like_batch(dataset)
-            inputs, target = split_batch(to_device(batch, device))
+            scale = plan.loss_scale(st, self.rank) if exact else (1.0 if mine else 0.0)
             with self._user("the training step (forward, loss, backward, optimizer)"):
-                out = wrapped(*inputs)
-                t1 = time.perf_counter()
-                loss = loss_fn(out, target) if mine else zero_loss(out)
-                scale = plan.loss_scale(st, self.rank) if exact else (1.0 if mine else 0.0)
-                (loss if scale == 1.0 else loss * scale).backward()
-                if exact or mine:
-                    optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                loss, forward_s = runner.step(
+                    idx, lambda ix: self._fetch(dataset, ix, device), scale,
+                    do_step=bool(exact or mine))
+            t1 = t0 + forward_s
             comm = strategy.after_step(wrapped, global_step, mine, sum(sizes))
             if "first_step" not in self.marks:
                 self.marks["first_step"] = time.time()
@@ -718,6 +810,9 @@ class RankTrainer:
                 forward_s=t1 - t0,
                 comm_s=comm,
             )
+            if st + 1 == plan.steps_per_epoch or global_step >= total:
+                self._end_epoch(ep, global_step, st + 1 == plan.steps_per_epoch, wrapped,
+                                strategy, runner, loss_fn, device, report)
             if balancer is not None:
                 balancer.record(mine, t1 - t0)
                 if balancer.due(global_step) and global_step < total:

@@ -213,6 +213,14 @@ def asked_hyperparameters(optimizer: Any) -> list[dict[str, Any]]:
             for g in optimizer.param_groups]
 
 
+def unscheduled(asked: list[dict[str, Any]], optimizer: Any) -> list[dict[str, Any]]:
+    """The asked settings an LR scheduler does not own: building one changed the others (and
+    sets ``lr`` from then on), so the checkpoint's values of those must stay."""
+    return [{k: v for k, v in mine.items()
+             if k not in ("lr", "initial_lr") and k in group and _same(group[k], v)}
+            for mine, group in zip(asked, optimizer.param_groups, strict=False)]
+
+
 def keep_asked_hyperparameters(optimizer: Any, asked: list[dict[str, Any]]) -> list[str]:
     """Put the asked settings back after loading a checkpoint; one line per one that differed."""
     notes: list[str] = []

@@ -9,6 +9,8 @@ all replicas start equal.
 
 Batch convention: a dataset item (or a ``TensorDataset`` row) is a tuple whose last element is
 the target; ``loss_fn(model(*inputs), target)`` must return the *mean* loss over the batch.
+Dict items (tokenised Hugging Face data sets) become a dict of tensors and the model is called
+``model(**batch)`` (:mod:`.batches`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from .options import (
     CommunicationOptions,
     DataOptions,
     MetricsOptions,
+    OptimizationOptions,
     PlacementOptions,
 )
 
@@ -33,7 +36,7 @@ class JobSpec:
     """Immutable description of one training job (identical for every rank and attempt)."""
 
     job_id: str
-    user_objects: bytes  # cloudpickle of (model, dataset, loss_fn, optimizer factory)
+    user_objects: bytes  # cloudpickle of USER_OBJECTS (pack_user_objects)
     epochs: int
     global_batch: int
     # train()'s settings (their defaults: the option groups of .options)
@@ -46,6 +49,10 @@ class JobSpec:
     torch_threads: int | None = PlacementOptions.torch_threads
     shares: Sequence[float] | None = PlacementOptions.shares
     local_sgd_every: int | None = CommunicationOptions.local_sgd_every
+    grad_accumulation: int = DataOptions.grad_accumulation
+    lr_scheduler_interval: str = OptimizationOptions.lr_scheduler_interval
+    clip_grad_norm: float | None = OptimizationOptions.clip_grad_norm
+    autocast: str | None = OptimizationOptions.autocast
     preflight_steps: int = 5
     control_every: int = 10  # minimum steps between stop votes (see stop_vote.vote_every)
     # The final checkpoint carries the optimizer state only when it is kept for a later resume
@@ -85,7 +92,13 @@ class AttemptPayload:
 
 
 # --------------------------------------------------------------------------- user objects
-def pack_user_objects(model: Any, dataset: Any, loss_fn: Any, optimizer: Any) -> bytes:
+#: the user's objects a training job ships, in their order in ``JobSpec.user_objects``
+USER_OBJECTS = ("model", "dataset", "loss_fn", "optimizer",
+                "collate_fn", "lr_scheduler", "eval_dataset", "eval_metric")
+
+
+def pack_user_objects(model: Any, dataset: Any, loss_fn: Any, optimizer: Any,
+                      **optional: Any) -> bytes:
     """Serialize the user's objects with cloudpickle, once, in the notebook.
 
     Dask would use plain pickle for our own payload and so pickle the user's classes *by
@@ -93,9 +106,12 @@ def pack_user_objects(model: Any, dataset: Any, loss_fn: Any, optimizer: Any) ->
     classes from ``__main__`` (notebooks) travel by value, and so do those of any module the
     user registers with ``cloudpickle.register_pickle_by_value``.
     """
-    return dumps_for_workers(
-        {"model": model, "dataset": dataset, "loss_fn": loss_fn, "optimizer": optimizer}
-    )
+    given = {"model": model, "dataset": dataset, "loss_fn": loss_fn, "optimizer": optimizer,
+             **optional}
+    unknown = set(given) - set(USER_OBJECTS)
+    if unknown:
+        raise TypeError(f"pack_user_objects: unknown object(s) {sorted(unknown)}")
+    return dumps_for_workers({name: given.get(name) for name in USER_OBJECTS})
 
 
 def dumps_for_workers(named: dict[str, Any]) -> bytes:
@@ -119,11 +135,15 @@ def dumps_for_workers(named: dict[str, Any]) -> bytes:
         raise cannot_ship(culprit, err) from None
 
 
+#: user objects that are functions called on the workers (not objects a factory could build)
+_FUNCTIONS = ("objective", "collate_fn", "lr_scheduler", "eval_metric")
+
+
 def cannot_ship(name: str, err: BaseException) -> TypeError:
     """The error for a user object that cannot be copied to the workers, with the way out."""
     way_out = (
         "create what cannot be copied (a lock, a connection) inside the function"
-        if name == "objective"
+        if name in _FUNCTIONS or name.startswith("fn")
         else f"pass a zero-argument factory instead (e.g. {name}=lambda: ...), so each device "
         "builds its own"
     )
@@ -132,12 +152,12 @@ def cannot_ship(name: str, err: BaseException) -> TypeError:
     )
 
 
-def unpack_user_objects(blob: bytes) -> tuple[Any, Any, Any, Callable[[Any], Any]]:
-    """Inverse of :func:`pack_user_objects`, with a hint when a module is missing."""
+def unpack_user_objects(blob: bytes) -> dict[str, Any]:
+    """Inverse of :func:`pack_user_objects` (by name), with a hint when a module is missing."""
     import cloudpickle
 
     try:
-        return cloudpickle.loads(blob)
+        return dict(zip(USER_OBJECTS, cloudpickle.loads(blob), strict=True))
     except ModuleNotFoundError as exc:
         raise ModuleNotFoundError(
             f"{exc}. The worker cannot import code the job refers to: install it in the "
@@ -190,9 +210,10 @@ def _zero_arg(fn: Any) -> bool:
     )
 
 
-def build_loss(loss_fn: Any) -> Callable[[Any, Any], Any]:
-    """Loss callable from a loss module/function, a loss class, or a zero-argument factory."""
-    if _is_module(loss_fn):
+def build_loss(loss_fn: Any) -> Callable[[Any, Any], Any] | None:
+    """Loss callable from a loss module/function, a loss class, or a zero-argument factory;
+    None stays None (the model's output carries the loss: :func:`.batches.loss_of`)."""
+    if loss_fn is None or _is_module(loss_fn):
         return loss_fn
     if inspect.isclass(loss_fn):
         return loss_fn()
@@ -219,27 +240,30 @@ def optimizer_factory(optimizer: Any) -> Callable[[Any], Any]:
 
 
 # --------------------------------------------------------------------------- batches
-def fetch(dataset: Any, indices: Any) -> tuple[Any, ...]:
-    """Collate the samples at ``indices`` (fast path for TensorDataset-like objects)."""
+def fetch(dataset: Any, indices: Any, collate_fn: Any = None) -> Any:
+    """Collate the samples at ``indices``: a tuple, or a dict for dict items (fast path for
+    TensorDataset-like objects; ``collate_fn`` as a DataLoader's: :func:`.batches.collate`)."""
     import torch
-    from torch.utils.data import default_collate
+
+    from .batches import collate
 
     tensors = getattr(dataset, "tensors", None)
-    if tensors is not None:  # index_select: half the cost of t[indices] on the step's path
+    if tensors is not None and collate_fn is None:
+        # index_select: half the cost of t[indices] on the step's path
         return tuple(
             t.index_select(0, indices.to(t.device)) if isinstance(t, torch.Tensor) else t[indices]
             for t in tensors
         )
-    items = [dataset[int(i)] for i in indices]
-    batch = default_collate(items)
-    return tuple(batch) if isinstance(batch, (list, tuple)) else (batch,)
+    return collate([dataset[int(i)] for i in indices], collate_fn)
 
 
-def empty_like_batch(dataset: Any) -> tuple[Any, ...]:
+def empty_like_batch(dataset: Any, collate_fn: Any = None) -> Any:
     """A zero-sample batch with the right shapes (for a rank with nothing in the last step)."""
     import torch
 
-    one = fetch(dataset, torch.zeros(1, dtype=torch.long))
+    one = fetch(dataset, torch.zeros(1, dtype=torch.long), collate_fn)
+    if isinstance(one, dict):
+        return {k: t[:0] if isinstance(t, torch.Tensor) else t for k, t in one.items()}
     return tuple(t[:0] if isinstance(t, torch.Tensor) else t for t in one)
 
 
@@ -253,13 +277,6 @@ def to_device(obj: Any, device: Any) -> Any:
     if isinstance(obj, dict):
         return {k: to_device(v, device) for k, v in obj.items()}
     return obj
-
-
-def split_batch(batch: tuple[Any, ...]) -> tuple[tuple[Any, ...], Any]:
-    """(inputs, target): the last element is the target."""
-    if len(batch) < 2:
-        raise ValueError("each sample must be a tuple (inputs..., target)")
-    return tuple(batch[:-1]), batch[-1]
 
 
 def zero_loss(output: Any) -> Any:

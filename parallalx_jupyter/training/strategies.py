@@ -18,6 +18,7 @@ PowerSGD is deliberately absent: it is unreliable on gloo (aborts with more than
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Iterator
@@ -143,6 +144,12 @@ class Strategy:
         """Called after each optimizer step; returns seconds spent communicating here."""
         return 0.0
 
+    def no_sync(self, model: Any) -> contextlib.AbstractContextManager[Any]:
+        """Backward passes inside keep their gradients local, to be summed with the next one
+        (gradient accumulation): DDP's ``no_sync``; a single rank has nothing to hold back."""
+        hold = getattr(model, "no_sync", None)
+        return hold() if hold is not None else contextlib.nullcontext()
+
     def synchronize(self, model: Any) -> float:
         """Bring ranks to identical parameters (before checkpoints and at the end)."""
         return 0.0
@@ -186,6 +193,15 @@ class FSDPStrategy(Strategy):
                 fully_shard(child, mesh=mesh)
         fully_shard(model, mesh=mesh)
         return model
+
+    @contextlib.contextmanager
+    def no_sync(self, model: Any) -> Iterator[None]:
+        """FSDP2 keeps unsharded gradients and skips the reduce-scatter meanwhile."""
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
 
 
 class LocalSGDStrategy(Strategy):

@@ -8,7 +8,7 @@ import uuid
 from typing import Any
 
 from ..jobs.client import resolve_client
-from ..jobs.handle import Job, JobCancelledError
+from ..jobs.handle import Job, JobCancelledError, cancelled_text
 from ..jobs.reporter import attach_reporter
 from .base import JobContext, Workload
 from .registry import get
@@ -48,10 +48,14 @@ def start(
                 job.hub.emit({"kind": "state", "job_id": job_id, "state": "running"})
             result = wl.run(ctx, checked)
             if job.cancel_requested and result is None:
-                raise JobCancelledError(f"{wl.name} job {job_id} was cancelled")
+                raise JobCancelledError("cancelled by the user")
         except BaseException as exc:
-            state = "cancelled" if isinstance(exc, JobCancelledError) else "failed"
-            job.hub.emit({"kind": "state", "job_id": job_id, "state": state, "error": str(exc)})
+            if isinstance(exc, JobCancelledError):  # the user's own choice, not an error
+                job.hub.emit({"kind": "state", "job_id": job_id, "state": "cancelled",
+                              "message": cancelled_text(exc)})
+            else:
+                job.hub.emit({"kind": "state", "job_id": job_id, "state": "failed",
+                              "error": str(exc)})
             _settle(job, reporter, dask_client if owned else None)
             job._future.set_exception(exc)
         else:

@@ -26,15 +26,19 @@ from typing import Any
 from ..jobs.client import NoClientError, device_names
 from ..jobs.handle import Job
 from ..jobs.hub import ProgressHub, Record
+from ..training.batches import check_sample
 from ..training.checkpoint import CheckpointStore, unpack
 from ..training.driver import Driver
 from ..training.errors import TrainingError
+from ..training.loop import scheduler_problem
 from ..training.options import (
     PARAMETERS,
     CheckpointOptions,
     CommunicationOptions,
     DataOptions,
+    EvaluationOptions,
     MetricsOptions,
+    OptimizationOptions,
     PlacementOptions,
     RecoveryOptions,
     from_params,
@@ -81,7 +85,10 @@ class TrainingJob(Job):
       ...: starting fresh", and each hyper-parameter asked that differs from the checkpoint's;
     * ``timeline``: seconds from the ``train()`` call to each phase of the latest attempt
       (probe, ship, rendezvous, rank process, process group, build, preflight, first step;
-      at the end also the last step, the final state packed on rank 0 and received here).
+      at the end also the last step, the final state packed on rank 0 and received here);
+    * ``evaluations``: with ``eval_dataset``, each epoch's figures (``epoch``,
+      ``global_step``, ``loss``, ``accuracy``, ``metric``, ``samples``), in the order of the
+      ``history`` records that carry them under ``eval``.
 
     ``result()`` is the trained model as a CPU module in this process.
     """
@@ -114,6 +121,12 @@ class TrainingJob(Job):
                              for k, v in sorted(marks.items(), key=lambda kv: kv[1])}
 
     @property
+    def evaluations(self) -> list[dict[str, Any]]:
+        """Each epoch's evaluation so far (see the class docstring)."""
+        with self._lock:
+            return [dict(h["eval"]) for h in self.history if "eval" in h]
+
+    @property
     def checkpoint_path(self) -> Path | None:
         """Newest checkpoint file written for this job (None without ``checkpoint_dir``)."""
         return self._store.last_path
@@ -132,7 +145,8 @@ class TrainWorkload(Workload):
         "properties": {
             "model": {**_PY, "description": "torch.nn.Module or a factory returning one"},
             "dataset": {**_PY, "description": "a map-style data set, (x, y) tensors or factory"},
-            "loss_fn": {**_PY, "description": "loss(output, target), mean over the batch"},
+            "loss_fn": {**_PY, "description": "loss(output, target), mean over the batch; "
+                        "None: the model's output carries it (outputs.loss)"},
             "optimizer": {**_PY, "description": "factory taking the parameters, or an optimizer"},
             # every setting of the option groups, by its flat name, with its default
             **schema_properties(),
@@ -144,12 +158,33 @@ class TrainWorkload(Workload):
         out = validate_params(self.name, self.parameters, params)
         if not math.isfinite(out["group_timeout"]):
             raise WorkloadError("train: parameter 'group_timeout' must be a finite number")
+        problem = scheduler_problem(out.get("lr_scheduler"), out["lr_scheduler_interval"],
+                                    out.get("eval_dataset") is not None)
+        for name in ("collate_fn", "eval_metric"):
+            if out.get(name) is not None and not callable(out[name]):
+                problem = f"{name} must be callable, not {type(out[name]).__name__}"
+        if problem:
+            raise WorkloadError(f"train: {problem}")
+        # one batch of the first items, here and once, before any worker starts
+        for what in ("dataset", "eval_dataset"):
+            if out.get(what) is None:
+                continue
+            try:
+                check_sample(out["model"], out[what], out["loss_fn"], out.get("collate_fn"),
+                             what=what)
+            except (TypeError, ValueError) as err:
+                raise WorkloadError(f"train: {err}") from None
         return out
 
     def job_name(self, params: dict[str, Any]) -> str:
+        """What the job trains, so a list of jobs tells them apart without a ``name=``:
+        ``train Net on 1,797 samples`` (a factory: its name; a data set made by a factory
+        has no size here)."""
         model = params["model"]
         label = type(model).__name__ if _is_module(model) else getattr(model, "__name__", "")
-        return f"train {label}".strip()
+        size = dataset_length(params["dataset"])
+        on = f" on {size:,} sample{'s' if size != 1 else ''}" if size is not None else ""
+        return f"train {label or 'model'}{on}"
 
     def make_job(self, job_id: str, name: str, params: dict[str, Any]) -> Job:
         directory = params["checkpoint_dir"]
@@ -189,12 +224,17 @@ class TrainWorkload(Workload):
         placement = from_params(PlacementOptions, params)
         communication = from_params(CommunicationOptions, params)
         checkpoint = from_params(CheckpointOptions, params)
+        optimization = from_params(OptimizationOptions, params)
         _plan_resume(ctx, job._store, params, data)
         spec = JobSpec(
             job_id=job.id,
             user_objects=pack_user_objects(
                 ship_model, params["dataset"], params["loss_fn"],
                 optimizer_factory(params["optimizer"]),
+                collate_fn=params.get("collate_fn"),
+                lr_scheduler=params.get("lr_scheduler"),
+                eval_dataset=params.get("eval_dataset"),
+                eval_metric=params.get("eval_metric"),
             ),
             epochs=data.epochs,
             global_batch=data.batch_size,
@@ -207,6 +247,10 @@ class TrainWorkload(Workload):
             torch_threads=placement.torch_threads,
             shares=list(placement.shares) if placement.shares is not None else None,
             local_sgd_every=communication.local_sgd_every,
+            grad_accumulation=data.grad_accumulation,
+            lr_scheduler_interval=optimization.lr_scheduler_interval,
+            clip_grad_norm=optimization.clip_grad_norm,
+            autocast=optimization.autocast,
             final_optimizer=checkpoint.dir is not None,
             same_job=_same_job_key(params),
         )
@@ -236,7 +280,8 @@ def _same_job_key(params: dict[str, Any]) -> str:
         optimizer_name(params["optimizer"]),
         type(params["loss_fn"]).__qualname__,
         dataset_length(params["dataset"]),
-        [params[k] for k in ("batch_size", "epochs", "max_steps", "torch_threads")],
+        [params.get(k) for k in ("batch_size", "epochs", "max_steps", "torch_threads",
+                                 "grad_accumulation", "autocast")],
     ]
     text = json.dumps(parts, default=str, sort_keys=True)
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
@@ -290,6 +335,8 @@ def train(
     checkpoint: CheckpointOptions | None = None,
     recovery: RecoveryOptions | None = None,
     metrics: MetricsOptions | None = None,
+    optimization: OptimizationOptions | None = None,
+    evaluation: EvaluationOptions | None = None,
     client: Any = None,
     security: Any = None,
     name: str | None = None,
@@ -316,6 +363,14 @@ def train(
     settle_timeout: float = _UNSET,
     heartbeat_timeout: float = _UNSET,
     probe_timeout: float = _UNSET,
+    collate_fn: Callable[[list[Any]], Any] | None = _UNSET,
+    grad_accumulation: int = _UNSET,
+    lr_scheduler: Callable[..., Any] | None = _UNSET,
+    lr_scheduler_interval: str = _UNSET,
+    clip_grad_norm: float | None = _UNSET,
+    autocast: str | None = _UNSET,
+    eval_dataset: Any = _UNSET,
+    eval_metric: Callable[[Any, Any], float] | None = _UNSET,
 ) -> TrainingJob:
     """Train ``model`` data-parallel on every worker of a Dask cluster; returns at once.
 
@@ -323,6 +378,16 @@ def train(
     a factory taking the parameters (e.g. ``functools.partial(torch.optim.SGD, lr=0.1)``) or an
     optimizer instance whose class and defaults are reused. ``loss_fn(output, target)`` must
     return the mean over the batch.
+
+    Data set items are tuples ``(inputs..., target)`` (the model is called ``model(*inputs)``)
+    or dicts, as tokenised Hugging Face data sets give: those are collated into a dict of
+    tensors and the model is called ``model(**batch)``, without the ``labels`` key when a
+    ``loss_fn`` takes it as the target. ``loss_fn=None``: the model gets the whole batch and
+    its output carries the loss (``outputs.loss``, ``outputs["loss"]`` or a scalar tensor, as
+    Hugging Face models do when the batch holds ``labels``). The first items are collated and
+    checked against the model's forward here, before any worker starts: a mismatch (items of
+    unequal lengths, dict items for a forward without keyword arguments, ...) is one error
+    saying what was received and the way out.
 
     The settings come in typed groups (frozen dataclasses of
     :mod:`parallalx_jupyter.training.options`, each field documented there, with its default):
@@ -342,7 +407,21 @@ def train(
       below ``min_workers``); a frozen or cut-off worker is detected within seconds from its
       heartbeats and the silent ranks, at the latest after ``group_timeout`` seconds;
     * ``metrics=MetricsOptions(interval=0.5, on_progress=None)``: ``on_progress`` receives
-      progress records.
+      progress records;
+    * ``data=`` also holds ``collate_fn=None`` (items -> batch on each rank, e.g.
+      ``DataCollatorWithPadding``) and ``grad_accumulation=1`` (each rank's part of a step in
+      that many micro-batches, all-reduced once: the same maths in less memory);
+    * ``optimization=OptimizationOptions(lr_scheduler=None, lr_scheduler_interval="step",
+      clip_grad_norm=None, autocast=None)``: ``lr_scheduler`` is a factory ``optimizer ->
+      scheduler`` (``functools.partial(OneCycleLR, max_lr=0.1)``: an unset ``total_steps``
+      is filled in with the job's steps, or epochs for the ``"epoch"`` interval), checkpointed
+      and restored on resume and recovery; ``clip_grad_norm`` clips the total gradient norm
+      before each step; ``autocast`` is ``"bf16"`` (CPU and CUDA) or ``"fp16"`` (CUDA, with a
+      gradient scaler);
+    * ``evaluation=EvaluationOptions(dataset=None, metric=None)`` (flat: ``eval_dataset=``,
+      ``eval_metric=``): evaluated at the end of every epoch, sharded over the ranks and
+      summed, into ``job.history`` (a progress record with ``eval``: ``loss``, ``accuracy``
+      for class logits, ``metric(outputs, targets)``) and ``job.evaluations``.
 
     Every setting is also a flat keyword, as before the groups: ``epochs=``, ``batch_size=``,
     ``checkpoint_dir=`` (``CheckpointOptions.dir``), ``checkpoint_every=``
@@ -357,7 +436,8 @@ def train(
     """
     given = {k: v for k, v in locals().items() if k in PARAMETERS and v is not _UNSET}
     groups = {"data": data, "placement": placement, "communication": communication,
-              "checkpoint": checkpoint, "recovery": recovery, "metrics": metrics}
+              "checkpoint": checkpoint, "recovery": recovery, "metrics": metrics,
+              "optimization": optimization, "evaluation": evaluation}
     settings = gather(given, groups)
     params = {
         "model": model, "dataset": dataset, "loss_fn": loss_fn, "optimizer": optimizer,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import time
 
 import pytest
@@ -100,6 +102,15 @@ def test_accept_is_bound_to_what_was_shown(make_device):
     assert b.api("GET", f"requests/{sent['id']}")["state"] == "pending"
 
 
+def _cli(dev, *args: str) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PARALLALX_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "parallalx_jupyter.cli", "--home", str(dev.home / "state"), *args],
+        capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
 def _serving(dev):
     entries = dev.api("GET", "cluster")["serving"]
     return entries[0] if entries else {}
@@ -145,8 +156,12 @@ def test_a_refused_join_says_why_on_both_sides_and_is_asked_again_while_paired(m
     refused = a.api("GET", "cluster")["refused_joins"]
     assert [(r["device_id"], r["device_name"]) for r in refused] == [(b_id, "bravo")]
     assert "revoked" in refused[0]["reason"]
+    # the CLI says it too, by name, on both sides
+    assert f"refused: bravo [{b_id[:15]}" in _cli(a, "cluster")
+    assert "serving main device alpha" in _cli(b, "cluster") and "refused" in _cli(b, "cluster")
     # the user's Retry while still refused: tried at once, refused again, still retried
     assert b.api("POST", f"cluster/serving/{a_id}/retry")["serving"][0]["state"] == "refused"
+    assert "serving main device alpha" in _cli(b, "cluster", "retry", "alpha")
     with pytest.raises(DeviceError) as err:
         b.api("POST", f"cluster/serving/{b_id}/retry")
     assert err.value.status == 404

@@ -4,13 +4,12 @@ then server.json) and the event stream (only parallalx events, from a background
 from __future__ import annotations
 
 import json
-import queue
 import textwrap
-import time
 
 import pytest
 import websocket
 from jupyter_client import BlockingKernelClient
+from kernel_helpers import run_in_kernel, wait_for_kernel
 
 from parallalx_jupyter.client import ApiClient
 from parallalx_jupyter.local_device import LocalDevice, wait_for
@@ -40,31 +39,8 @@ def test_outside_a_kernel_the_environment_then_server_json_is_used(alpha, tmp_pa
         api.locate_server()
 
 
-def _execute(kc: BlockingKernelClient, code: str) -> str:
-    out: list[str] = []
-
-    def hook(msg: dict) -> None:
-        if msg["msg_type"] == "stream":
-            out.append(msg["content"]["text"])
-        elif msg["msg_type"] == "error":
-            out.append("ERROR " + msg["content"]["ename"] + ": " + msg["content"]["evalue"])
-
-    reply = kc.execute_interactive(code, output_hook=hook, timeout=60)
-    assert reply["content"]["status"] == "ok", "".join(out)
-    return "".join(out)
 
 
-def _wait_for_kernel(kc: BlockingKernelClient, timeout: float = 90.0) -> None:
-    """Like `wait_for_ready`, without its heartbeat check (which misfires on a loaded host)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        kc.kernel_info()
-        try:
-            if kc.get_shell_msg(timeout=2)["msg_type"] == "kernel_info_reply":
-                return
-        except queue.Empty:
-            pass
-    raise TimeoutError("the kernel did not answer kernel_info")
 
 
 def test_a_kernel_finds_the_jupyter_server_it_belongs_to(bravo, tmp_path):
@@ -79,8 +55,8 @@ def test_a_kernel_finds_the_jupyter_server_it_belongs_to(bravo, tmp_path):
             connection_file=str(dev.home / "jupyter-runtime" / f"kernel-{kernel_id}.json"))
         kc.load_connection_file()
         kc.start_channels()
-        _wait_for_kernel(kc)
-        out = _execute(kc, textwrap.dedent("""
+        wait_for_kernel(kc)
+        out = run_in_kernel(kc, textwrap.dedent("""
             import json
             from parallalx_jupyter.notebook import api
             ref = api.locate_server()

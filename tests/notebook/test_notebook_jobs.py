@@ -80,6 +80,28 @@ def test_jobs_cancel_reaches_a_training_job_in_this_kernel(ip, alpha, dask_clien
     wait_for(lambda: alpha.api("GET", f"jobs/{job.id}")["state"] == "cancelled", 10)
 
 
+def test_cell_launch_runs_the_cell_on_every_worker(ip, alpha, dask_client, tmp_path) -> None:
+    """`%%parallalx launch -- ARGS`: the cell is the script, torchrun-style on each rank."""
+    ip.use(alpha)
+    ip.user_ns["client"] = dask_client
+    ip.run_cell_magic("parallalx", f"launch --name cell-launch -o lj -- {tmp_path} x", (
+        "import os, sys\n"
+        "import torch, torch.distributed as dist\n"
+        "import parallalx_jupyter as px\n"
+        "t = torch.ones(1)\n"
+        "dist.all_reduce(t)\n"
+        "open(os.path.join(sys.argv[1], f\"rank{os.environ['RANK']}\"), 'w').write(\n"
+        "    f\"{__name__} {sys.argv[2]} {os.environ['WORLD_SIZE']} {int(t.item())}\")\n"
+        "px.report(step=1, loss=0.25)\n"))
+    job = ip.user_ns["lj"]
+    assert any(isinstance(s, JobView) and s.job is job for s in ip.shown)
+    job.result(timeout=150)
+    assert [(tmp_path / f"rank{r}").read_text() for r in range(2)] == ["__main__ x 2 2"] * 2
+    assert job.history and job.history[-1]["loss"] == 0.25
+    wait_for(lambda: alpha.api("GET", f"jobs/{job.id}")["state"] == "finished", 10)
+    assert alpha.api("GET", f"jobs/{job.id}")["name"] == "cell-launch"
+
+
 @pytest.mark.parametrize(
     ("line", "message"),
     [
@@ -91,6 +113,8 @@ def test_jobs_cancel_reaches_a_training_job_in_this_kernel(ip, alpha, dask_clien
          "no variable 'undefined_name' in this notebook"),
         ("run sweep objective=nosuch.module:fn space={}", "cannot import 'nosuch.module:fn'"),
         ("jobs cancel nosuchjob", "no job 'nosuchjob'"),
+        ("launch nosuch.py", "launch: no such script: nosuch.py"),
+        ("launch", "launch: give a script, or use %%parallalx launch"),
     ],
 )
 def test_bad_input_is_one_line(ip, alpha, example_workload, line: str, message: str) -> None:
@@ -106,7 +130,7 @@ def test_sweeps_and_inference_notebook(tmp_path) -> None:
     from test_notebook_training import _run_notebook
 
     texts = "\n".join(_run_notebook("sweeps_and_inference.ipynb", tmp_path))
-    assert "workloads: inference, sweep, train" in texts.replace("pi, ", "")
+    assert "workloads: inference, launch, sweep, train" in texts.replace("pi, ", "")
     best = next(t for t in texts.splitlines() if t.startswith("best:"))
     assert float(best.split()[-1]) >= 0.9
     assert "same as one local pass: True" in texts

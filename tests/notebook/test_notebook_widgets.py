@@ -188,3 +188,66 @@ def test_card_text_for_frontends_without_widgets(direction):
     assert "bravo" in text and "123 456" in text and "threads 4" in text
     assert "expires in 1m" in text and "XXXXXXX-YYYYYYY" in text
     assert (card.buttons.layout.display != "none") == (direction == "incoming")
+
+
+# -- issue 17, item 12: readable asks, no false notice, "N more", wrapping
+
+
+def test_asks_read_as_text_and_long_text_wraps(alpha, bravo, conn_to):
+    conn = conn_to(bravo)
+    long_word = "x" * 400  # one unbreakable word: must wrap, not widen the output
+    sent = alpha.api("POST", "invitations", {"url": bravo.peer_url, "asks": {
+        "purpose": long_word, "nthreads": 2, "memory_limit_gb": 4,
+        "requirements": ["torch>=2.2", "numpy"]}})
+    card = RequestCard(conn.request(sent["id"]), conn)
+    asks = card.asks.value
+    # what the server stores for a request (limits, requirements, the cluster it joins) in
+    # words: no dict or list syntax anywhere
+    assert "2 CPU threads" in asks and "4 GB memory" in asks
+    assert "requirements: torch&gt;=2.2, numpy" in asks
+    assert not any(c in asks for c in "{}[]'"), asks
+    for widget in (card.title, card.peer, card.asks):
+        assert "overflow-wrap:anywhere" in widget.value
+    assert long_word[:100] in asks
+    bravo.api("POST", f"requests/{sent['id']}/reject", {})
+
+    # nested values a peer may send are flattened to text too
+    odd = RequestCard({"id": "r1", "direction": "incoming", "state": "pending", "asks": {
+        "purpose": "p", "gpus": 1, "cluster": {"scheduler_port": 8786, "ca_fingerprint": "ab"},
+        "extra": [{"a": 1}, 2]}})
+    assert "1 GPU" in odd.asks.value
+    assert "already paired" not in odd.peer.value
+    again = RequestCard({"id": "r2", "direction": "incoming", "state": "pending", "asks": {},
+                         "already_paired": True})
+    assert "already paired" in again.peer.value
+    assert "cluster: scheduler port 8786, ca fingerprint ab" in odd.asks.value
+    assert not any(c in odd.asks.value for c in "{}[]'"), odd.asks.value
+
+
+def test_fresh_overview_has_no_stale_notice_until_detached(bravo, conn_to):
+    conn = conn_to(bravo)
+    view = Overview(conn)
+    for part in (view.devices, view.inbox):
+        assert part.is_live
+        notice = part.notice.value if hasattr(part, "notice") else part.status.value
+        assert "not live any more" not in notice
+    view.inbox.detach()
+    assert "not live any more" in view.inbox.notice.value
+    view.close()
+
+
+def test_inbox_over_its_limit_says_how_many_more(alpha, bravo, conn_to):
+    conn = conn_to(bravo)
+    for purpose in ("first", "second", "third"):  # each supersedes the one before
+        invite(alpha, bravo, purpose)
+
+    class SmallInbox(Inbox):
+        LIMIT = 1
+
+    total = len(conn.requests(state="all"))
+    inbox = SmallInbox(conn, show_all=True, live=False)
+    assert len(inbox.requests) == 1
+    assert f"{total - 1} more not shown" in inbox.more.value
+    assert inbox.more in inbox.children
+    full = Inbox(conn, show_all=True, live=False)
+    assert full.more not in full.children or total > Inbox.LIMIT

@@ -47,7 +47,8 @@ def test_digits_mlp_reaches_95_percent(cluster2) -> None:
         acc = (trained(x_te).argmax(1) == y_te).float().mean().item()
     print(
         f"\n{job.preflight}\ndigits: accuracy {acc:.3f} in {elapsed:.1f}s, "
-        f"{job.progress['steps_per_s']:.0f} steps/s, {job.progress['samples_per_s']:.0f} "
+        f"{job.progress['steps_per_s'] or 0:.0f} steps/s, "
+        f"{job.progress['samples_per_s'] or 0:.0f} "
         f"samples/s, strategy {job.preflight.strategy}"
     )
     assert acc >= 0.95

@@ -64,7 +64,8 @@ def test_panel_shows_this_device(lab_page: LabPage, lab: LocalDevice) -> None:
     lab_page.page.locator(".jp-Parallalx-gpus").filter(has_not_text="not probed").wait_for()
     # the sections that exist now, and no placeholders for later ones
     titles = lab_page.panel.locator(".jp-AccordionPanel-title").all_text_contents()
-    assert [t.strip() for t in titles] == ["This device", "Requests", "Devices", "Cluster", "Jobs"]
+    assert [t.strip() for t in titles] == [
+        "This device", "Requests", "Devices", "Nearby", "Cluster", "Jobs"]
     lab_page.shot("01-this-device")
 
 
@@ -87,6 +88,8 @@ def test_request_appears_with_toast_and_accept_in_panel(
 
     # the card: who, device ID, what is asked, code, expiry, kernel hook, actions
     assert card.locator(".jp-Parallalx-peerName").inner_text() == "alice-laptop"
+    card.locator(".jp-Parallalx-peerName").click()  # a compact row: open its details
+    card.locator(".jp-Parallalx-asks").wait_for()
     alice_info = alice.api("GET", "device")
     assert card.locator(".jp-Parallalx-peerId").inner_text() == alice_info["id_display"]
     asks = card.locator(".jp-Parallalx-asks").inner_text()
@@ -233,7 +236,7 @@ def test_invite_by_url_from_command_palette(
     page = lab_page.page
     lab_page.run_command("Invite a Device by URL")
     dialog = page.locator(".jp-Dialog")
-    dialog.locator("input").fill(alice.peer_url)
+    dialog.locator("input.jp-Parallalx-inviteUrl").fill(alice.peer_url)
     lab_page.shot("01-input-dialog")
     dialog.get_by_role("button", name="Send request").click()
 

@@ -53,7 +53,9 @@ def test_training_job_is_listed_live_and_cancelled_through_the_api(cluster2, mak
         j = jobs.get(job.id)
         return j if j and j["state"] == "running" and (j["progress"]["step"] or 0) > 0 else None
 
-    wait_for(lambda: listed() is not None and len(listed()["loss_history"]) >= 2, timeout=60)
+    # the speed is the job's smoothed one (jobs/speed.py): known after a moment of training
+    wait_for(lambda: listed() is not None and len(listed()["loss_history"]) >= 2
+             and listed()["progress"]["samples_per_s"] is not None, timeout=60)
     seen = listed()
     assert seen["workload"] == "train" and seen["name"] == "reporting test"
     assert seen["owner"]["kind"] == "python" and seen["progress"]["workers"] == 2

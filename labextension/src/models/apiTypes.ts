@@ -102,6 +102,8 @@ export interface IRequest {
   asks: IAsksView;
   /** 6 digits; only while pending or once accepted. */
   code: string | null;
+  /** the peer is paired already (another request): accepting renews that pairing */
+  already_paired?: boolean;
   created_at: number;
   expires_at: number;
   decided_at: number | null;
@@ -149,6 +151,23 @@ export interface IRejectBody {
 }
 
 /** `POST invitations` body. */
+/**
+ * `GET nearby`: a device announcing itself on the local network (mDNS). Unverified: where to
+ * send an invitation, never whom to trust (the verification code is the check).
+ */
+export interface INearbyDevice {
+  id: string;
+  id_display: string;
+  name: string;
+  addresses: string[];
+  port: number;
+  /** Peer URLs to invite, one per address. */
+  urls: string[];
+  last_seen: number;
+  /** A device with this ID is paired here. */
+  paired: boolean;
+}
+
 export interface IInvitationBody {
   url: string;
   kind?: RequestKind;
@@ -186,11 +205,23 @@ export interface IClusterWorker {
 /** A main device this device runs a worker for. */
 export interface IServedMain {
   main_id: string;
-  /** requesting-certificate, preparing-environment, starting-worker, waiting-for-scheduler, running, failed */
+  /** requesting-certificate, preparing-environment, starting-worker, waiting-for-scheduler, running, refused, failed */
   state: string;
   message?: string | null;
+  /** the main device's name as it was paired */
+  main_name?: string | null;
+  /** a refused worker joins again then (unix seconds); Retry does it now */
+  next_retry_at?: number | null;
   scheduler?: string;
   process?: string | null;
+}
+
+/** A worker registration this scheduler refused. */
+export interface IRefusedJoin {
+  device_id: string;
+  device_name?: string | null;
+  reason: string;
+  at: number;
 }
 
 /** `GET cluster` (and the result of the cluster actions). */
@@ -201,6 +232,8 @@ export interface IClusterState {
   ca_fingerprint: string | null;
   workers: IClusterWorker[];
   serving: IServedMain[];
+  /** Devices whose last worker registration this scheduler refused, and why. */
+  refused_joins?: IRefusedJoin[];
   /** How this device's own worker's start went (main_id: this device); null when it has none. */
   own_worker?: IServedMain | null;
 }
@@ -210,7 +243,7 @@ export interface IAddSelfBody {
   nthreads?: number;
 }
 
-export type ClusterAction = 'start' | 'stop' | 'add-self';
+export type ClusterAction = 'start' | 'stop' | 'add-self' | 'retry';
 
 export type JobState =
   | 'pending'
@@ -240,6 +273,8 @@ export interface IJobProgress {
   samples_per_s: number | null;
   eta_s: number | null;
   workers: number | null;
+  /** the ranks' devices by name, one entry per rank */
+  devices?: string[] | null;
   message: string | null;
 }
 

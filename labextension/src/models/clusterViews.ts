@@ -41,6 +41,14 @@ export function groupWorkers(
   );
 }
 
+/**
+ * The workers of one device as the panel lists them: `laptop-2` for its only worker, `laptop-2
+ * (worker 1)`, `laptop-2 (worker 2)` for several. Never a worker's address.
+ */
+export function workerLabels(label: string, count: number): string[] {
+  return Array.from({ length: count }, (_, i) => (count === 1 ? label : `${label} (worker ${i + 1})`));
+}
+
 /** One worker in words: `4 threads, 2.0 GiB` (and its non-empty resources). */
 export function describeWorker(worker: IClusterWorker): string {
   const parts: string[] = [];
@@ -73,5 +81,10 @@ export function safeLink(url: string | null | undefined, base = 'http://localhos
 
 /** A served main device's state in words. */
 export function describeServedState(state: string): string {
-  return state.replace(/-/g, ' ');
+  return state === 'refused' ? 'refused by the main device' : state.replace(/-/g, ' ');
+}
+
+/** States of a join the user may ask to try again now. */
+export function joinRetryable(state: string): boolean {
+  return state === 'refused' || state === 'failed' || state === 'waiting-for-scheduler';
 }

@@ -83,6 +83,57 @@ export function describeJobProgress(progress: Partial<IJobProgress> | null | und
 }
 
 /**
+ * Where a running job's ranks are, by device name (`devices` of its progress: one entry per
+ * rank), e.g. `laptop, desktop ×2`; the worker count when the job reports no names.
+ */
+export function jobWorkersText(progress: Partial<IJobProgress> | null | undefined): string {
+  const devices = progress?.devices;
+  if (Array.isArray(devices) && devices.length > 0) {
+    // one entry per rank: a device with several ranks is named once, with its count
+    const counts = new Map<string, number>();
+    for (const name of devices) {
+      counts.set(name, (counts.get(name) ?? 0) + 1);
+    }
+    return [...counts].map(([name, n]) => (n > 1 ? `${name} ×${n}` : name)).join(', ');
+  }
+  const workers = progress?.workers;
+  return isFiniteNumber(workers) ? String(workers) : '';
+}
+
+/**
+ * The job's speed as the CLI and the notebook write it (`text.rate` in parallalx_jupyter/text.py):
+ * `1,234 samples/s`, `0.52 samples/s`; '' when unknown. The number is the job's own, smoothed once
+ * where it runs (`jobs/speed.py`) and stored by the server: every surface shows that same number,
+ * so nothing here recomputes a rate.
+ */
+export function jobSpeedText(progress: Partial<IJobProgress> | null | undefined): string {
+  const perSecond = progress?.samples_per_s;
+  if (!isFiniteNumber(perSecond) || perSecond < 0) {
+    return '';
+  }
+  const text =
+    perSecond < 10 ? perSecond.toFixed(2) : Math.floor(perSecond + 0.5).toLocaleString('en-US');
+  return `${text} samples/s`;
+}
+
+/**
+ * The job's ETA as the CLI and the notebook write it (`text.eta`): `42s`, `3m 05s`, `2h 03m`; ''
+ * when unknown. The job's own smoothed ETA (see `jobSpeedText`), not recomputed here.
+ */
+export function jobEtaText(progress: Partial<IJobProgress> | null | undefined): string {
+  const seconds = progress?.eta_s;
+  if (!isFiniteNumber(seconds) || seconds < 0) {
+    return '';
+  }
+  const s = Math.floor(seconds);
+  const pad = (n: number) => String(n).padStart(2, '0');
+  if (s >= 3600) {
+    return `${Math.floor(s / 3600)}h ${pad(Math.floor((s % 3600) / 60))}m`;
+  }
+  return s >= 60 ? `${Math.floor(s / 60)}m ${pad(s % 60)}s` : `${s}s`;
+}
+
+/**
  * The `points` of a sparkline polyline through `values` in a `width` x `height` box (`pad` from
  * the edges; higher values are higher up). Only finite numbers are used, so the attribute is
  * always numbers, commas and spaces. One point or a flat series gives a flat line in the middle;

@@ -134,3 +134,32 @@ export function toastMessage(request: IRequest): string {
     request.kind === 'invite' ? 'asks to run workers here' : 'offers to work for this device';
   return `Parallalx code ${formatCode(request.code)}: “${request.peer.name}” ${what}. Compare codes before accepting.`;
 }
+
+/**
+ * The one notification about incoming requests: the request itself (its code first) when one
+ * waits, the count when several do; null when none does.
+ */
+export function pendingMessage(pending: readonly IRequest[]): string | null {
+  if (pending.length === 0) {
+    return null;
+  }
+  if (pending.length === 1) {
+    return toastMessage(pending[0]);
+  }
+  return `Parallalx: ${pending.length} connection requests waiting. Compare each code in the panel before accepting.`;
+}
+
+/** The notification for the sender when the other device decided (or let it expire). */
+export function decidedMessage(request: Pick<IRequest, 'state' | 'peer'>): string {
+  const name = `“${request.peer.name}”`;
+  switch (request.state) {
+    case 'accepted':
+      return `Parallalx: ${name} accepted your request.`;
+    case 'rejected':
+      return `Parallalx: ${name} rejected your request.`;
+    case 'expired':
+      return `Parallalx: your request to ${name} expired without an answer.`;
+    default:
+      return `Parallalx: your request to ${name} is ${request.state}.`;
+  }
+}

@@ -1,11 +1,14 @@
+import { PageConfig, URLExt } from '@jupyterlab/coreutils';
+
 import { button, h, row } from '../dom';
 import type { ClusterAction, IClusterState, IServedMain } from '../models/apiTypes';
 import {
   IWorkerGroup,
   describeServedState,
+  joinRetryable,
   describeWorker,
   groupWorkers,
-  safeLink
+  workerLabels
 } from '../models/clusterViews';
 import { deviceLabel, deviceNames, shortId } from '../models/deviceViews';
 import { ParallalxModel } from '../state/model';
@@ -77,15 +80,17 @@ export class ClusterSection extends Section {
       ? h('code', { class: 'jp-Parallalx-schedulerAddress' }, cluster.scheduler_address)
       : h('span', { class: 'jp-Parallalx-schedulerAddress jp-mod-stopped' }, cluster.running ? 'starting' : 'not running');
     out.push(row('Scheduler', address, 'jp-Parallalx-scheduler'));
-    const dashboard = safeLink(cluster.dashboard_link, document.baseURI);
-    if (cluster.running && dashboard) {
+    if (cluster.running && cluster.dashboard_link) {
+      // served by this Jupyter server (server/dashboard_proxy.py): works under a base_url and
+      // from another machine, where the scheduler's own 127.0.0.1 address would not
+      const dashboard = URLExt.join(PageConfig.getBaseUrl(), 'parallalx', 'dashboard', 'status');
       const link = document.createElement('a');
-      link.className = 'jp-Parallalx-dashboardLink';
+      link.className = 'jp-Button jp-mod-styled jp-Parallalx-button jp-Parallalx-dashboardLink';
       link.href = dashboard;
       link.target = '_blank';
       link.rel = 'noopener noreferrer';
-      link.textContent = 'Dask dashboard';
-      link.title = dashboard;
+      link.textContent = 'Open the Dask dashboard';
+      link.title = 'The Dask dashboard of this device\u2019s scheduler, in a new tab';
       out.push(row('Dashboard', link, 'jp-Parallalx-dashboard'));
     }
     if (cluster.running) {
@@ -97,6 +102,14 @@ export class ClusterSection extends Section {
           : h('div', { class: 'jp-Parallalx-empty jp-Parallalx-noWorkers' }, 'No workers connected yet.')
       );
     }
+    const refused = cluster.refused_joins ?? [];
+    if (cluster.running && refused.length > 0) {
+      out.push(h('h3', { class: 'jp-Parallalx-subheader' }, 'Refused'));
+      out.push(h('ul', { class: 'jp-Parallalx-list jp-Parallalx-refusedJoins' },
+        ...refused.map(r => h('li', {
+          class: 'jp-Parallalx-refusedJoin jp-Parallalx-error', dataset: { deviceId: r.device_id }
+        }, `${r.device_name || deviceLabel(r.device_id, names)}: its worker was refused (${r.reason})`))));
+    }
     const own = cluster.own_worker;
     if (cluster.running && own && own.state !== 'running') {
       out.push(row("This device's worker",
@@ -107,7 +120,10 @@ export class ClusterSection extends Section {
     const serving = cluster.serving ?? [];
     if (serving.length > 0) {
       out.push(h('h3', { class: 'jp-Parallalx-subheader' }, 'This device works for'));
-      out.push(h('div', { class: 'jp-Parallalx-serving' }, ...serving.map(s => servedCard(s, deviceLabel(s.main_id, names)))));
+      const retry = (mainId: string) => void this.model.retryJoin(mainId);
+      const busy = this.model.clusterBusy !== null;
+      out.push(h('div', { class: 'jp-Parallalx-serving' }, ...serving.map(s =>
+        servedCard(s, s.main_name || deviceLabel(s.main_id, names), busy ? null : retry))));
     }
     return out;
   }
@@ -139,21 +155,25 @@ function workerGroup(group: IWorkerGroup): HTMLElement {
         `${group.workers.length} worker${group.workers.length === 1 ? '' : 's'}`)
     ),
     h('ul', { class: 'jp-Parallalx-list' },
-      ...group.workers.map(w => {
+      ...group.workers.map((w, i) => {
         const details = describeWorker(w);
-        return h('li', { class: 'jp-Parallalx-worker', title: w.address ?? '' },
-          h('code', null, w.address ?? w.name ?? '?'),
+        const label = workerLabels(group.label, group.workers.length)[i];
+        return h('li', { class: 'jp-Parallalx-worker' },
+          h('span', { class: 'jp-Parallalx-workerName' }, label),
           details ? ` · ${details}` : '');
       })
     )
   );
 }
 
-function servedCard(served: IServedMain, label: string): HTMLElement {
+function servedCard(
+  served: IServedMain, label: string, retry: ((mainId: string) => void) | null
+): HTMLElement {
+  const retryable = joinRetryable(served.state);
   return h(
     'div',
     {
-      class: `jp-Parallalx-card jp-Parallalx-servedMain${served.state === 'failed' ? ' jp-mod-failed' : ''}`,
+      class: `jp-Parallalx-card jp-Parallalx-servedMain${retryable ? ' jp-mod-failed' : ''}`,
       dataset: { mainId: served.main_id, state: served.state }
     },
     h('div', { class: 'jp-Parallalx-cardTitle' },
@@ -162,6 +182,14 @@ function servedCard(served: IServedMain, label: string): HTMLElement {
     ),
     row('Device ID', h('code', { class: 'jp-Parallalx-peerId', title: served.main_id }, shortId(served.main_id)), 'jp-mod-block'),
     served.message ? row('Status', served.message, 'jp-Parallalx-servedMessage') : null,
+    retryable && served.next_retry_at
+      ? row('Next try', new Date(served.next_retry_at * 1000).toLocaleTimeString(), 'jp-Parallalx-nextRetry')
+      : null,
+    retryable
+      ? h('div', { class: 'jp-Parallalx-actions' },
+        button(`Retry ${label}`, 'jp-Parallalx-retryJoin', () => retry?.(served.main_id),
+          `Join ${label}'s cluster again now`))
+      : null,
     served.scheduler ? row('Scheduler', h('code', null, served.scheduler)) : null
   );
 }

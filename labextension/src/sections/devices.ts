@@ -55,7 +55,7 @@ export class DevicesSection extends Section {
       grantText ? row('Granted', grantText) : null,
       active
         ? h('div', { class: 'jp-Parallalx-actions' },
-            button('Revoke', 'jp-mod-warn jp-Parallalx-revoke', () => this._revoke(device), 'Stop sharing with this device'))
+            button(`Revoke ${device.name}`, 'jp-mod-warn jp-Parallalx-revoke', () => this._revoke(device), `Stop sharing with ${device.name}`))
         : null
     );
   }
@@ -67,9 +67,11 @@ export class DevicesSection extends Section {
       h('p', null, 'Its workers are stopped and its certificate is refused from now on. Pairing again needs a new request.')
     ) });
     const result = await showDialog({
-      title: 'Revoke device',
+      title: `Revoke ${device.name}?`,
       body,
-      buttons: [Dialog.cancelButton(), Dialog.warnButton({ label: 'Revoke' })]
+      buttons: [Dialog.cancelButton(), Dialog.warnButton({ label: 'Revoke' })],
+      // Enter (or a stray key) must not revoke: Cancel has the focus
+      defaultButton: 0
     });
     if (!result.button.accept) {
       return;

@@ -2,7 +2,7 @@ import { Notification } from '@jupyterlab/apputils';
 
 import { button, h, row } from '../dom';
 import type { IJob, IWorkload } from '../models/apiTypes';
-import { formatEta, formatLoss, formatRate } from '../models/format';
+import { formatEta, formatLoss } from '../models/format';
 import { isFiniteNumber } from '../models/guards';
 import {
   describeJobProgress,
@@ -10,7 +10,10 @@ import {
   describeOwner,
   jobCancellable,
   jobEnded,
+  jobEtaText,
   jobFraction,
+  jobSpeedText,
+  jobWorkersText,
   sparklinePoints
 } from '../models/jobViews';
 import {
@@ -412,11 +415,11 @@ class JobCard {
     setText(this._progressText, progressText);
     this._progressText.hidden = !progressText;
 
-    // speed, ETA and workers describe a running job
-    this._show('rate', this._rate, ended ? '' : formatRate(progress?.samples_per_s));
-    this._show('eta', this._eta, ended ? '' : formatEta(progress?.eta_s));
-    const workers = progress?.workers;
-    this._show('workers', this._workers, !ended && isFiniteNumber(workers) ? String(workers) : '');
+    // speed, ETA and workers describe a running job: the job's own smoothed numbers, written
+    // as the CLI and the notebook write them; the Status row shows the phase before step one
+    this._show('rate', this._rate, ended ? '' : jobSpeedText(progress));
+    this._show('eta', this._eta, ended ? '' : jobEtaText(progress));
+    this._show('workers', this._workers, ended ? '' : jobWorkersText(progress));
     const history = Array.isArray(job.loss_history) ? job.loss_history : [];
     const finite = history.filter(isFiniteNumber);
     const lastLoss = isFiniteNumber(progress?.loss) ? progress?.loss : finite[finite.length - 1];

@@ -1,4 +1,5 @@
-import { Notification } from '@jupyterlab/apputils';
+import { Dialog, Notification, showDialog } from '@jupyterlab/apputils';
+import { Widget } from '@lumino/widgets';
 import { Message } from '@lumino/messaging';
 
 import { button, h, row } from '../dom';
@@ -21,8 +22,12 @@ import { Section } from './section';
  * a line says how many there were (the device's `incomplete_requests`), so that a flood holding
  * this device's request caps is visible instead of silent.
  *
+ * Incoming requests are compact one-line rows (name, kind, code, countdown, Accept / Reject) that
+ * expand on click to the details (device ID, what is asked, the environment to run in), so the
+ * section stays usable with many requests; "Reject all" (confirmed first) clears a flood.
+ *
  * Incoming cards are keyed by request ID and updated in place, so a refresh never resets the
- * kernel a user is choosing.
+ * kernel a user is choosing, nor a row's expansion.
  */
 export class RequestsSection extends Section {
   constructor(model: ParallalxModel) {
@@ -38,7 +43,7 @@ export class RequestsSection extends Section {
     }
     if (!this._built) {
       this.node.replaceChildren(
-        this._incomingHeader,
+        h('div', { class: 'jp-Parallalx-subheaderRow' }, this._incomingHeader, this._rejectAll),
         this._incomingList,
         this._incomplete,
         this._outgoingHeader,
@@ -69,7 +74,13 @@ export class RequestsSection extends Section {
   }
 
   private _renderIncoming(): void {
-    const nodes = this._cards.update(this.model.pendingIncoming);
+    const pending = this.model.pendingIncoming;
+    const title = pending.length > 0 ? `Incoming (${pending.length})` : 'Incoming';
+    if (this._incomingHeader.textContent !== title) {
+      this._incomingHeader.textContent = title;
+    }
+    this._rejectAll.hidden = pending.length < 2;
+    const nodes = this._cards.update(pending);
     setChildren(
       this._incomingList,
       nodes.length > 0
@@ -90,6 +101,40 @@ export class RequestsSection extends Section {
     const outgoing = this.model.pendingOutgoing;
     this._outgoingHeader.hidden = outgoing.length === 0;
     this._outgoingList.replaceChildren(...outgoing.map(r => outgoingCard(r)));
+  }
+
+  /** Reject every pending incoming request, after a confirmation (Cancel is the default). */
+  private async _rejectAllPending(): Promise<void> {
+    const pending = this.model.pendingIncoming;
+    if (pending.length === 0) {
+      return;
+    }
+    const body = new Widget({
+      node: h('div', { class: 'jp-Parallalx-dialogBody' },
+        h('p', null, `Reject all ${pending.length} connection requests waiting for you?`),
+        h('p', null, 'The other devices are told no; they can send a new request.'))
+    });
+    const result = await showDialog({
+      title: 'Reject all requests',
+      body,
+      buttons: [Dialog.cancelButton(), Dialog.warnButton({ label: `Reject ${pending.length}` })],
+      defaultButton: 0
+    });
+    if (!result.button.accept) {
+      return;
+    }
+    this._rejectAll.disabled = true;
+    try {
+      const { failed } = await this.model.rejectMany(pending.map(r => r.id));
+      if (failed.length > 0) {
+        Notification.warning(
+          `Parallalx: ${failed.length} request${failed.length === 1 ? '' : 's'} could not be rejected: ${failed[0]}`,
+          { autoClose: 8000 }
+        );
+      }
+    } finally {
+      this._rejectAll.disabled = false;
+    }
   }
 
   /** Update every countdown; refresh once when one runs out (the server marks it expired). */
@@ -134,6 +179,7 @@ export class RequestsSection extends Section {
     update: (card, request) => card.update(request, this.model.kernelChoices)
   });
   private _incomingHeader = h('h3', { class: 'jp-Parallalx-subheader' }, 'Incoming');
+  private _rejectAll = button('Reject all', 'jp-mod-warn jp-Parallalx-rejectAll', () => this._rejectAllPending(), 'Reject every request waiting for you (asks first)');
   private _incomingList = h('div', { class: 'jp-Parallalx-incoming' });
   private _incomplete = h('div', {
     class: 'jp-Parallalx-hint jp-Parallalx-incomplete',
@@ -192,15 +238,32 @@ function outgoingCard(request: IRequest): HTMLElement {
   );
 }
 
-/** One pending incoming request, updated in place. */
+/**
+ * One pending incoming request, updated in place: a one-line row (name, kind, code, countdown,
+ * Accept / Reject) and, once clicked, its details and the environment to run in.
+ */
 class IncomingCard {
   constructor(model: ParallalxModel, request: IRequest) {
     this._model = model;
     this._id = request.id;
     this.node = h('div', {
-      class: 'jp-Parallalx-card jp-Parallalx-incomingRequest',
+      class: 'jp-Parallalx-card jp-Parallalx-incomingRequest jp-mod-compact',
       dataset: { requestId: request.id }
     });
+    this._toggle = h('button', {
+      class: 'jp-Parallalx-expand',
+      title: 'Show the details',
+      attrs: { type: 'button', 'aria-expanded': 'false', 'aria-label': 'Details' }
+    });
+    this._name = h('strong', { class: 'jp-Parallalx-peerName' });
+    this._kind = h('span', { class: 'jp-Parallalx-badge' });
+    this._paired = h('span', {
+      class: 'jp-Parallalx-badge jp-Parallalx-alreadyPaired',
+      title: 'This device is paired already: accepting renews that pairing, its worker keeps running'
+    }, 'already paired');
+    this._paired.hidden = true;
+    this._code = h('span', { class: 'jp-Parallalx-code', title: 'Accept only if the other device shows the same code.' });
+    this._countdown = h('span', { class: 'jp-Parallalx-countdown' });
     this._details = h('div', { class: 'jp-Parallalx-details' });
     this._kernel = h('select', {
       class: 'jp-Parallalx-kernel',
@@ -210,27 +273,43 @@ class IncomingCard {
     this._error.hidden = true;
     this._accept = button('Accept', 'jp-mod-accept jp-Parallalx-accept', () => this._decide(true), 'Accept: only if the code matches the other screen');
     this._reject = button('Reject', 'jp-mod-warn jp-Parallalx-reject', () => this._decide(false));
-    this.node.append(
-      this._details,
-      row('Run in', this._kernel, 'jp-Parallalx-kernelRow'),
-      h('div', { class: 'jp-Parallalx-actions' }, this._accept, this._reject),
-      this._error
+    const line = h('div', { class: 'jp-Parallalx-requestLine' },
+      this._toggle,
+      h('span', { class: 'jp-Parallalx-requestWho' }, this._name, this._kind, this._paired),
+      this._code,
+      this._countdown,
+      h('span', { class: 'jp-Parallalx-actions jp-Parallalx-requestActions' }, this._accept, this._reject)
     );
+    // a click anywhere on the row but its buttons opens or closes the details
+    line.addEventListener('click', event => {
+      const target = event.target as HTMLElement | null;
+      if (target?.closest('button') && target.closest('button') !== this._toggle) {
+        return;
+      }
+      this._setExpanded(!this._expanded);
+    });
+    this._more = h('div', { class: 'jp-Parallalx-requestMore' },
+      this._details,
+      row('Run in', this._kernel, 'jp-Parallalx-kernelRow'));
+    this._more.hidden = true;
+    this.node.append(line, this._more, this._error);
   }
 
   readonly node: HTMLElement;
 
   update(request: IRequest, choices: readonly IKernelChoice[]): void {
-    const key = JSON.stringify([request.peer, request.asks, request.code, request.expires_at, request.kind]);
+    const key = JSON.stringify([request.peer, request.asks, request.code, request.expires_at, request.kind, request.already_paired]);
     if (key !== this._key) {
       this._key = key;
+      this._name.textContent = request.peer.name;
+      this._name.title = request.peer.name;
+      this._kind.textContent = request.kind;
+      this._paired.hidden = request.already_paired !== true;
+      this._code.textContent = formatCode(request.code);
+      this._code.dataset.code = request.code ?? '';
+      this._countdown.dataset.expiresAt = String(request.expires_at);
       this._details.replaceChildren(
-        h('div', { class: 'jp-Parallalx-cardTitle' },
-          h('strong', { class: 'jp-Parallalx-peerName' }, request.peer.name),
-          h('span', { class: 'jp-Parallalx-badge' }, request.kind)
-        ),
-        codeBlock(request, 'Accept only if the other device shows the same code.'),
-        row('Expires in', countdown(request)),
+        h('div', { class: 'jp-Parallalx-hint' }, 'Accept only if the other device shows the same code.'),
         ...requestDetails(request)
       );
     }
@@ -252,6 +331,15 @@ class IncomingCard {
         this._kernel.value = selected;
       }
     }
+  }
+
+  private _setExpanded(expanded: boolean): void {
+    this._expanded = expanded;
+    this._more.hidden = !expanded;
+    this.node.classList.toggle('jp-mod-compact', !expanded);
+    this.node.classList.toggle('jp-mod-expanded', expanded);
+    this._toggle.setAttribute('aria-expanded', String(expanded));
+    this._toggle.title = expanded ? 'Hide the details' : 'Show the details';
   }
 
   private async _decide(accept: boolean): Promise<void> {
@@ -277,11 +365,19 @@ class IncomingCard {
 
   private readonly _model: ParallalxModel;
   private readonly _id: string;
+  private readonly _toggle: HTMLButtonElement;
+  private readonly _name: HTMLElement;
+  private readonly _kind: HTMLElement;
+  private readonly _code: HTMLElement;
+  private readonly _paired: HTMLElement;
+  private readonly _countdown: HTMLElement;
   private readonly _details: HTMLElement;
+  private readonly _more: HTMLElement;
   private readonly _kernel: HTMLSelectElement;
   private readonly _accept: HTMLButtonElement;
   private readonly _reject: HTMLButtonElement;
   private readonly _error: HTMLElement;
+  private _expanded = false;
   private _key = '';
   private _choicesKey = '';
 }

@@ -16,7 +16,10 @@ export interface IClusterAnswer {
 
 export class ClusterState {
   constructor(
-    api: Pick<IModelAPI, 'getCluster' | 'startCluster' | 'stopCluster' | 'addSelfToCluster'>,
+    api: Pick<
+      IModelAPI,
+      'getCluster' | 'startCluster' | 'stopCluster' | 'addSelfToCluster' | 'retryJoin'
+    >,
     host: IModelHost
   ) {
     this._api = api;
@@ -69,7 +72,7 @@ export class ClusterState {
    * Start or stop this device's scheduler, or add a worker of this device (`nthreads` for
    * add-self only). One action at a time; the error, if any, is kept in `actionError`.
    */
-  async run(action: ClusterAction, nthreads?: number): Promise<IClusterState | null> {
+  async run(action: ClusterAction, option?: number | string): Promise<IClusterState | null> {
     const host = this._host;
     if (this._busy !== null || host.isDisposed) {
       return null;
@@ -85,7 +88,9 @@ export class ClusterState {
           ? await this._api.startCluster()
           : action === 'stop'
             ? await this._api.stopCluster()
-            : await this._api.addSelfToCluster(nthreads !== undefined ? { nthreads } : {});
+            : action === 'retry'
+              ? await this._api.retryJoin(String(option))
+              : await this._api.addSelfToCluster(typeof option === 'number' ? { nthreads: option } : {});
       this._cluster = result;
       this._error = null;
       return result;
@@ -104,7 +109,7 @@ export class ClusterState {
 
   private readonly _api: Pick<
     IModelAPI,
-    'getCluster' | 'startCluster' | 'stopCluster' | 'addSelfToCluster'
+    'getCluster' | 'startCluster' | 'stopCluster' | 'addSelfToCluster' | 'retryJoin'
   >;
   private readonly _host: IModelHost;
   private _cluster: IClusterState | null = null;

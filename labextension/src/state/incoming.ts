@@ -75,3 +75,36 @@ export class KernelChoices {
   private _choices: IKernelChoice[] = [];
   private _fetchedAt = 0;
 }
+
+/**
+ * Outgoing requests that stopped being pending since the last look (the requests list holds the
+ * open ones only, so a decided request just leaves it): their IDs, for the sender's
+ * notification once the model has read their outcome. The first look reports nothing, except
+ * requests this user sent from here (`watch`).
+ */
+export class OutgoingTracker {
+  update(requests: readonly IRequest[]): string[] {
+    const pending = new Set(
+      requests.filter(r => r.direction === 'outgoing' && r.state === 'pending').map(r => r.id)
+    );
+    const left = [...this._pending].filter(
+      id => !pending.has(id) && (!this._first || this._sent.has(id))
+    );
+    this._first = false;
+    this._pending = pending;
+    for (const id of left) {
+      this._sent.delete(id);
+    }
+    return left;
+  }
+
+  /** A request this user just sent: its outcome is reported even if no look saw it pending. */
+  watch(id: string): void {
+    this._pending.add(id);
+    this._sent.add(id);
+  }
+
+  private readonly _sent = new Set<string>();
+  private _pending = new Set<string>();
+  private _first = true;
+}

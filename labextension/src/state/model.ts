@@ -17,6 +17,7 @@ import type {
   IInvitationBody,
   IJob,
   IKernelChoice,
+  INearbyDevice,
   IPairedDevice,
   IRequest,
   IWorkload,
@@ -27,8 +28,9 @@ import { IParallalxEvent, parseEvent } from '../models/events';
 import { pendingIncoming, pendingOutgoing } from '../models/requestViews';
 import { ClusterState } from './cluster';
 import { IModelAPI, IModelHost, errorMessage } from './host';
-import { IncomingTracker, KernelChoices } from './incoming';
+import { IncomingTracker, KernelChoices, OutgoingTracker } from './incoming';
 import { JobsState } from './jobs';
+import { NearbyState } from './nearby';
 import { PollTimer } from './polling';
 import { WorkloadsState } from './workloads';
 
@@ -57,6 +59,7 @@ export class ParallalxModel implements IDisposable {
     this._cluster = new ClusterState(api, host);
     this._jobs = new JobsState(api, host);
     this._workloads = new WorkloadsState(api, host);
+    this._nearby = new NearbyState(api);
     this._kernels = new KernelChoices(api);
   }
 
@@ -75,6 +78,11 @@ export class ParallalxModel implements IDisposable {
   /** IDs of incoming requests that stopped being pending (decided here or elsewhere, expired). */
   get incomingClosed(): ISignal<this, string[]> {
     return this._incomingClosed;
+  }
+
+  /** Outgoing requests the other device decided (or that expired) since the last refresh. */
+  get outgoingDecided(): ISignal<this, IRequest[]> {
+    return this._outgoingDecided;
   }
 
   /** Each of our events from the server's event stream. */
@@ -109,6 +117,14 @@ export class ParallalxModel implements IDisposable {
   /** The last cluster action's error message, null when it worked. */
   get clusterActionError(): string | null {
     return this._cluster.actionError;
+  }
+  /** Devices announcing themselves on the local network (unverified), this one excluded. */
+  get nearby(): readonly INearbyDevice[] {
+    return this._nearby.devices;
+  }
+  /** Why the nearby devices could not be read, or null. */
+  get nearbyError(): string | null {
+    return this._nearby.error;
   }
   /** Jobs, newest first (empty until loaded, or while the jobs API fails). */
   get jobs(): readonly IJob[] {
@@ -271,13 +287,40 @@ export class ParallalxModel implements IDisposable {
     return this._act(() => this.api.reject(id, {}));
   }
 
+  /**
+   * Reject several incoming requests, one after the other, then refresh once. Resolves to the
+   * IDs rejected and the errors of those that could not be (decided meanwhile, expired).
+   */
+  async rejectMany(ids: readonly string[]): Promise<{ rejected: string[]; failed: string[] }> {
+    this._activity = true;
+    const rejected: string[] = [];
+    const failed: string[] = [];
+    try {
+      for (const id of ids) {
+        try {
+          await this.api.reject(id, {});
+          rejected.push(id);
+        } catch (error) {
+          failed.push(errorMessage(error));
+        }
+      }
+    } finally {
+      void this.refresh();
+    }
+    return { rejected, failed };
+  }
+
   revoke(deviceId: string): Promise<IPairedDevice> {
     return this._act(() => this.api.revoke(deviceId));
   }
 
   /** Send a request to a peer; resolves to the outgoing request with its code. */
   invite(body: IInvitationBody): Promise<IRequest> {
-    return this._act(() => this.api.invite(body));
+    return this._act(async () => {
+      const request = await this.api.invite(body);
+      this._outgoing.watch(request.id);
+      return request;
+    });
   }
 
   /**
@@ -286,6 +329,11 @@ export class ParallalxModel implements IDisposable {
    */
   clusterAction(action: ClusterAction, nthreads?: number): Promise<IClusterState | null> {
     return this._cluster.run(action, nthreads);
+  }
+
+  /** Join the main device `mainId` again now (the Retry of a refused or failed join). */
+  retryJoin(mainId: string): Promise<IClusterState | null> {
+    return this._cluster.run('retry', mainId);
   }
 
   /** Re-run the accelerator probe on the server and show the result. */
@@ -332,12 +380,14 @@ export class ParallalxModel implements IDisposable {
       // The cluster and the jobs are optional: their failures are their own.
       const clusterCall = this._cluster.fetch();
       const jobsCall = this._jobs.fetch();
-      const [device, requests, devices, cluster, jobs] = await Promise.all([
+      const nearbyCall = this._nearby.fetch();
+      const [device, requests, devices, cluster, jobs, nearby] = await Promise.all([
         wantDevice ? this.api.getDevice() : Promise.resolve(null),
         this.api.listRequests(),
         this.api.listDevices(),
         clusterCall,
-        jobsCall
+        jobsCall,
+        nearbyCall
       ]);
       if (this._isDisposed) {
         return;
@@ -364,6 +414,9 @@ export class ParallalxModel implements IDisposable {
         changed = true;
       }
       if (this._jobs.apply(jobs)) {
+        changed = true;
+      }
+      if (this._nearby.apply(nearby)) {
         changed = true;
       }
       if (this._error !== null) {
@@ -412,14 +465,38 @@ export class ParallalxModel implements IDisposable {
     if (closed.length > 0) {
       this._incomingClosed.emit(closed);
     }
+    const left = this._outgoing.update(this._requests);
+    if (left.length > 0) {
+      void this._readOutcomes(left);
+    }
+  }
+
+  /** Read how outgoing requests that left the open list ended; emit `outgoingDecided`. */
+  private async _readOutcomes(ids: string[]): Promise<void> {
+    const decided: IRequest[] = [];
+    for (const id of ids) {
+      try {
+        const request = await this.api.getRequest(id);
+        if (request.state !== 'pending') {
+          decided.push(request);
+        }
+      } catch {
+        // gone (removed, or the server restarted without it): nothing to tell
+      }
+    }
+    if (decided.length > 0 && !this._isDisposed) {
+      this._outgoingDecided.emit(decided);
+    }
   }
 
   private readonly _poll: PollTimer;
   private readonly _cluster: ClusterState;
   private readonly _jobs: JobsState;
   private readonly _workloads: WorkloadsState;
+  private readonly _nearby: NearbyState;
   private readonly _kernels: KernelChoices;
   private readonly _incoming = new IncomingTracker();
+  private readonly _outgoing = new OutgoingTracker();
   private _device: IDevice | null = null;
   private _deviceFetchedAt = 0;
   private _deviceStale = true;
@@ -436,5 +513,6 @@ export class ParallalxModel implements IDisposable {
   private _changed = new Signal<this, void>(this);
   private _newIncoming = new Signal<this, IRequest[]>(this);
   private _incomingClosed = new Signal<this, string[]>(this);
+  private _outgoingDecided = new Signal<this, IRequest[]>(this);
   private _eventReceived = new Signal<this, IParallalxEvent>(this);
 }

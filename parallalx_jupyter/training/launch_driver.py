@@ -1,0 +1,92 @@
+"""The driver of ``px.launch``: ``train()``'s driver with the user's function as rank body.
+
+Everything that makes a job survive a cluster of ordinary devices is :class:`Driver`'s and is
+reused as is: probing the workers (versions), one payload per worker, rank 0's rendezvous
+store, pinned rank tasks, heartbeat and silent-rank loss detection, aborting the survivors,
+settling, classifying (a user error is never retried), re-forming with the survivors from the
+newest checkpoint (``max_restarts``, ``min_workers``), the job's ``state``/``restart`` records
+and device names. What differs:
+
+* the rank task is :func:`launch_rank.run_launch_rank` (the user's function as body);
+* rank 0's ``px.report`` messages become the job's progress records, and its return value
+  arrives as a ``result`` message (data, on the ship channel) which ends the run;
+* a rank whose function hangs in a collective makes the others fail at the group timeout
+  while every device is healthy: that is the user's hang, reported with the hung ranks'
+  device names (:class:`HungRankError`) instead of being retried as a lost device;
+* a cancelled job's ranks exit at once (nothing in the user's code votes to stop), so the
+  driver stops waiting as soon as no rank is left.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from distributed import Future
+
+from .driver import Driver
+from .launch_rank import HungRankError, run_launch_rank
+from .recovery import AttemptOutcome
+
+
+class LaunchDriver(Driver):
+    """Runs ``launch``'s job; ``run()`` returns rank 0's return value in wire form."""
+
+    rank_task = staticmethod(run_launch_rank)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: ranks still running on healthy workers when another rank failed (hang suspects)
+        self._pending_at_failure: list[tuple[int, str]] = []
+
+    def _handle_control(self, msg: dict[str, Any]) -> None:
+        kind = msg.get("kind")
+        if kind == "report":
+            if msg.get("attempt") != self.aggregator.attempt:
+                return  # a late report of a superseded attempt
+            self._running_again()
+            fields = dict(msg.get("fields") or {})
+            self.hub.emit({**fields, "kind": "progress", "job_id": self.job.job_id,
+                           "time": time.time(), "attempt": msg.get("attempt"),
+                           "workers": len(self._workers)})
+        elif kind == "result":
+            if msg.get("attempt") == self.aggregator.attempt:
+                self._final = msg
+        else:
+            if kind == "checkpoint":
+                self._running_again()
+            super()._handle_control(msg)
+
+    def _abort(self, futures: list[Future], workers: list[str], lost: set[str]) -> None:
+        self._pending_at_failure = [
+            (rank, w) for rank, (f, w) in enumerate(zip(futures, workers, strict=True))
+            if f.status == "pending" and w not in lost
+        ]
+        super()._abort(futures, workers, lost)
+
+    def _monitor(self, futures: list[Future], workers: list[str]) -> AttemptOutcome:
+        self._pending_at_failure = []
+        outcome = super()._monitor(futures, workers)
+        text = (outcome.detail or "").lower()
+        timed_out = "timed out" in text or "timeout" in text
+        if outcome.status == "infra" and not outcome.lost and timed_out and \
+                self._pending_at_failure:
+            who = ", ".join(f"rank {r} on {self._label(w)}" for r, w in self._pending_at_failure)
+            error = HungRankError(
+                f"{who} did not reach a collective the other ranks waited in for the group "
+                f"timeout ({self.group_timeout:.0f} s), while its device stayed healthy: its "
+                "function hangs there (a deadlock, a wait that never ends, or a collective "
+                "only some ranks call)", "", self._pending_at_failure[0][0],
+                self._pending_at_failure[0][1],
+            )
+            return AttemptOutcome("user_error", lost=set(), error=error, detail=str(error))
+        return outcome
+
+    def _wait_ranks(self, futures: list[Future], timeout: float) -> None:
+        if self.cancel_event.is_set() and all(f.status != "pending" for f in futures):
+            self._final = self._final or {"cancelled": True, "data": b"", "global_step": 0}
+            return
+        super()._wait_ranks(futures, timeout)
+
+
+__all__ = ["LaunchDriver"]
