@@ -59,14 +59,15 @@ class JobSpawner:
         logs = self.home / "jobs"
         logs.mkdir(parents=True, exist_ok=True)
         log_path = logs / f"{job_id}.log"
+        # the token goes in the environment: a command line is readable by every local user
         cmd = [sys.executable, "-m", "parallalx_jupyter.cli", "--url", self.server_url,
-               "--token", self.token, "--home", str(self.home), "run", workload,
+               "--home", str(self.home), "run", workload,
                "--params-json", json.dumps(params), "--job-id", job_id]
         if body.get("scheduler"):
             cmd += ["--scheduler", str(body["scheduler"])]
         if body.get("name"):
             cmd += ["--name", str(body["name"])]
-        env = dict(os.environ, PARALLALX_JOB_OWNER="server")
+        env = dict(os.environ, PARALLALX_JOB_OWNER="server", PARALLALX_TOKEN=self.token)
         try:
             with log_path.open("wb") as out:
                 proc = await asyncio.create_subprocess_exec(

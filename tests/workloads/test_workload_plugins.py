@@ -113,6 +113,14 @@ def test_unknown_workload_from_python_is_one_line() -> None:
         run("nope", client="tcp://127.0.0.1:1", report=False)
 
 
+def _cmdline(pid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:  # gone meanwhile
+        return ""
+
+
 def test_rest_api_runs_a_workload_as_a_server_job(example_workload, make_device,
                                                    plain_cluster) -> None:
     dev = make_device("plugin-rest")
@@ -133,6 +141,11 @@ def test_rest_api_runs_a_workload_as_a_server_job(example_workload, make_device,
     long = dev.api("POST", "workloads/pi/run", {
         "params": {"samples": 10**8, "chunk": 100_000}, "scheduler": address})
     wait_for(lambda: (job(long["id"])["progress"]["step"] or 0) > 0, 60)
+    # the job's process got the API token in its environment, not on its command line
+    # (which every local user can read)
+    lines = [_cmdline(pid) for pid in os.listdir("/proc") if pid.isdigit()]
+    mine = [c for c in lines if long["id"] in c]
+    assert mine and not any(dev.token in c for c in mine), mine
     dev.api("POST", f"jobs/{long['id']}/cancel")
     wait_for(lambda: job(long["id"])["state"] == "cancelled", 60)
 
