@@ -536,6 +536,9 @@ _COMMANDS = [
             arg("--workers", metavar="ADDR,...", help="only these workers"),
             arg("--name", help="name shown in the job list"),
             arg("--checkpoint-dir", metavar="DIR", help="write px.checkpoint()s here"),
+            arg("--requirement", "-r", action="append", metavar="REQ", dest="requirements",
+                help="a PEP 508 requirement each device's kernel must have (installed there "
+                     "first when missing); repeat for more"),
             arg("--max-restarts", type=int, default=3,
                 help="re-form the group at most this often after losing a device"),
             arg("--group-timeout", type=float, default=60.0,

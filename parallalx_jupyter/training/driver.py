@@ -70,6 +70,7 @@ logger = logging.getLogger(__name__)
 #: what a job does before its first step, in the order it happens: (phase, text people see)
 PHASES = {
     "starting": "starting workers…",
+    "installing": "installing requirements on the devices…",
     "preflight": "preflight: timing devices…",
     "placing": "placing shards…",
     "training": "training",
@@ -398,6 +399,10 @@ class Driver:
             self.client.cancel(list(futs.values()), force=True)
         return envs
 
+    def _prepare_workers(self, workers: list[str], attempt: int) -> None:
+        """What must be on the probed workers before ranks start there (``launch``: the job's
+        requirements); nothing for ``train()``."""
+
     def _device_for(self, env: dict[str, Any], backend: str, mixed: bool) -> str:
         if not env.get("cuda_available"):
             return "cpu"
@@ -482,6 +487,7 @@ class Driver:
                 raise TrainingCancelledError("cancelled by the user before training started")
             self._require(list(envs), "after probing the workers")
             check_versions(envs, driver_env)
+            self._prepare_workers(list(envs), attempt)
             workers = order_workers(list(envs), prefer_host=host_of(self.client.scheduler.address))
             if len(workers) > self.job.global_batch:  # every rank needs >= 1 sample per step
                 logger.warning(

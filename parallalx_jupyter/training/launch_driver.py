@@ -24,8 +24,10 @@ from typing import Any
 
 from distributed import Future
 
+from ..wire import from_wire
 from .driver import Driver
 from .launch_rank import HungRankError, run_launch_rank
+from .launch_requirements import RequirementsError, ensure_requirements_task
 from .recovery import AttemptOutcome
 
 
@@ -34,10 +36,41 @@ class LaunchDriver(Driver):
 
     rank_task = staticmethod(run_launch_rank)
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, requirements: list[str] | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         #: ranks still running on healthy workers when another rank failed (hang suspects)
         self._pending_at_failure: list[tuple[int, str]] = []
+        #: PEP 508 lines each worker's interpreter must satisfy before its ranks start
+        self.requirements = list(requirements or [])
+        self._provided: set[str] = set()  # workers that have them (checked once per job)
+
+    def _prepare_workers(self, workers: list[str], attempt: int) -> None:
+        """Check and install the job's requirements on each worker not checked yet, all at
+        once; the first device that cannot have them fails the job with its name."""
+        todo = [w for w in workers if w not in self._provided]
+        if not self.requirements or not todo:
+            return
+        self._phase("installing")
+        futures = {
+            w: self.client.submit(ensure_requirements_task, self.requirements,
+                                  key=f"parallalx-requirements-{self.job.job_id}-{attempt}-{i}",
+                                  workers=[w], allow_other_workers=False, pure=False)
+            for i, w in enumerate(todo)
+        }
+        for worker, future in futures.items():
+            try:
+                done = from_wire(future.result())
+            except Exception as err:  # pip's own words: what is missing, which version
+                reason = " ".join(str(getattr(err, "message", None) or err).split())[:2000]
+                raise RequirementsError(
+                    f"{self._label(worker)} cannot provide the job's requirements "
+                    f"({', '.join(self.requirements)}): {reason}") from None
+            self._provided.add(worker)
+            if done.get("installed"):
+                self.hub.emit({"kind": "state", "state": "running", "time": time.time(),
+                               "message": f"installed on {self._label(worker)}: "
+                                          f"{', '.join(done['installed'])}"})
 
     def _handle_control(self, msg: dict[str, Any]) -> None:
         kind = msg.get("kind")

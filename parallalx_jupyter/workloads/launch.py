@@ -41,7 +41,7 @@ _SHARED = ("workers", "torch_threads", "checkpoint_dir", "resume", "min_workers"
            "probe_timeout")
 
 #: ``launch``'s own keywords; every other keyword goes to ``fn``
-LAUNCH_OPTIONS = frozenset({"client", "security", "name", "report", *_SHARED})
+LAUNCH_OPTIONS = frozenset({"client", "security", "name", "report", "requirements", *_SHARED})
 
 #: ``JobSpec.global_batch`` for a launched job: no batch to split, never fewer than the ranks
 _NO_BATCH = 1 << 30
@@ -82,6 +82,12 @@ class LaunchWorkload(Workload):
             "fn": {**_PY, "description": "the function each rank runs"},
             "args": {**_PY, "description": "positional arguments of fn (a tuple)"},
             "kwargs": {**_PY, "description": "keyword arguments of fn (a dict)"},
+            "requirements": {
+                "type": ["array", "null"], "maxItems": 100,
+                "items": {"type": "string", "maxLength": 300},
+                "description": "PEP 508 requirements each device's chosen kernel must satisfy; "
+                               "missing ones are installed there before the ranks start",
+            },
             **{name: PARAMETERS[name].json_schema() for name in _SHARED},
         },
     }
@@ -93,6 +99,14 @@ class LaunchWorkload(Workload):
         return f"launch {label}"
 
     def make_job(self, job_id: str, name: str, params: dict[str, Any]) -> Job:
+        from ..environments.errors import RequirementError
+        from ..environments.requirements import parse_requirements
+
+        try:  # one clear line now, not one per device later
+            params["requirements"] = [
+                str(r) for r in parse_requirements(params.get("requirements") or [])]
+        except RequirementError as err:
+            raise WorkloadError(f"launch: {err.message}") from None
         store = CheckpointStore(params["checkpoint_dir"])
         try:
             store.check_writable()
@@ -127,7 +141,8 @@ class LaunchWorkload(Workload):
                        torch_threads=placement.torch_threads, same_job=job.id)
         driver = LaunchDriver(ctx.client, spec, store=job._store, hub=job.hub,
                               cancel=job._cancel, recovery=from_params(RecoveryOptions, params),
-                              workers=placement.workers, device_names=device_names)
+                              workers=placement.workers, device_names=device_names,
+                              requirements=params.get("requirements"))
         try:
             return from_wire(driver.run())
         except TrainingCancelledError:
@@ -151,6 +166,7 @@ def launch(
     settle_timeout: float = RecoveryOptions.settle_timeout,
     probe_timeout: float = RecoveryOptions.probe_timeout,
     torch_threads: int | None = PlacementOptions.torch_threads,
+    requirements: Sequence[str] | None = None,
     **kwargs: Any,
 ) -> LaunchJob:
     """Run ``fn(*args, **kwargs)`` once per worker, torchrun-style; returns the job at once.
@@ -164,6 +180,9 @@ def launch(
 
     The keywords here are ``launch``'s own, as ``train()`` takes them (``client``, ``workers``,
     ``checkpoint_dir``, the recovery settings, ...); every other keyword is passed to ``fn``.
+    ``requirements`` (PEP 508 lines) are checked on each device before its ranks start and
+    what is missing is installed into the interpreter its user chose (its kernel), with that
+    device's pip configuration; a device that cannot have them fails the job, by name.
     To pass ``fn`` a keyword of the same name as one of launch's, bind it first with
     ``functools.partial``.
     """
@@ -176,6 +195,7 @@ def launch(
         "min_workers": min_workers, "max_restarts": max_restarts,
         "group_timeout": group_timeout, "heartbeat_timeout": heartbeat_timeout,
         "settle_timeout": settle_timeout, "probe_timeout": probe_timeout,
+        "requirements": list(requirements) if requirements else None,
     }
     if workers is not None:
         params["workers"] = list(workers)

@@ -164,7 +164,7 @@ def launch_params(fn: ScriptRun, args: Any) -> dict[str, Any]:
         "fn": fn, "args": (), "kwargs": {},
         "workers": [w for w in (args.workers or "").split(",") if w] or None,
         "checkpoint_dir": args.checkpoint_dir, "max_restarts": args.max_restarts,
-        "group_timeout": args.group_timeout,
+        "group_timeout": args.group_timeout, "requirements": args.requirements,
     }
 
 
