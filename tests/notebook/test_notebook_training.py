@@ -4,6 +4,7 @@ LocalCluster (worker processes, no TLS); the training notebooks run clean with n
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -167,6 +168,19 @@ def test_dashboard_names_the_lost_device_while_recovering_then_runs_again() -> N
     assert job.state_message is None
 
 
+#: what dask's nanny says when the notebook's last cell closes its LocalCluster on a loaded
+#: machine and a worker process takes over 4 s to exit (it is then killed): teardown, not a
+#: problem of the notebook (seen once in two full runs, under the suite's parallel load)
+_NANNY_TEARDOWN = re.compile(
+    r"^\S+ \S+ - distributed\.nanny - WARNING - Worker process still alive after "
+    r"[\d.]+ seconds, killing$")
+
+
+def _teardown_only(text: str) -> bool:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return bool(lines) and all(_NANNY_TEARDOWN.match(line) for line in lines)
+
+
 def _run_notebook(name: str, tmp_path: Path, env: dict[str, str] | None = None) -> list[str]:
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     full = {k: v for k, v in os.environ.items() if not k.startswith("PARALLALX_")}
@@ -177,7 +191,7 @@ def _run_notebook(name: str, tmp_path: Path, env: dict[str, str] | None = None) 
     for cell in nb.cells:
         for o in cell.get("outputs", []):
             if o.output_type == "stream":
-                assert o.name != "stderr", o.text
+                assert o.name != "stderr" or _teardown_only(o.text), o.text
                 texts.append(o.text)
             elif o.output_type in ("display_data", "execute_result"):
                 texts.append(o.data.get("text/plain", ""))
