@@ -42,6 +42,7 @@ def ids(d: Discovery) -> set[str]:
     return {row["id"] for row in d.nearby()}
 
 
+@pytest.mark.e2e  # real multicast announcements and their TTLs: seconds of waiting
 async def test_devices_see_each_other_not_themselves_and_the_opt_out_hides_one():
     a, b, hidden = discovery("alpha"), discovery("bravo"), discovery("quiet", announce=False)
     for d in (a, b, hidden):
@@ -63,6 +64,7 @@ async def test_devices_see_each_other_not_themselves_and_the_opt_out_hides_one()
             await d.stop()
 
 
+@pytest.mark.e2e
 async def test_malformed_records_are_not_listed_and_the_list_is_capped():
     listener = discovery("listener", announce=False, max_devices=2)
     await listener.start()

@@ -363,6 +363,7 @@ def _run_ddp(accumulation: int) -> dict:
     return dict(out)
 
 
+@pytest.mark.e2e  # two real gloo rank processes
 def test_under_ddp_accumulation_and_clipping_equal_one_big_batch():
     """Two gloo ranks with unequal parts, micro-batches and clipping: both end on the
     parameters of clipped big-batch SGD on one process."""
