@@ -399,17 +399,24 @@ class ClusterService:
         supervisor.supervisor.on_event = on_event
         self.workers[main_id] = supervisor
         self._start_renewal(main_id)
-        self._set_join(main_id, {"state": "starting-worker",
-                                 "scheduler": spec_args["scheduler_address"]})
+        await self._start_and_join(main_id, supervisor,
+                                   {"scheduler": spec_args["scheduler_address"]})
+
+    async def _start_and_join(self, main_id: str, supervisor: WorkerSupervisor,
+                              update: dict[str, Any] | None = None) -> None:
+        """Start the worker process and wait until it joined. A refusal is ``on_event``'s to
+        handle (``_refused``: backoff while granted); a timeout keeps it supervised, as the
+        main device may simply be offline right now."""
+        self._set_join(main_id, {"state": "starting-worker", "next_retry_at": None,
+                                 **(update or {})})
         await supervisor.start()
         try:
             await supervisor.wait_joined(timeout=60)
         except TimeoutError as err:
-            # keep supervising: the main device may simply be offline right now
             self._set_join(main_id, {"state": "waiting-for-scheduler", "message": str(err)})
             return
         except PermissionError:
-            return  # on_event took it from there (_refused)
+            return
         self._set_join(main_id, {"state": "running", "message": None})
 
     def _refused(self, main_id: str, supervisor: WorkerSupervisor) -> None:
@@ -435,22 +442,10 @@ class ClusterService:
                     return
                 if self.exchange_for is None or await self.exchange_for(main_id) is None:
                     return  # no longer paired or granted: nothing to retry for
-                await self._try_again(main_id, supervisor)
+                await self._start_and_join(main_id, supervisor)
         finally:
             if main_id in self.joins:
                 self._set_join(main_id, {"next_retry_at": None})
-
-    async def _try_again(self, main_id: str, supervisor: WorkerSupervisor) -> None:
-        self._set_join(main_id, {"state": "starting-worker", "next_retry_at": None})
-        await supervisor.start()
-        try:
-            await supervisor.wait_joined(timeout=60)
-        except TimeoutError as err:
-            self._set_join(main_id, {"state": "waiting-for-scheduler", "message": str(err)})
-            return
-        except PermissionError:
-            return  # still refused: the retry loop goes on
-        self._set_join(main_id, {"state": "running", "message": None})
 
     async def retry_join(self, main_id: str) -> bool:
         """The user's Retry: start a refused or stopped worker for `main_id` again now. False
@@ -463,7 +458,7 @@ class ClusterService:
         task = self._retries.pop(main_id, None)
         if task is not None:
             task.cancel()
-        await self._try_again(main_id, supervisor)
+        await self._start_and_join(main_id, supervisor)
         if supervisor.state == "refused":
             self._refused(main_id, supervisor)  # back to retrying with backoff
         return True
