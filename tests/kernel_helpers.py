@@ -34,3 +34,19 @@ def wait_for_kernel(kc: Any, timeout: float = 90.0) -> None:
         except queue.Empty:
             pass
     raise TimeoutError("the kernel did not answer kernel_info")
+
+
+def kernel_client(dev: Any, kernel_id: str) -> Any:
+    """A started, answering client of kernel `kernel_id` of the device server `dev`."""
+    from jupyter_client import BlockingKernelClient
+
+    kc = BlockingKernelClient(
+        connection_file=str(dev.home / "jupyter-runtime" / f"kernel-{kernel_id}.json"))
+    kc.load_connection_file()
+    kc.start_channels()
+    try:
+        wait_for_kernel(kc)
+    except BaseException:
+        kc.stop_channels()
+        raise
+    return kc

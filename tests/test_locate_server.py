@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kernel_helpers import run_in_kernel, wait_for_kernel
+from kernel_helpers import kernel_client, run_in_kernel
 
 from parallalx_jupyter import client
 
@@ -81,7 +81,6 @@ def test_a_notebook_kernel_finds_its_servers_home_set_only_in_a_config_file(
     it serves under a base URL; a notebook's kernel (a session, as JupyterLab starts it)
     still finds that server's cluster (`main_client`, behind `px.train`), its REST API
     (`locate_server`) and, for a `!parallalx` in a cell, the CLI finds it too."""
-    from jupyter_client import BlockingKernelClient
 
     from parallalx_jupyter.local_device import LocalDevice
 
@@ -96,11 +95,7 @@ def test_a_notebook_kernel_finds_its_servers_home_set_only_in_a_config_file(
             "path": "train.ipynb", "type": "notebook", "name": "train.ipynb",
             "kernel": {"name": "python3"}})
         kernel_id = session["kernel"]["id"]
-        kc = BlockingKernelClient(
-            connection_file=str(dev.home / "jupyter-runtime" / f"kernel-{kernel_id}.json"))
-        kc.load_connection_file()
-        kc.start_channels()
-        wait_for_kernel(kc)
+        kc = kernel_client(dev, kernel_id)
         out = run_in_kernel(kc, textwrap.dedent("""
             import json, subprocess, sys
             from parallalx_jupyter.client import default_home, locate_server

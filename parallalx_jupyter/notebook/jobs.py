@@ -112,7 +112,6 @@ def _launch(ctx: Context, args: Any) -> Result:
     from ..workloads import WorkloadError
     from ..workloads.launch import LaunchWorkload
     from ..workloads.launch_script import ScriptError, launch_params, script_run
-    from ..workloads.runner import start
 
     var = args.output or "job"
     args.output = None
@@ -131,47 +130,50 @@ def _launch(ctx: Context, args: Any) -> Result:
                           "as the cell")
     else:
         script = Path(args.script)
-    ns = ctx.shell.user_ns
     workload = LaunchWorkload()
     try:
-        fn = script_run(script, argv, args.working_dir)
-        params = workload.validate(launch_params(fn, args))
-        job = start(workload, params, client=args.scheduler or ns.get("client"),
-                    name=args.name, report=ctx.job_reporting())
+        params = workload.validate(launch_params(script_run(script, argv, args.working_dir),
+                                                 args))
     except (ScriptError, WorkloadError) as err:
         raise magic_error(f"launch: {err}") from None
+    return _started(ctx, args, var, "launch", lambda: (workload, params))
+
+
+def _started(ctx: Context, args: Any, var: str, what: str, prepare: Any) -> Result:
+    """Start the job `prepare()` says (workload, params) on the notebook's cluster, keep it in
+    `var` and the kernel's job list, and show it live: `%parallalx run` and `launch`."""
+    from ..workloads import WorkloadError
+    from ..workloads.runner import start
+
+    ns = ctx.shell.user_ns
+    try:
+        workload, params = prepare()
+        job = start(workload, params, client=args.scheduler or ns.get("client"),
+                    name=args.name, report=ctx.job_reporting())
+    except WorkloadError as err:
+        raise magic_error(f"{what}: {err}") from None
     except Exception as err:  # no cluster, unreachable scheduler
-        raise magic_error(f"launch: {type(err).__name__}: {err}") from None
+        raise magic_error(f"{what}: {type(err).__name__}: {err}") from None
     with _JOBS_LOCK:
         JOBS[job.id] = job
     ns[var] = job
-    view = JobView(job)
+    view = TrainingDashboard(job) if job.workload == "train" else JobView(job)
     return Result({"id": job.id, "workload": job.workload, "state": job.state}, lambda: view)
 
 
 @handles("run")
 def _run(ctx: Context, args: Any) -> Result:
     """Start the workload in the background with a live view (see the command's help)."""
-    from ..workloads import WorkloadError
     from ..workloads.params import parse_params
     from ..workloads.registry import get
-    from ..workloads.runner import start
 
     var = args.output or "job"
     args.output = None
     ns = ctx.shell.user_ns
-    try:
+
+    def prepare() -> tuple[Any, dict[str, Any]]:
         workload = get(args.workload)
         raw = parse_params(args.params, args.params_json)
-        params = {k: _param_value(ns, workload.parameters, k, v) for k, v in raw.items()}
-        job = start(workload, params, client=args.scheduler or ns.get("client"),
-                    name=args.name, report=ctx.job_reporting())
-    except WorkloadError as err:
-        raise magic_error(f"run: {err}") from None
-    except Exception as err:  # no cluster, unreachable scheduler
-        raise magic_error(f"run: {type(err).__name__}: {err}") from None
-    with _JOBS_LOCK:
-        JOBS[job.id] = job
-    ns[var] = job
-    view = TrainingDashboard(job) if job.workload == "train" else JobView(job)
-    return Result({"id": job.id, "workload": job.workload, "state": job.state}, lambda: view)
+        return workload, {k: _param_value(ns, workload.parameters, k, v) for k, v in raw.items()}
+
+    return _started(ctx, args, var, "run", prepare)

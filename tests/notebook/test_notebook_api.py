@@ -8,8 +8,7 @@ import textwrap
 
 import pytest
 import websocket
-from jupyter_client import BlockingKernelClient
-from kernel_helpers import run_in_kernel, wait_for_kernel
+from kernel_helpers import kernel_client, run_in_kernel
 
 from parallalx_jupyter.client import ApiClient
 from parallalx_jupyter.local_device import LocalDevice, wait_for
@@ -51,11 +50,7 @@ def test_a_kernel_finds_the_jupyter_server_it_belongs_to(bravo, tmp_path):
     kc = None
     kernel_id = ApiClient(dev.url, dev.token, timeout=90).request("POST", "api/kernels", {})["id"]
     try:
-        kc = BlockingKernelClient(
-            connection_file=str(dev.home / "jupyter-runtime" / f"kernel-{kernel_id}.json"))
-        kc.load_connection_file()
-        kc.start_channels()
-        wait_for_kernel(kc)
+        kc = kernel_client(dev, kernel_id)
         out = run_in_kernel(kc, textwrap.dedent("""
             import json
             from parallalx_jupyter.notebook import api
