@@ -33,12 +33,18 @@ MAIN_DEVICE_TRAINS = "PARALLALX_MAIN_DEVICE_TRAINS"
 #: turn it on for their devices (`make_device(..., discoverable=True)`).
 DISCOVERABLE = "PARALLALX_DISCOVERABLE"
 
+#: The suite's workers do not start their rank forkserver (and import torch in it) as soon as
+#: they join: most tests never train, and on two cores those imports slow every other test. The
+#: first job's probe starts it; tests of the prestart turn it on (`PRESTART_RANKS`, "1").
+PRESTART_RANKS = "PARALLALX_PRESTART_RANKS"
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _main_device_trains_off() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(MAIN_DEVICE_TRAINS, "0")
         patch.setenv(DISCOVERABLE, "0")
+        patch.setenv(PRESTART_RANKS, "0")
         yield
 
 

@@ -31,6 +31,9 @@ What it does:
   the supervisor stops retrying, 0 after a normal close (the supervisor restarts it: that is
   how a worker "reconnects" - distributed 2026.8 workers do not reconnect by themselves, see
   ``Worker._register_with_scheduler``: "Worker reconnection is not supported");
+* once joined, starts the forkserver that rank processes are forked from, which imports
+  torch in the background (``training/torch_processes.py``), so the first job does not wait
+  for that import;
 * exits when its stdin reaches EOF (the supervising process is gone), killing its process
   group, so no orphan survives the controlling process.
 """
@@ -45,6 +48,7 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 import time
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -102,6 +106,27 @@ def _refused(exc: BaseException, marker: str) -> str | None:
             return str(exc)[:500]
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+def _prestart_rank_processes() -> None:
+    """Start the rank forkserver now that the worker has joined, so that the first job finds
+    torch imported (``training/torch_processes.py``); in a thread, because importing parallalx
+    takes a moment and the event loop must keep the worker's heartbeats going. Skipped where
+    parallalx is not installed in this environment (no job could run here yet either) and
+    with ``PARALLALX_PRESTART_RANKS=0``."""
+
+    def start() -> None:
+        try:
+            from parallalx_jupyter.training import torch_processes
+        except ImportError:
+            return
+        if torch_processes.prestart_wanted():
+            try:
+                torch_processes.prestart()
+            except Exception:  # noqa: BLE001 - the first job's probe starts it instead
+                logger.warning("could not start the rank forkserver", exc_info=True)
+
+    threading.Thread(target=start, name="parallalx-prestart", daemon=True).start()
 
 
 async def _run(cfg: dict, parent_watch: bool) -> int:
@@ -175,6 +200,7 @@ async def _run(cfg: dict, parent_watch: bool) -> int:
             _write_status(status_file, state="failed", reason=repr(exc)[:500])
             return 1
         _write_status(status_file, state="running", address=worker.address)
+        _prestart_rank_processes()
         finished = asyncio.ensure_future(worker.finished())
         await asyncio.wait([finished, stop_wait], return_when=asyncio.FIRST_COMPLETED)
         if not finished.done():

@@ -7,6 +7,9 @@ carry everything the user needs (the remote traceback as text, never a live trac
 
 from __future__ import annotations
 
+import re
+import sys
+
 from ..jobs.failures import DeviceFailure, UserCodeFailure
 from ..jobs.handle import JobCancelledError
 
@@ -77,3 +80,29 @@ class RestartsExhaustedError(TrainingError):
 
 class TrainingCancelledError(TrainingError, JobCancelledError):
     """``TrainingJob.cancel()`` stopped the job; the last checkpoint (if any) stays on disk."""
+
+
+# Exit codes of a rank process (the Dask task reports anything else as a crash).
+EXIT_OK, EXIT_FAILED, EXIT_ORPHANED = 0, 1, 3
+
+# "peer" as a word only: as a substring it matches "TypeError". The others stay substrings
+# ("ProcessGroupGloo", "ProcessGroupNCCL").
+_COMM_MARKERS = re.compile(
+    r"gloo|nccl|connection (reset|closed|refused)|broken pipe|timed out|timeout|socket|\bpeers?\b"
+)
+
+
+def is_comm_error(exc: BaseException) -> bool:
+    """True for errors caused by the network / peers rather than by the user's code.
+
+    Torch-free: a worker process (which never imports torch, see ``torch_processes.py``)
+    classifies what its rank process reported; an exception can only be a ``DistError`` where
+    ``torch.distributed`` is already loaded.
+    """
+    dist = sys.modules.get("torch.distributed")
+    dist_error = getattr(dist, "DistError", None)
+    if isinstance(exc, RankInfraError) or (dist_error is not None and isinstance(exc, dist_error)):
+        return True
+    if isinstance(exc, (RuntimeError, OSError, ConnectionError, TimeoutError)):
+        return _COMM_MARKERS.search(str(exc).lower()) is not None
+    return False

@@ -15,7 +15,9 @@ parallalx's hardened cluster refuses one to a worker device's certificate):
 
 * Before the ranks, the driver runs one short task pinned to rank 0's worker,
   :func:`open_rendezvous`: it opens a ``TCPStore`` *server* on port 0 (the OS picks a free port)
-  in that worker process, keeps it in a per-process registry keyed by job *and attempt*, and
+  for that worker process (held by a child of its forkserver, :class:`StoreServer`, because the
+  worker itself never imports torch), keeps it in a per-process registry keyed by job *and
+  attempt*, and
   returns the port as its result. There is no window in which another process could take the
   port (which a "find a free port, close it, report it" first phase would have), and a fresh
   key per attempt means a stale port from a crashed attempt can never be used.
@@ -80,25 +82,59 @@ class RankSpec:
 
 
 # --------------------------------------------------------------------------- rendezvous store
-# (job_id, attempt) -> [TCPStore server, expiry timer]; one registry per worker process.
+# (job_id, attempt) -> [StoreServer, expiry timer]; one registry per worker process.
 _STORES: dict[tuple[str, int], list[Any]] = {}
 _STORES_LOCK = threading.Lock()
 
 
-def open_rendezvous(job_id: str, attempt: int, host: str, timeout_s: float, ttl_s: float) -> int:
-    """Dask task on rank 0's worker: open the attempt's TCPStore server, return its port.
+class StoreServer:
+    """A ``TCPStore`` server held open by a child of the worker's forkserver
+    (``torch_processes.py``: the worker process itself never imports torch).
 
-    The server lives in this worker process (not in a rank process) so its port can be
-    returned before the ranks start. If no rank 0 claims it within ``ttl_s`` it is closed.
+    The child leaves when :meth:`close` closes its pipe, or when this worker process dies
+    (the pipe reaches EOF either way), so the port is open no longer than its owner lives.
+    Where there is no forkserver the store lives in this process, as a plain ``TCPStore``.
     """
+
+    def __init__(self, host: str, timeout_s: float) -> None:
+        from .torch_processes import forkserver_available, start_child, stop_child
+
+        self._stop_child = stop_child
+        self._proc: Any = None
+        self._conn: Any = None
+        self._store: Any = None
+        if not forkserver_available():
+            self._store = _tcp_store_server(host, timeout_s)
+            self.port = int(self._store.port)
+            return
+        self._proc, self._conn = start_child(_store_main, host, timeout_s, name="parallalx-rdzv")
+        try:
+            kind, value = self._conn.recv()
+        except (EOFError, OSError):
+            self.close()
+            raise RankInfraError(
+                f"the rendezvous store's process exited with code {self._proc.exitcode}"
+            ) from None
+        if kind != "port":
+            self.close()
+            raise RankInfraError(f"could not open the rendezvous store on {host}:\n{value}")
+        self.port = int(value)
+
+    def close(self) -> None:
+        self._store = None  # the last reference: the server thread stops, the port closes
+        if self._proc is not None:
+            proc, self._proc = self._proc, None
+            self._stop_child(proc, self._conn)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+
+def _tcp_store_server(host: str, timeout_s: float) -> Any:
     import torch.distributed as dist
 
-    key = (job_id, int(attempt))
-    with _STORES_LOCK:
-        entry = _STORES.get(key)
-        if entry is not None:  # a resubmitted task: same store, same port
-            return int(entry[0].port)
-    store = dist.TCPStore(
+    return dist.TCPStore(
         host,
         0,
         None,
@@ -106,6 +142,37 @@ def open_rendezvous(job_id: str, attempt: int, host: str, timeout_s: float, ttl_
         timeout=_dt.timedelta(seconds=timeout_s),
         wait_for_workers=False,
     )
+
+
+def _store_main(host: str, timeout_s: float, conn: Any) -> None:
+    """A store process: open the server, report its port, serve until the pipe closes."""
+    import traceback
+
+    try:
+        store = _tcp_store_server(host, timeout_s)
+        conn.send(("port", int(store.port)))
+    except BaseException:  # noqa: BLE001 - reported to the worker as text
+        with contextlib.suppress(OSError):
+            conn.send(("error", traceback.format_exc()))
+        os._exit(1)
+    with contextlib.suppress(EOFError, OSError):
+        while True:
+            conn.recv()  # nothing is ever sent: this returns at EOF
+    os._exit(0)  # the kernel closes the listener; no destructor can hang on a client
+
+
+def open_rendezvous(job_id: str, attempt: int, host: str, timeout_s: float, ttl_s: float) -> int:
+    """Dask task on rank 0's worker: open the attempt's TCPStore server, return its port.
+
+    The server belongs to this worker (not to a rank process) so its port can be returned
+    before the ranks start. If no rank 0 claims it within ``ttl_s`` it is closed.
+    """
+    key = (job_id, int(attempt))
+    with _STORES_LOCK:
+        entry = _STORES.get(key)
+        if entry is not None:  # a resubmitted task: same store, same port
+            return int(entry[0].port)
+    store = StoreServer(host, timeout_s)
     timer = threading.Timer(ttl_s, _expire, args=(key, store))
     timer.daemon = True
     with _STORES_LOCK:
@@ -114,17 +181,19 @@ def open_rendezvous(job_id: str, attempt: int, host: str, timeout_s: float, ttl_
     return int(store.port)
 
 
-def _expire(key: tuple[str, int], store: Any) -> None:
+def _expire(key: tuple[str, int], store: StoreServer) -> None:
     with _STORES_LOCK:
         entry = _STORES.get(key)
-        if entry is not None and entry[0] is store:
-            del _STORES[key]
+        if entry is None or entry[0] is not store:
+            return
+        del _STORES[key]
+    store.close()
 
 
-def claim_rendezvous(job_id: str, attempt: int) -> Any:
+def claim_rendezvous(job_id: str, attempt: int) -> StoreServer | None:
     """Rank 0's task takes ownership of the store (None if it expired or never existed).
 
-    The caller keeps the returned object alive for the job; dropping it closes the server.
+    The caller closes it when the job ends (:meth:`StoreServer.close`).
     """
     with _STORES_LOCK:
         entry = _STORES.pop((job_id, int(attempt)), None)
@@ -139,7 +208,7 @@ def close_rendezvous(job_id: str, attempt: int) -> bool:
     store = claim_rendezvous(job_id, attempt)
     if store is None:
         return False
-    del store  # the last reference: the server thread stops and the port closes
+    store.close()
     return True
 
 
@@ -432,52 +501,3 @@ def side_group(timeout_s: float, backend: str | None = None) -> Any:
     import torch.distributed as dist
 
     return dist.new_group(backend=backend, timeout=_dt.timedelta(seconds=timeout_s))
-
-
-# --------------------------------------------------------------------------- rank processes
-# torch._dynamo: every optimizer's __init__ imports it lazily (~1.1 s here); FSDP and the
-# distributed state-dict helpers: the fsdp strategy and checkpoints (~0.7 s). Preloaded once per
-# worker, so a warm job's ranks reach their first step without paying for them.
-_PRELOAD = [
-    "torch",
-    "torch.distributed",
-    "torch._dynamo",
-    "torch.distributed.fsdp",
-    "torch.distributed.checkpoint.state_dict",
-    "parallalx_jupyter.training.rank_process",
-]
-
-
-def rank_process_context() -> Any:
-    """A multiprocessing context for rank processes: forkserver (torch preloaded) or spawn.
-
-    Forking the Dask worker itself is unsafe (it has an event loop and thread pools); a
-    forkserver is a clean single-threaded parent with torch already imported, so every later
-    rank process starts in milliseconds instead of re-importing torch.
-    """
-    import multiprocessing as mp
-
-    if "forkserver" in mp.get_all_start_methods():
-        ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(_PRELOAD)
-        return ctx
-    return mp.get_context("spawn")
-
-
-@contextlib.contextmanager
-def children_allowed() -> Iterator[None]:
-    """Let a daemonic Dask worker (started by a Nanny) start a rank process.
-
-    multiprocessing refuses children of daemonic processes because they could be orphaned; ours
-    exit on their own when the worker goes away (they watch their control pipe for EOF).
-    """
-    import multiprocessing as mp
-
-    config = mp.current_process()._config  # noqa: SLF001 - no public switch exists
-    was = config.get("daemon")
-    config["daemon"] = False
-    try:
-        yield
-    finally:
-        if was is not None:
-            config["daemon"] = was

@@ -62,7 +62,7 @@ def probe_environment() -> dict[str, Any]:
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "python": platform.python_version(),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # a TorchVersion would need torch to unpickle
         "cuda_version": torch.version.cuda,
         "cuda_available": cuda,
         "device_count": torch.cuda.device_count() if cuda else 0,
@@ -82,11 +82,36 @@ def probe_environment() -> dict[str, Any]:
     return info
 
 
-def probe_task() -> bytes:
-    """:func:`probe_environment` as a Dask task: its answer travels back as data (``wire``)."""
-    from ..wire import to_wire
+# This worker process's versions and devices, probed once (they cannot change under a running
+# process: its forkserver has the torch it preloaded).
+_WORKER_ENVIRONMENT: dict[str, Any] = {}
+PROBE_CHILD_TIMEOUT_S = 600.0  # the first probe waits for the forkserver's imports
 
-    return to_wire(probe_environment())
+
+def probe_task() -> bytes:
+    """:func:`probe_environment` as a Dask task: its answer travels back as data (``wire``).
+
+    Probed in a child of the worker's forkserver (``torch_processes.py``): the worker process
+    itself never imports torch nor initialises CUDA, and the first probe starts the imports
+    that every rank process then shares. Free memory is read here, fresh each time.
+    """
+    import psutil
+    from distributed import get_worker
+
+    from ..wire import to_wire
+    from .torch_processes import call_in_child
+
+    if not _WORKER_ENVIRONMENT:
+        _WORKER_ENVIRONMENT.update(
+            call_in_child(probe_environment, timeout_s=PROBE_CHILD_TIMEOUT_S)
+        )
+    info = dict(_WORKER_ENVIRONMENT)
+    info.update(
+        pid=os.getpid(),
+        worker=get_worker().address,
+        memory_available=int(psutil.virtual_memory().available),
+    )
+    return to_wire(info)
 
 
 def _release(version: str) -> str:

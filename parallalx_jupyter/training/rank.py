@@ -44,19 +44,15 @@ import threading
 import time
 from collections.abc import Iterator
 from multiprocessing.connection import wait
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .errors import RankInfraError, UserCodeError
-from .launcher import (
-    RankSpec,
-    children_allowed,
-    claim_rendezvous,
-    rank_process_context,
-    tls_files_of,
-    worker_slot,
-)
-from .rank_process import EXIT_ORPHANED, RankBody, child_main, is_comm_error
+from .errors import EXIT_ORPHANED, RankInfraError, UserCodeError, is_comm_error
+from .launcher import RankSpec, claim_rendezvous, tls_files_of, worker_slot
 from .spec import AttemptPayload
+from .torch_processes import children_allowed, rank_process_context
+
+if TYPE_CHECKING:
+    from .rank_process import RankBody
 
 STOP_GRACE_S = 30.0  # after "stop": time to reach a control step, checkpoint and exit
 ABORT_PREFIX = "parallalx-abort"
@@ -113,7 +109,8 @@ def run_rank(spec: RankSpec, payload: AttemptPayload, body: RankBody | None = No
     try:
         return to_wire(_relay(spec, payload, worker, key, job, body))
     finally:
-        del store  # closes the rendezvous port
+        if store is not None:
+            store.close()  # the rendezvous port closes with the job
 
 
 def _relay(
@@ -126,7 +123,7 @@ def _relay(
         control_r, control_w = ctx.Pipe(duplex=False)
         events_r, events_w = ctx.Pipe(duplex=False)
         proc = ctx.Process(
-            target=child_main,
+            target=_child_main,
             args=(spec, payload, control_r, events_w, body),
             name=f"parallalx-rank-{spec.rank}",
         )
@@ -199,3 +196,11 @@ def _relay(
                 raise RankInfraError(f"rank {spec.rank}: {err}")
             raise err
         return outcome[1]
+
+
+def _child_main(*args: Any) -> None:
+    """The rank process's entry, named here so that this worker-side module never imports
+    ``rank_process`` (and torch with it); the forkserver preloaded it for the child."""
+    from .rank_process import child_main
+
+    child_main(*args)

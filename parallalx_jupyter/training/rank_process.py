@@ -26,7 +26,6 @@ import gc
 import os
 import queue
 import random
-import re
 import statistics
 import threading
 import time
@@ -44,7 +43,16 @@ from .checkpoint import (
     restore_rng,
     unpack,
 )
-from .errors import CheckpointMismatchError, RankInfraError, TrainingError, UserCodeError
+from .errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_ORPHANED,
+    CheckpointMismatchError,
+    RankInfraError,
+    TrainingError,
+    UserCodeError,
+    is_comm_error,
+)
 from .heap import keep_freed_memory
 from .launcher import RankGroup, RankSpec, host_of, process_group, regroup, set_gloo_interface
 from .loop import Precision, StepRunner, build_scheduler, evaluate, scheduler_problem
@@ -84,29 +92,10 @@ from .spec import (
 from .stop_vote import StopVote, vote_every
 from .strategies import EXACT, make_strategy
 
-# "peer" as a word only: as a substring it matches "TypeError". The others stay substrings
-# ("ProcessGroupGloo", "ProcessGroupNCCL").
-_COMM_MARKERS = re.compile(
-    r"gloo|nccl|connection (reset|closed|refused)|broken pipe|timed out|timeout|socket|\bpeers?\b"
-)
-
 # What re-forming the group on fewer ranks costs (``launcher.regroup``; the timeline's
 # "preflight" to "placed": 27 ms measured on a loaded 2-core machine)
 REGROUP_S = 0.03
 
-# Exit codes of a rank process (the Dask task reports anything else as a crash).
-EXIT_OK, EXIT_FAILED, EXIT_ORPHANED = 0, 1, 3
-
-
-def is_comm_error(exc: BaseException) -> bool:
-    """True for errors caused by the network / peers rather than by the user's code."""
-    import torch.distributed as dist
-
-    if isinstance(exc, (RankInfraError, dist.DistError)):
-        return True
-    if isinstance(exc, (RuntimeError, OSError, ConnectionError, TimeoutError)):
-        return _COMM_MARKERS.search(str(exc).lower()) is not None
-    return False
 
 
 @contextlib.contextmanager

@@ -191,3 +191,51 @@ async def test_no_orphans_when_the_controlling_process_is_killed(harness, tmp_pa
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def _torch_mapped(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            return "libtorch_cpu" in f.read()
+    except OSError:
+        return False
+
+
+async def test_a_joined_worker_prestarts_its_rank_forkserver_and_never_loads_torch(
+    harness, monkeypatch
+):
+    """The first job on a running cluster must not wait for torch to import: the worker starts
+    the forkserver that rank processes fork from as soon as it joins. The worker process
+    itself never loads torch (the probe runs in the forkserver's child) and leaves no
+    forkserver behind when it stops."""
+    import psutil
+
+    from parallalx_jupyter.training.preflight import probe_task
+    from parallalx_jupyter.wire import from_wire
+
+    monkeypatch.setenv("PARALLALX_PRESTART_RANKS", "1")
+    sp = await harness.scheduler()
+    ws = await harness.worker(sp, harness.device_credentials("DEVA"))
+
+    def forkserver() -> int | None:
+        for child in psutil.Process(ws.pid).children():
+            try:
+                if "forkserver" in " ".join(child.cmdline()) and _torch_mapped(child.pid):
+                    return child.pid
+            except psutil.Error:
+                continue
+        return None
+
+    server = await wait_until(forkserver, 60)  # no job was submitted: the worker started it
+    client = await sp.client()
+    try:
+        info = from_wire(await client.submit(
+            probe_task, workers=[ws.status()["address"]], pure=False))
+    finally:
+        await client.close()
+    import torch
+
+    assert info["torch"] == str(torch.__version__) and info["pid"] == ws.pid
+    assert not _torch_mapped(ws.pid)
+    await ws.stop()
+    await wait_until(lambda: not pid_alive(server), 15)

@@ -282,7 +282,7 @@ def test_explicit_shares_must_name_every_rank_until_a_device_is_lost() -> None:
 
 
 def test_lost_peers_are_told_from_the_users_errors_by_whole_words() -> None:
-    from parallalx_jupyter.training.rank_process import is_comm_error
+    from parallalx_jupyter.training.errors import is_comm_error
 
     lost = [
         "[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer",
@@ -357,7 +357,7 @@ def test_rendezvous_store_is_registered_claimed_and_closed() -> None:
     store = claim_rendezvous("jobx", 0)
     assert store is not None and ("jobx", 0) not in open_rendezvous_stores()
     assert close_rendezvous("jobx", 0) is False  # already claimed
-    del store
+    store.close()
     port2 = open_rendezvous("jobx", 1, "127.0.0.1", 10.0, 60.0)
     assert close_rendezvous("jobx", 1) is True
 
