@@ -52,7 +52,7 @@ from .launcher import (
 )
 from .metrics import ProgressAggregator, ProgressHub
 from .options import RecoveryOptions
-from .preflight import PreflightReport, check_versions, probe_environment, probe_task
+from .preflight import PreflightReport, check_versions, driver_environment, probe_task
 from .rank import abort_key, run_rank
 from .recovery import (
     QUICK_STALE_S,
@@ -470,7 +470,7 @@ class Driver:
 
     def _loop(self) -> bytes:
         self._mark("driver_start")
-        driver_env = probe_environment()
+        driver_env = driver_environment()
         self._refresh_names()
         attempt = 0
         fixed: tuple[str, int] | None = None

@@ -21,6 +21,7 @@ import os
 import platform
 import socket
 import statistics
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -80,6 +81,22 @@ def probe_environment() -> dict[str, Any]:
     except ValueError:
         info["worker"] = "notebook"
     return info
+
+
+def driver_environment() -> dict[str, Any]:
+    """The notebook's row of the version check (:func:`check_versions`).
+
+    Without importing torch where it is not loaded yet: a ``parallalx launch`` of a script
+    never needs torch in its own process, and importing it there would put seconds in front
+    of the first job's probe. The installed distribution's version is the one an import
+    would report.
+    """
+    import importlib.metadata
+
+    torch = sys.modules.get("torch")
+    version = str(torch.__version__) if torch is not None else importlib.metadata.version("torch")
+    return {"host": socket.gethostname(), "python": platform.python_version(), "torch": version,
+            "worker": "notebook"}
 
 
 # This worker process's versions and devices, probed once (they cannot change under a running

@@ -121,7 +121,7 @@ class Workload(ABC):
 
 
 def validate_params(workload: str, schema: dict[str, Any], params: Any) -> dict[str, Any]:
-    import jsonschema
+    from .schema_check import first_error
 
     if not isinstance(params, dict):
         raise WorkloadError(f"{workload}: parameters must be a mapping of names to values")
@@ -146,13 +146,11 @@ def validate_params(workload: str, schema: dict[str, Any], params: Any) -> dict[
     missing = [r for r in schema.get("required", []) if r in python and r not in out]
     if missing:
         raise WorkloadError(f"{workload}: missing parameter(s) {', '.join(missing)}")
-    error = jsonschema.exceptions.best_match(
-        jsonschema.Draft202012Validator(json_schema).iter_errors(checked)
-    )
+    error = first_error(json_schema, checked)
     if error is not None:
-        where = ".".join(str(p) for p in error.absolute_path)
+        where, message = error
         prefix = f"parameter '{where}'" if where else "parameters"
-        raise WorkloadError(f"{workload}: {prefix}: {error.message}")
+        raise WorkloadError(f"{workload}: {prefix}: {message}")
     for key, prop in props.items():
         if key not in out and isinstance(prop, dict) and "default" in prop:
             out[key] = prop["default"]
