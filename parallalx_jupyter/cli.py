@@ -71,11 +71,24 @@ def cmd_run(args: argparse.Namespace) -> Any:
     return follow_job(args, workload, job)
 
 
+def _print_output(rec: dict[str, Any]) -> None:
+    """What a rank printed, as torchrun's terminal shows it: its stream, each line after the
+    rank (and the device) it came from."""
+    from .jobs.handle import output_prefix
+
+    prefix = output_prefix(int(rec.get("rank", 0)), str(rec.get("device", "")))
+    stream = sys.stderr if rec.get("stream") == "stderr" else sys.stdout
+    stream.write("".join(f"{prefix}{line}\n" for line in str(rec.get("text", "")).splitlines()))
+    stream.flush()
+
+
 def follow_job(args: argparse.Namespace, workload: Any, job: Any) -> Any:
     """Show a job this process owns until it ends (progress on stderr); its summary."""
+    unsubscribe = None
     if not args.json:
         print(f"{workload.name} job {job.id} started; `parallalx jobs cancel {job.id}` or "
               "Ctrl-C stops it", file=sys.stderr)
+        unsubscribe = job.subscribe(_print_output, {"output"})
     last = ""
     try:
         while not job.done():
@@ -87,6 +100,9 @@ def follow_job(args: argparse.Namespace, workload: Any, job: Any) -> Any:
     except KeyboardInterrupt:
         job.cancel()
         print("cancelling ...", file=sys.stderr)
+    finally:
+        if unsubscribe is not None:
+            unsubscribe()
     try:
         result = job.result()
     except Exception as err:

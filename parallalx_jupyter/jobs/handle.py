@@ -3,7 +3,8 @@
 Thread-safe to read from a notebook while the job's background thread updates it: ``state``
 (and ``state_message``: why, e.g. which device a ``recovering`` job lost),
 ``progress`` (the latest progress record), ``history`` (every progress record without per-worker
-detail), ``events`` (everything else: state changes, workload-specific records). ``result()``
+detail), ``output`` (the last lines its ranks printed, for workloads that forward them:
+``launch``), ``events`` (everything else: state changes, workload-specific records). ``result()``
 (or ``await job``) gives the workload's result back; ``cancel()`` asks it to stop. Records flow
 through one :class:`~parallalx_jupyter.jobs.hub.ProgressHub`, which the notebook
 dashboards and the server reporter subscribe to.
@@ -12,6 +13,7 @@ dashboards and the server reporter subscribe to.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import threading
 from collections.abc import Callable, Generator
@@ -20,6 +22,13 @@ from typing import Any
 from .hub import ProgressHub, Record
 
 HISTORY_LIMIT = 100_000
+OUTPUT_LINES = 5000  # the last lines of output a job keeps (all ranks together)
+OUTPUT_LINE_CHARS = 4000  # a longer line (a progress bar that never ends one) is cut
+
+
+def output_prefix(rank: int, device: str) -> str:
+    """What goes before each line a rank printed, wherever it is shown."""
+    return f"[rank {rank} {device}] " if device else f"[rank {rank}] "
 
 
 class JobCancelledError(RuntimeError):
@@ -57,6 +66,9 @@ class Job:
         self.progress: Record = {}
         self.history: list[Record] = []
         self.events: list[Record] = []
+        #: (rank, device, stream, line) of the last :data:`OUTPUT_LINES` lines printed
+        self.output: collections.deque[tuple[int, str, str, str]] = collections.deque(
+            maxlen=OUTPUT_LINES)
         self._hub.subscribe(self._record)
 
     @property
@@ -71,6 +83,12 @@ class Job:
                 if len(self.history) < HISTORY_LIMIT:
                     self.history.append({k: v for k, v in rec.items() if k not in DETAIL_KEYS})
                 return
+            if kind == "output":  # kept as lines, not as events: a chatty job stays small
+                rank, device = int(rec.get("rank", 0)), str(rec.get("device", ""))
+                for line in str(rec.get("text", "")).splitlines():
+                    self.output.append((rank, device, str(rec.get("stream")),
+                                        line[:OUTPUT_LINE_CHARS]))
+                return
             self.events.append(rec)
             if kind == "state":
                 self.state = str(rec["state"])
@@ -81,6 +99,15 @@ class Job:
                 elif rec.get("error"):
                     self.error = str(rec["error"])
             self._on_record(rec)
+
+    def output_text(self, rank: int | None = None) -> str:
+        """The kept output as text, each line after its rank (``[rank 1 gaming-pc] ...``);
+        ``rank``: one rank's lines only, as it printed them."""
+        with self._lock:
+            lines = list(self.output)
+        if rank is not None:
+            return "".join(f"{line}\n" for r, _d, _s, line in lines if r == rank)
+        return "".join(f"{output_prefix(r, d)}{line}\n" for r, d, _s, line in lines)
 
     def _on_record(self, rec: Record) -> None:
         """Workload-specific bookkeeping of non-progress records (called under the lock)."""

@@ -27,6 +27,8 @@ from ..text import progress_text
 from .magics import Context, Result, handles, magic_error
 from .training import _JOBS_LOCK, FINAL_STATES, JOBS, TrainingDashboard, sparkline
 
+OUTPUT_SHOWN = 200
+
 
 class JobView(widgets.VBox):
     """Live view of any workload's job: progress bar, message, loss/best-value plot, Cancel."""
@@ -43,9 +45,11 @@ class JobView(widgets.VBox):
         self.cancel_button = widgets.Button(description="Cancel", button_style="warning")
         self.cancel_button.on_click(lambda _b: self._cancel())
         self.final = widgets.HTML("")
+        #: what the job's ranks print (launch), the last OUTPUT_SHOWN lines; hidden until then
+        self.output = widgets.HTML("", layout=widgets.Layout(display="none"))
         self.state = str(job.state)
-        self.children = (self.title, self.bar, self.text, self.plot, self.cancel_button,
-                         self.final)
+        self.children = (self.title, self.bar, self.text, self.plot, self.output,
+                         self.cancel_button, self.final)
         self._unsubscribe = job.subscribe(self.on_record)
         if job.progress:
             self.on_record(dict(job.progress))
@@ -54,7 +58,13 @@ class JobView(widgets.VBox):
 
     def on_record(self, rec: dict[str, Any]) -> None:
         with self._lock:
-            if rec.get("kind") == "progress":
+            if rec.get("kind") == "output":
+                lines = self.job.output_text().splitlines()[-OUTPUT_SHOWN:]
+                self.output.value = (
+                    '<pre style="max-height:16em;overflow:auto;margin:4px 0;font-size:12px">'
+                    + html.escape("\n".join(lines)) + "</pre>")
+                self.output.layout.display = None
+            elif rec.get("kind") == "progress":
                 p = summarize(rec)
                 if p["fraction"] is not None:
                     self.bar.value = p["fraction"]

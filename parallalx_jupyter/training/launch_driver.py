@@ -9,7 +9,8 @@ and device names. What differs:
 
 * the rank task is :func:`launch_rank.run_launch_rank` (the user's function as body);
 * rank 0's ``px.report`` messages become the job's progress records, and its return value
-  arrives as a ``result`` message (data, on the ship channel) which ends the run;
+  arrives as a ``result`` message (data, on the ship channel) which ends the run; every
+  rank's printed output arrives as ``output`` records with the device's name;
 * a rank whose function hangs in a collective makes the others fail at the group timeout
   while every device is healthy: that is the user's hang, reported with the hung ranks'
   device names (:class:`HungRankError`) instead of being retried as a lost device;
@@ -82,6 +83,13 @@ class LaunchDriver(Driver):
             self.hub.emit({**fields, "kind": "progress", "job_id": self.job.job_id,
                            "time": time.time(), "attempt": msg.get("attempt"),
                            "workers": len(self._workers)})
+        elif kind == "output":  # any attempt's: what a failed attempt printed tells why
+            worker = str(msg.get("worker", ""))
+            self.hub.emit({"kind": "output", "job_id": self.job.job_id, "time": time.time(),
+                           "rank": int(msg.get("rank", 0)), "attempt": msg.get("attempt"),
+                           "device": self._label(worker) if worker else "",
+                           "stream": str(msg.get("stream", "stdout")),
+                           "text": str(msg.get("text", ""))})
         elif kind == "result":
             if msg.get("attempt") == self.aggregator.attempt:
                 self._final = msg

@@ -37,6 +37,10 @@ End of the run: each rank marks "done" in the rendezvous store and waits (at mos
 timeout) for the others, so a rank whose ``fn`` never returns is reported by rank and device
 name (:class:`HungRankError`, a user error: never retried) instead of holding the job forever.
 Rank 0's return value travels home as data (``wire.to_wire``) on the ship channel.
+
+What every rank prints (stdout and stderr, Python's or not) reaches the job as ``output``
+records, in batches and rate-capped (``rank_output.py``): ``job.output_text()``, the
+notebook's job view and ``parallalx launch``'s terminal show it, each line after its rank.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from typing import Any
 
 from .errors import UserCodeError
 from .launcher import RankGroup, RankSpec, host_of
+from .rank_output import OutputForwarder
 from .spec import AttemptPayload
 
 #: store keys of the end-of-run barrier
@@ -202,6 +207,8 @@ def launch_body(spec: RankSpec, payload: AttemptPayload, channel: Any,
     _CURRENT = RankContext(spec, channel, spec.job_id, payload.resume)
     if payload.resume:
         _CURRENT.last_step = int(_unpack(payload.resume).get("global_step", -1))
+    output = OutputForwarder(channel.ship, rank=spec.rank, attempt=spec.attempt,
+                             worker=spec.worker).start()
     marks["fn_start"] = time.time()
     with user_code(f"{_name_of(fn)}", spec.rank, where):
         try:
@@ -212,6 +219,7 @@ def launch_body(spec: RankSpec, payload: AttemptPayload, channel: Any,
             value = None
         finally:
             unguard()
+            output.close()  # before the result or the error: what it printed comes first
     marks["fn_end"] = time.time()
     result = b""
     if spec.rank == 0:

@@ -92,10 +92,14 @@ def test_cell_launch_runs_the_cell_on_every_worker(ip, alpha, dask_client, tmp_p
         "dist.all_reduce(t)\n"
         "open(os.path.join(sys.argv[1], f\"rank{os.environ['RANK']}\"), 'w').write(\n"
         "    f\"{__name__} {sys.argv[2]} {os.environ['WORLD_SIZE']} {int(t.item())}\")\n"
-        "px.report(step=1, loss=0.25)\n"))
+        "px.report(step=1, loss=0.25)\n"
+        "print('rank', os.environ['RANK'], 'done')\n"))
     job = ip.user_ns["lj"]
-    assert any(isinstance(s, JobView) and s.job is job for s in ip.shown)
+    view = next(s for s in ip.shown if isinstance(s, JobView) and s.job is job)
     job.result(timeout=150)
+    # what the ranks printed shows in the cell's job view, each line after its rank
+    wait_for(lambda: "rank 1 done" in view.output.value, 10)
+    assert "[rank 0 " in view.output.value and view.output.layout.display is None
     assert [(tmp_path / f"rank{r}").read_text() for r in range(2)] == ["__main__ x 2 2"] * 2
     assert job.history and job.history[-1]["loss"] == 0.25
     wait_for(lambda: alpha.api("GET", f"jobs/{job.id}")["state"] == "finished", 10)

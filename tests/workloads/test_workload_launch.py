@@ -187,3 +187,43 @@ def test_a_function_that_cannot_be_sent_is_named_with_the_way_out(cluster2) -> N
         px.launch(holds_a_lock, client=cluster2.client, report=False)
     with pytest.raises(TypeError, match=r"^fn's keyword argument 'guard' cannot be sent"):
         px.launch(no_distributed, 1, guard=lock, client=cluster2.client, report=False)
+
+
+def chatty(lines: int) -> int:
+    import os
+    import subprocess
+    import sys
+
+    import torch.distributed as dist
+
+    rank = dist.get_rank()
+    print(f"rank {rank} starts")
+    print(f"rank {rank} complains", file=sys.stderr)
+    subprocess.run(["echo", f"a child process of rank {rank}"], check=True)  # fd 1, not sys
+    for i in range(lines):
+        print(f"rank {rank} line {i} " + "x" * 100)
+    os.write(1, b"no newline at the end")
+    return rank
+
+
+def test_what_each_rank_prints_reaches_the_job_in_order_and_rate_capped(cluster2) -> None:
+    job = px.launch(chatty, 5, client=cluster2.client, report=False)
+    assert job.result(timeout=180) == 0
+    for rank in (0, 1):
+        mine = [line for r, _d, s, line in job.output if r == rank and s == "stdout"]
+        assert mine[0] == f"rank {rank} starts"
+        assert f"a child process of rank {rank}" in mine
+        assert [m for m in mine if " line " in m] == [
+            f"rank {rank} line {i} " + "x" * 100 for i in range(5)]
+        assert mine[-1] == "no newline at the end"
+        streams = {s for r, _d, s, line in job.output if r == rank and "complains" in line}
+        assert streams == {"stderr"}
+    assert "[rank 1 " in job.output_text()  # every line after its rank (and device)
+    assert all(e.get("kind") != "output" for e in job.events)  # kept as lines only
+
+    # a rank printing ~3 MB at once: the burst goes through, the rest is said to be left out
+    job = px.launch(chatty, 30_000, client=cluster2.client, report=False)
+    assert job.result(timeout=180) == 0
+    text = job.output_text(rank=0)
+    assert "bytes of stdout left out: more than 64 kB/s" in text
+    assert len(text) < 1_000_000

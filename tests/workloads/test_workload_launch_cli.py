@@ -27,7 +27,13 @@ with open(os.path.join(out, f"rank{os.environ['RANK']}.json"), "w") as f:
                "data": open("data/values.txt").read().strip(),
                "world": dist.get_world_size(), "has_git": os.path.exists(".git")}, f)
 px.report(step=1, loss=0.5)
+print(f"loaded {helper.VALUE} on rank {os.environ['RANK']}")
+print("a warning", file=sys.stderr)
 '''
+
+
+def _line(text: str, needle: str) -> str:
+    return next((line for line in text.splitlines() if needle in line), "")
 
 
 def _cli_env(cluster, home: Path) -> dict[str, str]:
@@ -63,6 +69,11 @@ def test_cli_launch_runs_the_script_on_every_rank_in_its_working_dir(cluster2, t
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "launch job" in proc.stderr and "state: finished" in proc.stdout
+    # what the script printed, on the terminal that launched it, each line after its rank
+    for rank in (0, 1):
+        line = _line(proc.stdout, f"loaded 7 on rank {rank}")
+        assert line.startswith(f"[rank {rank} ") and line.endswith(f"] loaded 7 on rank {rank}")
+    assert _line(proc.stderr, "a warning").startswith("[rank ")
     seen = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
     for s in seen:
         assert s["argv"][1:] == [str(out), "--tag", "x"]

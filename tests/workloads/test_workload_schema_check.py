@@ -64,7 +64,8 @@ def test_other_keywords_go_to_jsonschema() -> None:
 def test_a_job_s_parameter_check_does_not_import_jsonschema() -> None:
     code = ("import sys\nfrom parallalx_jupyter.workloads.base import validate_params\n"
             "from parallalx_jupyter.workloads.launch import LaunchWorkload\n"
-            "validate_params('launch', LaunchWorkload.parameters, {'fn': print, 'max_restarts': 1})\n"
+            "validate_params('launch', LaunchWorkload.parameters,\n"
+            "                {'fn': print, 'max_restarts': 1})\n"
             "print('jsonschema' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=120)
