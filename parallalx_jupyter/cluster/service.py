@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives import serialization
 from ..errors import ParallalxError
 from . import crl
 from ._livetls import crl_number, read_crl_number
+from .gpus import gpu_layout, visible_gpus
 from .scheduler import SchedulerConfig, SchedulerProcess
 from .tls import (
     CLOCK_SKEW,
@@ -50,7 +51,7 @@ from .tls import (
     make_csr,
     write_private,
 )
-from .worker import WorkerSpec, WorkerSupervisor
+from .worker import WorkerGroup, WorkerSupervisor, supervise
 
 log = logging.getLogger("parallalx_jupyter.cluster")
 
@@ -132,7 +133,7 @@ class ClusterService:
         self.cluster_dir = home / "cluster"
         self.workers_dir = home / "workers"
         self.scheduler: SchedulerProcess | None = None
-        self.workers: dict[str, WorkerSupervisor] = {}
+        self.workers: dict[str, WorkerSupervisor | WorkerGroup] = {}
         self.joins: dict[str, dict[str, Any]] = {}
         self._lock = asyncio.Lock()
         #: this (main) device's own worker starts with its scheduler (`add-self` otherwise)
@@ -364,6 +365,8 @@ class ClusterService:
                              if limits.get("memory_limit_gb") else None),
             "gpus": int(limits.get("gpus") or 0),
             "extra_pythonpath": [str(self._package_shim())],
+            # one worker per shared GPU (gpus.py), fixed now: a restart re-forms the same
+            "gpu_layout": gpu_layout(_asked_gpus(limits), await asyncio.to_thread(visible_gpus)),
         }
         write_private(wdir / "join.json", json.dumps({
             "main_id": main_id, "spec": spec_args, "ca_fingerprint": signed.get("ca_fingerprint"),
@@ -390,19 +393,19 @@ class ClusterService:
         old = self.workers.pop(main_id, None)
         if old is not None:
             await old.revoke()
-        supervisor = WorkerSupervisor(WorkerSpec(**spec_args), backoff_max=10.0)
+        supervisor = supervise(spec_args, backoff_max=10.0)
 
         def on_event(event: dict[str, Any]) -> None:
             if event.get("state") == "refused" and self.workers.get(main_id) is supervisor:
                 self._refused(main_id, supervisor)
 
-        supervisor.supervisor.on_event = on_event
+        supervisor.set_on_event(on_event)
         self.workers[main_id] = supervisor
         self._start_renewal(main_id)
         await self._start_and_join(main_id, supervisor,
                                    {"scheduler": spec_args["scheduler_address"]})
 
-    async def _start_and_join(self, main_id: str, supervisor: WorkerSupervisor,
+    async def _start_and_join(self, main_id: str, supervisor: WorkerSupervisor | WorkerGroup,
                               update: dict[str, Any] | None = None) -> None:
         """Start the worker process and wait until it joined. A refusal is ``on_event``'s to
         handle (``_refused``: backoff while granted); a timeout keeps it supervised, as the
@@ -419,7 +422,7 @@ class ClusterService:
             return
         self._set_join(main_id, {"state": "running", "message": None})
 
-    def _refused(self, main_id: str, supervisor: WorkerSupervisor) -> None:
+    def _refused(self, main_id: str, supervisor: WorkerSupervisor | WorkerGroup) -> None:
         """The scheduler refused our worker (at its start or any later reconnect). A refusal
         can be a moment stale (a re-pair the scheduler had not read yet), so while we are still
         paired and granted, join again with backoff; the user sees why and may Retry now."""
@@ -431,7 +434,8 @@ class ClusterService:
             self._retries[main_id] = asyncio.ensure_future(
                 self._retry_refused(main_id, supervisor))
 
-    async def _retry_refused(self, main_id: str, supervisor: WorkerSupervisor) -> None:
+    async def _retry_refused(self, main_id: str,
+                             supervisor: WorkerSupervisor | WorkerGroup) -> None:
         delay = REFUSED_RETRY_INITIAL
         try:
             while self.workers.get(main_id) is supervisor and supervisor.state == "refused":
@@ -651,6 +655,12 @@ REFUSED_RETRY_INITIAL = 2.0
 REFUSED_RETRY_MAX = 60.0
 
 #: what a grant says about the worker itself; a new grant differing in none of them keeps it
+def _asked_gpus(limits: dict[str, Any]) -> int | None:
+    """The GPUs an accepted invitation asked for: None when it did not say (all of them)."""
+    gpus = limits.get("gpus")
+    return None if gpus is None else int(gpus)
+
+
 WORKER_ASKS = ("nthreads", "memory_limit_gb", "gpus", "requirements", "cluster")
 
 

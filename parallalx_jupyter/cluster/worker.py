@@ -262,4 +262,97 @@ class WorkerSupervisor:
         raise TimeoutError(f"worker did not join; see {self.spec.log_path}")
 
 
-__all__ = ["WorkerSpec", "WorkerSupervisor", "local_ip_for", "WORKER_MAIN"]
+    def set_on_event(self, callback) -> None:
+        """Called with each of the process's state changes (``ProcessSupervisor.on_event``)."""
+        self.supervisor.on_event = callback
+
+
+class WorkerGroup:
+    """A device's workers for one main device when it shares several GPUs: one per GPU
+    (``gpus.py``), started, watched and stopped together. Has :class:`WorkerSupervisor`'s
+    interface, so the service handles it as the device's one worker."""
+
+    def __init__(self, members: list[WorkerSupervisor]):
+        if not members:
+            raise ValueError("a worker group needs at least one worker")
+        self.members = members
+        self.spec = members[0].spec
+        self.revoked = False
+
+    @property
+    def state(self) -> str:
+        """``refused`` if any member was refused, ``running`` when all run, else the first
+        member's state that is not ``running``."""
+        states = [m.state for m in self.members]
+        if REFUSED in states:
+            return REFUSED
+        return next((st for st in states if st != "running"), "running")
+
+    @property
+    def pid(self) -> int | None:
+        return self.members[0].pid
+
+    @property
+    def restarts(self) -> int:
+        return sum(m.restarts for m in self.members)
+
+    async def _each(self, method: str, *args) -> list:
+        return list(await asyncio.gather(*(getattr(m, method)(*args) for m in self.members)))
+
+    async def start(self) -> None:
+        await self._each("start")
+
+    async def stop(self) -> None:
+        await self._each("stop")
+
+    async def restart(self) -> None:
+        await self._each("restart")
+
+    async def revoke(self) -> None:
+        self.revoked = True
+        await self._each("revoke")
+
+    def status(self) -> dict | None:
+        """The first member's report that is not ``running`` (why the group is not), else the
+        first member's."""
+        reports = [m.status() for m in self.members]
+        for report in reports:
+            if not report or report.get("state") != "running":
+                return report
+        return reports[0]
+
+    async def wait_joined(self, timeout: float = 60.0) -> dict:
+        return (await self._each("wait_joined", timeout))[0]
+
+    def set_on_event(self, callback) -> None:
+        for member in self.members:
+            member.set_on_event(callback)
+
+
+def supervise(spec_args: dict, **kwargs) -> WorkerSupervisor | WorkerGroup:
+    """The worker(s) a device runs for one main device, from the service's stored spec:
+    ``gpu_layout`` (``gpus.py``) None means one worker as the process finds the GPUs, ``[]``
+    one worker that sees none, one entry one worker on that GPU, several one worker per GPU
+    (named ``<device_id>/gpu<N>``, each in its own directory, the memory limit split)."""
+    args = dict(spec_args)
+    layout = args.pop("gpu_layout", None)
+    if layout is None:
+        return WorkerSupervisor(WorkerSpec(**args), **kwargs)
+    args.pop("gpus", None)
+    if len(layout) <= 1:
+        visible = ",".join(str(g) for g in layout)
+        return WorkerSupervisor(WorkerSpec(**args, gpus=len(layout),
+                                           cuda_visible_devices=visible), **kwargs)
+    limit = _parse_bytes(args.pop("memory_limit", None))
+    members = []
+    for gpu in layout:
+        members.append(WorkerSupervisor(WorkerSpec(
+            **{**args, "worker_dir": f"{args['worker_dir']}-gpu{gpu}"},
+            name=f"{args['device_id']}/gpu{gpu}", gpus=1, cuda_visible_devices=str(gpu),
+            memory_limit=limit // len(layout) if limit else None,
+        ), **kwargs))
+    return WorkerGroup(members)
+
+
+__all__ = ["WorkerGroup", "WorkerSpec", "WorkerSupervisor", "local_ip_for", "supervise",
+           "WORKER_MAIN"]
