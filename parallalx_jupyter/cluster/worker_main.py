@@ -5,7 +5,8 @@
 The interpreter may be any environment that has ``distributed`` (the device user's chosen
 kernel/venv) - ``parallalx_jupyter`` need not be installed there. This file therefore imports
 only the standard library, ``dask``/``distributed``, ``_guard.py``, ``_boundary.py``,
-``_livetls.py`` and ``quiet.py`` (loaded by file path from its own directory). Its directory
+``_livetls.py`` and ``quiet.py`` (loaded by file path from its own directory), and
+``../training/torch_processes.py`` (by path too). Its directory
 is removed from ``sys.path`` so that sibling modules (``scheduler.py``, ``tls.py``, ...) can
 never shadow anything in the worker environment.
 
@@ -32,8 +33,8 @@ What it does:
   how a worker "reconnects" - distributed 2026.8 workers do not reconnect by themselves, see
   ``Worker._register_with_scheduler``: "Worker reconnection is not supported");
 * once joined, starts the forkserver that rank processes are forked from, which imports
-  torch in the background (``training/torch_processes.py``), so the first job does not wait
-  for that import;
+  torch in its own process (``training/torch_processes.py``, loaded by path like the
+  siblings), so the first job does not wait for that import;
 * exits when its stdin reaches EOF (the supervising process is gone), killing its process
   group, so no orphan survives the controlling process.
 """
@@ -48,7 +49,6 @@ import logging
 import os
 import sys
 import tempfile
-import threading
 import time
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -110,23 +110,17 @@ def _refused(exc: BaseException, marker: str) -> str | None:
 
 def _prestart_rank_processes() -> None:
     """Start the rank forkserver now that the worker has joined, so that the first job finds
-    torch imported (``training/torch_processes.py``); in a thread, because importing parallalx
-    takes a moment and the event loop must keep the worker's heartbeats going. Skipped where
-    parallalx is not installed in this environment (no job could run here yet either) and
-    with ``PARALLALX_PRESTART_RANKS=0``."""
-
-    def start() -> None:
-        try:
-            from parallalx_jupyter.training import torch_processes
-        except ImportError:
-            return
-        if torch_processes.prestart_wanted():
-            try:
-                torch_processes.prestart()
-            except Exception:  # noqa: BLE001 - the first job's probe starts it instead
-                logger.warning("could not start the rank forkserver", exc_info=True)
-
-    threading.Thread(target=start, name="parallalx-prestart", daemon=True).start()
+    torch imported (``training/torch_processes.py``, loaded by path: this process imports
+    neither torch nor parallalx). Off with ``PARALLALX_PRESTART_RANKS=0``."""
+    path = os.path.join(os.path.dirname(_HERE), "training", "torch_processes.py")
+    try:
+        spec = importlib.util.spec_from_file_location("parallalx_torch_processes", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        if module.prestart_wanted():
+            module.prestart()
+    except Exception:  # noqa: BLE001 - the first job's probe starts it instead
+        logger.warning("could not start the rank forkserver", exc_info=True)
 
 
 async def _run(cfg: dict, parent_watch: bool) -> int:

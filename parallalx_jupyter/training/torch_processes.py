@@ -20,6 +20,9 @@ already imported; on any other Dask cluster the first probe starts it.
 
 Where the platform has no forkserver (Windows), rank processes are spawned, and the probe and
 the store run in the worker process as they would have without this module.
+
+This module imports only the standard library at its top: ``worker_main.py`` loads it by path
+to start the forkserver, so that the worker process needs neither torch nor parallalx.
 """
 
 from __future__ import annotations
@@ -30,8 +33,6 @@ import traceback
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import wait
 from typing import Any
-
-from .errors import RankInfraError
 
 # torch._dynamo: every optimizer's __init__ imports it lazily (~1.1 s here); FSDP and the
 # distributed state-dict helpers: the fsdp strategy and checkpoints (~0.7 s). Preloaded once per
@@ -129,6 +130,8 @@ def call_in_child(fn: Callable[..., Any], *args: Any, timeout_s: float) -> Any:
     """``fn(*args)`` computed in a fresh child of the forkserver (in this process where there
     is no forkserver); its exception is raised here as a :class:`RankInfraError` with the
     child's traceback. ``fn`` and its result must pickle."""
+    from .errors import RankInfraError
+
     if not forkserver_available():
         return fn(*args)
     proc, conn = start_child(_call_main, fn, args, name=f"parallalx-{fn.__name__}")

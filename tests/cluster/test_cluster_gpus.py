@@ -173,6 +173,6 @@ def test_an_accepting_device_with_two_gpus_serves_with_a_worker_on_each(make_dev
 
     wait_for(lambda: len(names()) == 2, 60, 0.1)
     assert names() == [f"{b_id}/gpu0", f"{b_id}/gpu1"]
-    assert b.api("GET", "cluster")["serving"][0]["state"] == "running"
+    wait_for(lambda: b.api("GET", "cluster")["serving"][0]["state"] == "running", 30, 0.1)
     b.api("POST", f"devices/{a_id}/revoke")
     wait_for(lambda: names() == [], 10, 0.1)

@@ -227,8 +227,16 @@ async def test_a_joined_worker_prestarts_its_rank_forkserver_and_never_loads_tor
         return None
 
     server = await wait_until(forkserver, 60)  # no job was submitted: the worker started it
+
+    def imported():  # nested: Dask pickles module-level functions by reference
+        import sys as _sys
+
+        return sorted(m for m in ("torch", "parallalx_jupyter") if m in _sys.modules)
+
     client = await sp.client()
     try:
+        address = ws.status()["address"]
+        assert await client.submit(imported, workers=[address], pure=False) == []
         info = from_wire(await client.submit(
             probe_task, workers=[ws.status()["address"]], pure=False))
     finally:
