@@ -204,6 +204,10 @@ class ApiClient:
     def jobs(self) -> list[dict[str, Any]]:
         return self.call("GET", "jobs")
 
+    def job(self, job_id: str) -> dict[str, Any]:
+        """One job, with the lines its ranks printed (``output``)."""
+        return self.call("GET", f"jobs/{_q(job_id)}")
+
     def cancel_job(self, job_id: str) -> dict[str, Any]:
         return self.call("POST", f"jobs/{_q(job_id)}/cancel")
 

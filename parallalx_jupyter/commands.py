@@ -291,6 +291,8 @@ def _jobs(inv: Invocation) -> Any:
         raise CommandError(f"jobs {a.action}: which job? (an ID from `{inv.prog} jobs`)")
     if a.action == "cancel":
         return inv.api.cancel_job(a.job)
+    if a.action == "output":
+        return inv.api.job(a.job)
     inv.api.remove_job(a.job)
     return {"removed": a.job}
 
@@ -301,6 +303,8 @@ def _jobs_text(inv: Invocation, data: Any) -> str:
         return text.jobs_table(data)
     if a.action == "cancel":
         return f"cancel requested for {data['workload']} job {data['id']}"
+    if a.action == "output":
+        return text.job_output_text(data)
     return f"removed job {a.job}"
 
 
@@ -552,12 +556,14 @@ _COMMANDS = [
         cell=True,
     ),
     Command(
-        "jobs", "jobs of every workload on this device: list, cancel ID, remove ID",
-        "The device's job list: jobs from every kernel, the CLI and the panel's view of them.",
+        "jobs", "jobs of every workload on this device: list, cancel ID, output ID, remove ID",
+        "The device's job list: jobs from every kernel, the CLI and the panel's view of them; "
+        "`output ID`: the last lines a job's ranks printed, each after its rank and device.",
         args=(
-            arg("action", nargs="?", default="list", choices=("list", "cancel", "remove"),
-                help="list (default) | cancel | remove"),
-            arg("job", nargs="?", help="job ID (cancel, remove)"),
+            arg("action", nargs="?", default="list",
+                choices=("list", "cancel", "output", "remove"),
+                help="list (default) | cancel | output | remove"),
+            arg("job", nargs="?", help="job ID (cancel, output, remove)"),
         ),
         call=_jobs,
         text=_jobs_text,

@@ -94,6 +94,9 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX jobs_created ON jobs (created_at);
     """,
+    """
+    ALTER TABLE jobs ADD COLUMN output TEXT NOT NULL DEFAULT '[]';
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -103,7 +106,7 @@ REQUEST_JSON_FIELDS = ("asks",)
 
 def _row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> dict[str, Any]:
     out = {col[0]: value for col, value in zip(cursor.description, row, strict=True)}
-    for field in ("asks", "detail", "selection", "owner", "progress", "loss_history"):
+    for field in ("asks", "detail", "selection", "owner", "progress", "loss_history", "output"):
         if isinstance(out.get(field), str):
             out[field] = json.loads(out[field])
     return out

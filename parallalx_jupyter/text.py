@@ -12,6 +12,7 @@ Sits with the core (`client`): imports nothing else of the package.
 from __future__ import annotations
 
 import math
+import re
 import time
 import unicodedata
 from collections.abc import Iterable, Sequence
@@ -37,6 +38,33 @@ def plain(value: Any, limit: int = TEXT_LIMIT) -> str:
             kept.append(ch)
     text = " ".join("".join(kept).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+_TERMINAL_SEQUENCE = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)?|[@-_])")
+
+
+def printable(value: Any) -> str:
+    """Text another device printed, safe to show here as lines: terminal sequences (colours,
+    cursor moves, titles) and other control or format characters removed, line breaks and
+    tabs kept, indentation kept (unlike :func:`plain`)."""
+    kept = []
+    for ch in _TERMINAL_SEQUENCE.sub("", str(value).replace("\r\n", "\n")):
+        if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cf", "Cs", "Co", "Cn"):
+            kept.append(ch)
+        elif ch == "\r":
+            kept.append("\n")  # a progress bar's redraws: one line each
+    return "".join(kept)
+
+
+def job_output_text(job: dict[str, Any]) -> str:
+    """`jobs output ID`: the lines a job's ranks printed, each after its rank and device."""
+    from .jobs.handle import output_prefix
+
+    lines = job.get("output") or []
+    if not lines:
+        return f"{plain(job.get('workload'), 40)} job {plain(job.get('id'), 64)}: no output yet"
+    return "\n".join(f"{output_prefix(int(x.get('rank', 0)), plain(x.get('device'), 200))}"
+                     f"{printable(x.get('line', ''))}" for x in lines)
 
 
 def table(rows: Sequence[Sequence[Any]], header: Sequence[str], empty: str = "(none)") -> str:

@@ -88,3 +88,11 @@ def test_the_job_line_says_the_phase_and_a_users_cancel_in_words() -> None:
                             message="cancelled by the user at step 40")]).splitlines()[1]
     assert "cancelled by the user at step 40" in line and "error" not in line
     assert "cancelled by the user" in jobs_table([_job("cancelled")])
+
+
+def test_printable_keeps_lines_and_indentation_and_drops_terminal_sequences() -> None:
+    from parallalx_jupyter.text import printable
+
+    raw = ("\x1b[1;31mError\x1b[0m:\n    indented\tcell\r\n\x1b]0;new title\x07done"
+           "\u202e\x00\r50%\r100%")
+    assert printable(raw) == "Error:\n    indented\tcell\ndone\n50%\n100%"

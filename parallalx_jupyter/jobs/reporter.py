@@ -3,8 +3,10 @@
 The reporter is the owner side of the jobs API (``server.job_registry``): it registers the job, then
 posts state and progress from its own thread at most ``interval`` apart (and a heartbeat every
 ``heartbeat`` seconds while nothing changes, so the server can tell a quiet job from a dead
-kernel). Each answer says whether a user asked to cancel (from the panel, the CLI or another
-kernel); the reporter then calls ``job.cancel()``. A state record's ``message`` (``recovering``:
+kernel). What the job's ranks print (``output`` records) is posted in the same bodies, the
+newest lines when there are more than the server keeps. Each answer says whether a user asked
+to cancel (from the panel, the CLI or another kernel); the reporter then calls
+``job.cancel()``. A state record's ``message`` (``recovering``:
 which device was lost and why; before the first step the phase, e.g. ``preflight: timing
 devices…``; ``cancelled by the user``, never posted as an error) becomes the job's status
 line, and while ``recovering`` the speed and ETA of the lost group are cleared rather than
@@ -17,6 +19,7 @@ once more at the end).
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import os
@@ -28,12 +31,13 @@ from typing import Any
 
 from ..client import ApiClient, ClientError, locate_server
 from . import FINAL_STATES
-from .handle import Job, cancelled_text
+from .handle import OUTPUT_LINE_CHARS, Job, cancelled_text
 from .hub import Record
 
 log = logging.getLogger(__name__)
 
 LOSS_BATCH = 1000  # most loss points per post (the API's limit)
+OUTPUT_POST = 500  # most output lines per post (the API's limit, and all the server keeps)
 
 
 def _num(value: Any) -> float | None:
@@ -101,6 +105,8 @@ class JobReporter:
         # progress fields a state record sets: (fields, kept until the state changes)
         self._forced: tuple[dict[str, Any], bool] | None = None
         self._error: str | None = None
+        #: lines printed since the last post, {rank, device, stream, line}, the newest kept
+        self._output: collections.deque[dict[str, Any]] = collections.deque(maxlen=OUTPUT_POST)
         self._final = False
         self.registered = False
         self.failures = 0
@@ -130,6 +136,13 @@ class JobReporter:
                 loss = _num(rec.get("loss"))
                 if loss is not None:
                     self._loss.append(loss)
+            elif kind == "output":
+                rank, device = int(rec.get("rank", 0)), str(rec.get("device", ""))[:200]
+                stream = "stderr" if rec.get("stream") == "stderr" else "stdout"
+                self._output.extend(
+                    {"rank": rank, "device": device, "stream": stream,
+                     "line": line[:OUTPUT_LINE_CHARS]}
+                    for line in str(rec.get("text", "")).splitlines())
             elif kind == "state":
                 self._state = str(rec.get("state"))
                 message = rec.get("message")
@@ -165,6 +178,9 @@ class JobReporter:
                 body["loss"], self._loss = self._loss[:LOSS_BATCH], self._loss[LOSS_BATCH:]
             if self._error is not None:
                 body["error"], self._error = self._error, None
+            if self._output:
+                body["output"] = list(self._output)
+                self._output.clear()
             return body
 
     def _post(self, body: dict[str, Any]) -> bool:
@@ -185,6 +201,8 @@ class JobReporter:
                     self._loss = body["loss"] + self._loss
                 if "error" in body and self._error is None:
                     self._error = body["error"]
+                if "output" in body:  # older lines first; the newest OUTPUT_POST are kept
+                    self._output.extendleft(reversed(body["output"]))
             return False
         self.failures = 0
         if isinstance(answer, dict) and answer.get("cancel_requested"):

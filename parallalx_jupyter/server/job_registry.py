@@ -18,6 +18,7 @@ from typing import Any
 from .. import settings
 from ..devices import ApiError
 from ..jobs import ACTIVE_STATES, FINAL_STATES, RENAMED_STATES
+from ..jobs.handle import OUTPUT_LINE_CHARS
 from ..pairing import ProtocolError, _int_range, _optional, _str_max, validate
 
 Emit = Callable[[str, dict[str, Any]], None]
@@ -25,6 +26,7 @@ Emit = Callable[[str, dict[str, Any]], None]
 LOSS_KEEP = 400  # points stored per job; halved (every other point) when exceeded
 LOSS_SHOWN = 200  # points returned: evenly spaced over the whole run
 HISTORY_KEEP = 200  # ended jobs kept in the list
+OUTPUT_KEEP = 500  # lines of output kept per job (GET jobs/{id} only; the list has none)
 ID_PATTERN = r"[A-Za-z0-9_\-]{1,64}"
 
 
@@ -81,6 +83,18 @@ UPDATE_SPEC = {
         False, "a list of at most 1000 finite numbers",
     ),
     "error": (_optional(_str_max(20_000)), False, "a string or null"),
+    "output": (
+        lambda v: isinstance(v, list) and len(v) <= OUTPUT_KEEP,
+        False, f"a list of at most {OUTPUT_KEEP} lines",
+    ),
+}
+
+OUTPUT_LINE_SPEC = {
+    "rank": (_int_range(0, 1_000_000), True, "a rank number"),
+    "device": (_str_max(200), True, "a device name (may be empty)"),
+    "stream": (lambda v: v in ("stdout", "stderr"), True, "stdout or stderr"),
+    "line": (_str_max(OUTPUT_LINE_CHARS), True,
+             f"a string of at most {OUTPUT_LINE_CHARS} characters"),
 }
 
 
@@ -109,7 +123,10 @@ class JobRegistry:
         self.stale_after = stale_after
 
     # ------------------------------------------------------------------ views
-    def view(self, row: dict[str, Any], now: float | None = None) -> dict[str, Any]:
+    def view(self, row: dict[str, Any], now: float | None = None,
+             output: bool = False) -> dict[str, Any]:
+        """The job as the API shows it; ``output``: with the lines its ranks printed (one
+        job's view: the list leaves them out)."""
         now = time.time() if now is None else now
         state = RENAMED_STATES.get(row["state"], row["state"])  # stored by an earlier version
         if state in ACTIVE_STATES and now - row["updated_at"] > self.stale_after:
@@ -127,6 +144,7 @@ class JobRegistry:
             "loss_history": _spread(row["loss_history"], LOSS_SHOWN),
             "error": row["error"],
             "cancel_requested": bool(row["cancel_requested"]),
+            **({"output": row.get("output") or []} if output else {}),
         }
 
     def _event(self, job: dict[str, Any]) -> None:
@@ -145,7 +163,7 @@ class JobRegistry:
         row = await self.store.get_job(job_id)
         if row is None:
             raise ApiError(404, f"no job {job_id!r}")
-        return self.view(row)
+        return self.view(row, output=True)
 
     # ------------------------------------------------------------------ owner side
     async def register(self, body: Any) -> dict[str, Any]:
@@ -165,6 +183,8 @@ class JobRegistry:
         body = _check(body, UPDATE_SPEC, "body")
         progress = _check(body["progress"], PROGRESS_SPEC, "progress") if "progress" in body \
             else None
+        lines = [_check(line, OUTPUT_LINE_SPEC, f"output[{i}]")
+                 for i, line in enumerate(body.get("output") or [])]
         conflict: list[str] = []
 
         def change(row: dict[str, Any]) -> dict[str, Any] | None:
@@ -189,6 +209,8 @@ class JobRegistry:
                 out["loss_history"] = points
             if "error" in body:
                 out["error"] = body["error"]
+            if lines:
+                out["output"] = ((row.get("output") or []) + lines)[-OUTPUT_KEEP:]
             return out
 
         row = await self.store.modify_job(job_id, change)

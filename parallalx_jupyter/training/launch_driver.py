@@ -25,6 +25,7 @@ from typing import Any
 
 from distributed import Future
 
+from ..text import printable
 from ..wire import from_wire
 from .driver import Driver
 from .launch_rank import HungRankError, run_launch_rank
@@ -89,7 +90,8 @@ class LaunchDriver(Driver):
                            "rank": int(msg.get("rank", 0)), "attempt": msg.get("attempt"),
                            "device": self._label(worker) if worker else "",
                            "stream": str(msg.get("stream", "stdout")),
-                           "text": str(msg.get("text", ""))})
+                           # another device's text: no terminal sequences reach a terminal here
+                           "text": printable(msg.get("text", ""))})
         elif kind == "result":
             if msg.get("attempt") == self.aggregator.attempt:
                 self._final = msg

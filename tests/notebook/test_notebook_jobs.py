@@ -80,7 +80,8 @@ def test_jobs_cancel_reaches_a_training_job_in_this_kernel(ip, alpha, dask_clien
     wait_for(lambda: alpha.api("GET", f"jobs/{job.id}")["state"] == "cancelled", 10)
 
 
-def test_cell_launch_runs_the_cell_on_every_worker(ip, alpha, dask_client, tmp_path) -> None:
+def test_cell_launch_runs_the_cell_on_every_worker(ip, alpha, dask_client, tmp_path,
+                                                   capsys) -> None:
     """`%%parallalx launch -- ARGS`: the cell is the script, torchrun-style on each rank."""
     ip.use(alpha)
     ip.user_ns["client"] = dask_client
@@ -100,6 +101,13 @@ def test_cell_launch_runs_the_cell_on_every_worker(ip, alpha, dask_client, tmp_p
     # what the ranks printed shows in the cell's job view, each line after its rank
     wait_for(lambda: "rank 1 done" in view.output.value, 10)
     assert "[rank 0 " in view.output.value and view.output.layout.display is None
+    # ... and through the REST API (the panel, the CLI): `jobs output ID`
+    wait_for(lambda: any(x["line"] == "rank 1 done" and x["rank"] == 1
+                         for x in alpha.api("GET", f"jobs/{job.id}")["output"]), 10)
+    capsys.readouterr()
+    ip.run_line_magic("parallalx", f"jobs output {job.id}")
+    shown = capsys.readouterr().out
+    assert "] rank 1 done" in shown and "[rank 0 " in shown
     assert [(tmp_path / f"rank{r}").read_text() for r in range(2)] == ["__main__ x 2 2"] * 2
     assert job.history and job.history[-1]["loss"] == 0.25
     wait_for(lambda: alpha.api("GET", f"jobs/{job.id}")["state"] == "finished", 10)

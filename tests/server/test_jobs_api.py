@@ -146,13 +146,44 @@ async def test_bad_registrations_are_clear_400s(jp_fetch: Any, body, status, mes
         ({"progress": {"mood": "great"}}, "unexpected field"),
         ({"loss": [1, "NaN"]}, "loss"),
         ({"loss": [0.0] * 1001}, "loss"),
+        ({"output": "hello"}, "output"),
+        ({"output": [{"rank": 0, "device": "a", "stream": "stdout"}]}, "output[0]"),
+        ({"output": [{"rank": -1, "device": "", "stream": "stdout", "line": "x"}]}, "rank"),
+        ({"output": [{"rank": 0, "device": "", "stream": "tty", "line": "x"}]}, "stream"),
+        ({"output": [{"rank": 0, "device": "", "stream": "stdout", "line": "x" * 4001}]},
+         "line"),
+        ({"output": [{"rank": 0, "device": "", "stream": "stdout", "line": "x"}] * 501},
+         "output"),
     ],
 )
 async def test_bad_progress_is_refused_and_changes_nothing(jp_fetch: Any, body, message) -> None:
     await register(jp_fetch, "b1")
     _assert_error(await progress(jp_fetch, "b1", body), 400, message)
     job = _json(await fetch(jp_fetch, "jobs", "b1"))
-    assert job["state"] == "pending" and job["loss_history"] == []
+    assert job["state"] == "pending" and job["loss_history"] == [] and job["output"] == []
+
+
+async def test_output_lines_are_kept_per_job_and_shown_in_its_own_view(jp_fetch: Any) -> None:
+    await register(jp_fetch, "o1", workload="launch")
+
+    def lines(rank: int, n: int, start: int = 0, stream: str = "stdout") -> list[dict[str, Any]]:
+        return [{"rank": rank, "device": "bravo", "stream": stream, "line": f"r{rank} {i}"}
+                for i in range(start, start + n)]
+
+    r = await progress(jp_fetch, "o1", {"state": "running", "output": lines(0, 3)})
+    assert r.code == 200
+    r = await progress(jp_fetch, "o1", {"output": lines(1, 1, stream="stderr")})
+    assert r.code == 200
+    job = _json(await fetch(jp_fetch, "jobs", "o1"))
+    assert [x["line"] for x in job["output"]] == ["r0 0", "r0 1", "r0 2", "r1 0"]
+    assert job["output"][-1] == {"rank": 1, "device": "bravo", "stream": "stderr",
+                                 "line": "r1 0"}
+    assert "output" not in _json(await fetch(jp_fetch, "jobs"))[0]  # the list stays small
+    # the newest 500 are kept
+    for start in range(0, 1000, 400):
+        await progress(jp_fetch, "o1", {"output": lines(0, 400, start=start)})
+    kept = _json(await fetch(jp_fetch, "jobs", "o1"))["output"]
+    assert len(kept) == 500 and kept[0]["line"] == "r0 700" and kept[-1]["line"] == "r0 1199"
 
 
 async def test_duplicate_and_unknown_ids(jp_fetch: Any) -> None:

@@ -200,6 +200,7 @@ def chatty(lines: int) -> int:
     print(f"rank {rank} starts")
     print(f"rank {rank} complains", file=sys.stderr)
     subprocess.run(["echo", f"a child process of rank {rank}"], check=True)  # fd 1, not sys
+    print("\x1b[31mcoloured\x1b[0m\x1b]0;a terminal title\x07")  # never reaches a terminal
     for i in range(lines):
         print(f"rank {rank} line {i} " + "x" * 100)
     os.write(1, b"no newline at the end")
@@ -212,7 +213,7 @@ def test_what_each_rank_prints_reaches_the_job_in_order_and_rate_capped(cluster2
     for rank in (0, 1):
         mine = [line for r, _d, s, line in job.output if r == rank and s == "stdout"]
         assert mine[0] == f"rank {rank} starts"
-        assert f"a child process of rank {rank}" in mine
+        assert f"a child process of rank {rank}" in mine and "coloured" in mine
         assert [m for m in mine if " line " in m] == [
             f"rank {rank} line {i} " + "x" * 100 for i in range(5)]
         assert mine[-1] == "no newline at the end"
