@@ -23,9 +23,11 @@ import {
   jobWorkersText,
   describeJobState,
   describeOwner,
+  formatOutputLine,
   jobCancellable,
   jobEnded,
   jobFraction,
+  jobOutputLines,
   sortJobs,
   sparklinePoints
 } from '../src/models/jobViews';
@@ -550,5 +552,33 @@ describe('joins this device serves', () => {
     expect(describeServedState('waiting-for-scheduler')).toBe('waiting for scheduler');
     expect(['refused', 'failed', 'waiting-for-scheduler'].every(joinRetryable)).toBe(true);
     expect(['running', 'starting-worker', 'requesting-certificate'].some(joinRetryable)).toBe(false);
+  });
+});
+
+describe('job output', () => {
+  it('prefixes each line with its rank and device', () => {
+    expect(formatOutputLine({ rank: 1, device: 'bravo', line: 'epoch 2 loss 0.31' })).toBe(
+      '[rank 1 bravo] epoch 2 loss 0.31'
+    );
+    expect(formatOutputLine({ rank: 0, device: '', line: 'hello' })).toBe('[rank 0] hello');
+    expect(formatOutputLine({ rank: NaN, device: 'x', line: 'done\n' })).toBe('[rank ? x] done');
+  });
+
+  it('keeps only well-formed lines of the output', () => {
+    expect(jobOutputLines(undefined)).toEqual([]);
+    expect(jobOutputLines('nope')).toEqual([]);
+    expect(
+      jobOutputLines([
+        { rank: 0, device: 'alpha', stream: 'stdout', line: 'a' },
+        { rank: 1, device: null, stream: 'stderr', line: '<b>warn</b>' },
+        { rank: 2, device: 'c', stream: 'weird', line: 3 },
+        null,
+        { rank: 'x', stream: 'other', line: 'b' }
+      ])
+    ).toEqual([
+      { rank: 0, device: 'alpha', stream: 'stdout', line: 'a' },
+      { rank: 1, device: '', stream: 'stderr', line: '<b>warn</b>' },
+      { rank: NaN, device: '', stream: 'stdout', line: 'b' }
+    ]);
   });
 });

@@ -13,6 +13,7 @@ import type {
 } from '../src/models/apiTypes';
 import { SCHEMA_PREFIX } from '../src/models/events';
 import type { IModelAPI } from '../src/state/host';
+import { OUTPUT_MIN_INTERVAL_MS } from '../src/state/jobOutput';
 import { JOBS_MIN_INTERVAL_MS } from '../src/state/jobs';
 import { ParallalxModel } from '../src/state/model';
 import { makeDevice, makeJob, makePaired, makeRequest, makeWorkload } from './fixtures';
@@ -154,6 +155,14 @@ class FakeAPI implements IModelAPI {
       throw this.jobsFail;
     }
     return answer;
+  };
+  getJob = async (id: string) => {
+    this._check(`jobs/${id}`);
+    const job = this.jobs.find(j => j.id === id);
+    if (!job) {
+      throw new APIError(`no job '${id}'`, 404);
+    }
+    return structuredClone(job);
   };
   cancelJob = async (id: string) => {
     this._check(`jobs/${id}/cancel`);
@@ -612,5 +621,73 @@ describe('ParallalxModel', () => {
     expect(error.message).toBe("pi: parameter 'samples': 5 is less than the minimum of 1000");
     await expect(model.runWorkload('nosuch', { params: {} })).rejects.toThrow("unknown workload 'nosuch'");
     expect(model.jobs).toEqual([]);
+  });
+
+  it("a job's Output: read when opened, on its events (throttled), closed on request", async () => {
+    api.jobs = [makeJob({ output: [] }), makeJob({ id: 'other', created_at: 900 })];
+    await model.start();
+    model.pollInterval = 0; // events only
+    expect(model.jobOutputOpen('job-1')).toBe(false);
+    expect(model.jobOutput('job-1')).toBeNull();
+    // the list leaves the lines out: nothing is read while the Output is closed
+    model.handleEmission(jobEvent('job-1', 1));
+    await vi.advanceTimersByTimeAsync(OUTPUT_MIN_INTERVAL_MS);
+    expect(countCalls(api, 'jobs/job-1')).toBe(0);
+
+    model.setJobOutputOpen('job-1', true);
+    expect(model.jobOutputOpen('job-1')).toBe(true);
+    expect(model.jobOutput('job-1')).toEqual({ lines: null, error: null });
+    await vi.advanceTimersByTimeAsync(0);
+    expect(countCalls(api, 'jobs/job-1')).toBe(1);
+    expect(model.jobOutput('job-1')).toEqual({ lines: [], error: null });
+
+    // 40 events over 2 s: ~2 reads a second, the last lines shown
+    const before = countCalls(api, 'jobs/job-1');
+    for (let i = 1; i <= 40; i++) {
+      api.jobs[0].output = [...(api.jobs[0].output ?? []), { rank: i % 2, device: 'd', stream: 'stdout', line: `l${i}` }];
+      api.jobs[0].updated_at += 1;
+      model.handleEmission(jobEvent('job-1', i));
+      model.handleEmission(jobEvent('other', i)); // another job's events read nothing here
+      await vi.advanceTimersByTimeAsync(50);
+    }
+    await vi.advanceTimersByTimeAsync(OUTPUT_MIN_INTERVAL_MS);
+    const reads = countCalls(api, 'jobs/job-1') - before;
+    expect(reads).toBeGreaterThanOrEqual(4);
+    expect(reads).toBeLessThanOrEqual(6);
+    expect(countCalls(api, 'jobs/other')).toBe(0);
+    expect(model.jobOutput('job-1')?.lines).toHaveLength(40);
+    expect(model.jobOutput('job-1')?.lines?.[39].line).toBe('l40');
+
+    model.setJobOutputOpen('job-1', false);
+    expect(model.jobOutput('job-1')).toBeNull();
+    const closed = countCalls(api, 'jobs/job-1');
+    model.handleEmission(jobEvent('job-1', 41));
+    await vi.advanceTimersByTimeAsync(OUTPUT_MIN_INTERVAL_MS * 2);
+    expect(countCalls(api, 'jobs/job-1')).toBe(closed);
+  });
+
+  it("an open Output follows the polled list without events, and goes with its job", async () => {
+    api.jobs = [makeJob({ output: [{ rank: 0, device: 'a', stream: 'stdout', line: 'one' }] })];
+    await model.start();
+    model.setJobOutputOpen('job-1', true);
+    await vi.advanceTimersByTimeAsync(0);
+    expect(model.jobOutput('job-1')?.lines?.map(l => l.line)).toEqual(['one']);
+    // the next poll shows the job changed: its Output is read again
+    api.jobs[0].output!.push({ rank: 1, device: 'b', stream: 'stderr', line: 'two' });
+    api.jobs[0].updated_at += 5;
+    await vi.advanceTimersByTimeAsync(model.currentPollDelay);
+    await vi.advanceTimersByTimeAsync(OUTPUT_MIN_INTERVAL_MS);
+    expect(model.jobOutput('job-1')?.lines?.map(l => l.line)).toEqual(['one', 'two']);
+    // a failed read keeps the lines and says why
+    api.fail = new APIError('Bad Gateway', 502);
+    model.handleEmission(jobEvent('job-1', 2));
+    await vi.advanceTimersByTimeAsync(OUTPUT_MIN_INTERVAL_MS);
+    expect(model.jobOutput('job-1')).toMatchObject({ error: 'Bad Gateway' });
+    expect(model.jobOutput('job-1')?.lines).toHaveLength(2);
+    api.fail = null;
+    // the job is removed: its Output closes
+    api.jobs[0].state = 'finished';
+    await model.removeJob('job-1');
+    expect(model.jobOutputOpen('job-1')).toBe(false);
   });
 });

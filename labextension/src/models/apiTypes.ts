@@ -296,6 +296,21 @@ export interface IJob {
   loss_history: number[];
   error: string | null;
   cancel_requested: boolean;
+  /**
+   * What the job's ranks printed, oldest first (at most the last 500 lines). Only in `GET
+   * jobs/{id}`: the list leaves it out.
+   */
+  output?: IJobOutputLine[];
+}
+
+/** One line a rank of a job printed (`output` of `GET jobs/{id}`). */
+export interface IJobOutputLine {
+  rank: number;
+  /** The rank's device by name; '' when unknown. Untrusted text. */
+  device: string;
+  stream: 'stdout' | 'stderr';
+  /** Untrusted text. */
+  line: string;
 }
 
 /** One parameter in a workload's JSON Schema (only the keywords the panel reads are typed). */

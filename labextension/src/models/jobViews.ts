@@ -3,8 +3,8 @@
  * progress bar's fraction and text, and the loss sparkline's points. Pure functions (no DOM).
  */
 
-import type { IJob, IJobOwner, IJobProgress, JobState } from './apiTypes';
-import { isFiniteNumber } from './guards';
+import type { IJob, IJobOutputLine, IJobOwner, IJobProgress, JobState } from './apiTypes';
+import { isFiniteNumber, isObject } from './guards';
 
 /** States a job does not leave any more. */
 export const JOB_ENDED_STATES: readonly JobState[] = ['finished', 'failed', 'cancelled', 'lost'];
@@ -162,6 +162,41 @@ export function sparklinePoints(
   return ys
     .map((v, i) => `${round(pad + i * step)},${round(pad + ((max - v) / (max - min)) * innerH)}`)
     .join(' ');
+}
+
+/**
+ * The lines of a job's `output` the panel can show: entries that are objects with a string
+ * `line` (anything else from the server is skipped); a missing or malformed `output` gives [].
+ */
+export function jobOutputLines(output: unknown): IJobOutputLine[] {
+  if (!Array.isArray(output)) {
+    return [];
+  }
+  const lines: IJobOutputLine[] = [];
+  for (const entry of output) {
+    if (!isObject(entry) || typeof entry.line !== 'string') {
+      continue;
+    }
+    lines.push({
+      rank: isFiniteNumber(entry.rank) ? entry.rank : NaN,
+      device: typeof entry.device === 'string' ? entry.device : '',
+      stream: entry.stream === 'stderr' ? 'stderr' : 'stdout',
+      line: entry.line
+    });
+  }
+  return lines;
+}
+
+/**
+ * One output line as the panel shows it: `[rank 1 bravo] epoch 2 loss 0.31`, `[rank 0] hello`
+ * without a device name, `[rank ?]` when the rank is unknown. The line's own end of line is
+ * dropped (the panel puts each line on its own).
+ */
+export function formatOutputLine(line: Pick<IJobOutputLine, 'rank' | 'device' | 'line'>): string {
+  const rank = isFiniteNumber(line.rank) ? String(line.rank) : '?';
+  const device = typeof line.device === 'string' ? line.device.trim() : '';
+  const text = typeof line.line === 'string' ? line.line.replace(/\r?\n$/, '') : '';
+  return `[rank ${rank}${device ? ` ${device}` : ''}] ${text}`;
 }
 
 function clamp01(value: number): number {

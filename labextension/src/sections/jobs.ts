@@ -8,6 +8,7 @@ import {
   describeJobProgress,
   describeJobState,
   describeOwner,
+  formatOutputLine,
   jobCancellable,
   jobEnded,
   jobEtaText,
@@ -23,6 +24,7 @@ import {
   pickWorkload,
   workloadRunnable
 } from '../models/workloadForm';
+import type { IJobOutputView } from '../state/jobOutput';
 import { ParallalxModel } from '../state/model';
 import { KeyedCards, setChildren } from './keyedCards';
 import { Section } from './section';
@@ -33,11 +35,16 @@ export const NO_JOBS_TEXT =
 const SVG_NS = 'http://www.w3.org/2000/svg';
 const SPARK_WIDTH = 120;
 const SPARK_HEIGHT = 24;
+export const NO_OUTPUT_TEXT = 'No output yet.';
+/** An Output within this many px of its bottom follows new lines; scrolled further up, it stays. */
+const STICK_PX = 8;
+let outputIds = 0;
 
 /**
  * "Jobs": a "Run a workload…" form (collapsed until asked for), then one card per job (newest
  * first) with its name, workload, state, a progress bar, throughput, ETA, the loss and a loss
- * sparkline, the error of a failed job; Cancel while it runs, Remove once it ended. Cards are
+ * sparkline, the error of a failed job; Output (what its ranks printed, read when opened and
+ * kept fresh while open), Cancel while it runs, Remove once it ended. Cards are
  * kept per job and updated in place, since a running job re-renders them up to twice a second
  * (buttons keep their focus and never move under a click).
  */
@@ -102,9 +109,10 @@ export class JobsSection extends Section {
     create: job =>
       new JobCard(job.id, {
         cancel: j => this._cancel(j),
-        remove: j => this._remove(j)
+        remove: j => this._remove(j),
+        output: (j, open) => this.model.setJobOutputOpen(j.id, open)
       }),
-    update: (card, job) => card.update(job, this.model.jobBusy(job.id))
+    update: (card, job) => card.update(job, this.model.jobBusy(job.id), this.model.jobOutput(job.id))
   });
   private _built = false;
 }
@@ -318,6 +326,8 @@ class RunWorkloadForm {
 interface IJobActions {
   cancel(job: IJob): Promise<void>;
   remove(job: IJob): Promise<void>;
+  /** Open or close the job's Output. */
+  output(job: IJob, open: boolean): void;
 }
 
 /** One job's card; `update` brings it in line with the job (all text through textContent). */
@@ -356,6 +366,35 @@ class JobCard {
     this._took = h('span', { class: 'jp-Parallalx-jobTook' });
     this._cancel = button('Cancel', 'jp-mod-warn jp-Parallalx-jobCancel', () => this._run(actions.cancel), 'Ask the job to stop');
     this._remove = button('Remove', 'jp-mod-reject jp-Parallalx-jobRemove', () => this._run(actions.remove), 'Remove this job from the list');
+    const outputId = `jp-Parallalx-jobOutput-${++outputIds}`;
+    this._outputToggle = button(
+      'Output',
+      'jp-Parallalx-jobOutputToggle',
+      () => {
+        if (this._job) {
+          actions.output(this._job, !this._outputOpen);
+        }
+      },
+      'Show what the ranks of this job printed'
+    );
+    this._outputToggle.setAttribute('aria-expanded', 'false');
+    this._outputToggle.setAttribute('aria-controls', outputId);
+    this._outputStatus = h('div', { class: 'jp-Parallalx-empty jp-Parallalx-jobOutputStatus' });
+    this._outputPre = h('pre', {
+      class: 'jp-Parallalx-jobOutputLines',
+      attrs: { tabindex: '0', 'aria-label': 'Output of the ranks' }
+    });
+    this._outputPre.addEventListener('scroll', () => {
+      const pre = this._outputPre;
+      this._stick = pre.scrollHeight - pre.scrollTop - pre.clientHeight <= STICK_PX;
+    });
+    this._output = h(
+      'div',
+      { class: 'jp-Parallalx-jobOutput', attrs: { id: outputId, role: 'region', 'aria-label': 'Job output' } },
+      this._outputStatus,
+      this._outputPre
+    );
+    this._output.hidden = true;
 
     this._rows = {
       rate: row('Speed', this._rate),
@@ -379,13 +418,14 @@ class JobCard {
       this._error,
       this._rows.owner,
       this._rows.took,
-      h('div', { class: 'jp-Parallalx-actions' }, this._cancel, this._remove)
+      h('div', { class: 'jp-Parallalx-actions' }, this._outputToggle, this._cancel, this._remove),
+      this._output
     );
   }
 
   readonly node: HTMLElement;
 
-  update(job: IJob, busy: boolean): void {
+  update(job: IJob, busy: boolean, output: IJobOutputView | null = null): void {
     this._job = job;
     const ended = jobEnded(job);
     const progress = job.progress ?? null;
@@ -445,6 +485,63 @@ class JobCard {
     setText(this._cancel, job.state === 'cancelling' || job.cancel_requested ? 'Cancelling…' : 'Cancel');
     this._remove.hidden = !ended;
     this._remove.disabled = busy;
+    this._updateOutput(output);
+  }
+
+  /** The Output toggle and, while open, the lines (rebuilt only when they changed). */
+  private _updateOutput(output: IJobOutputView | null): void {
+    const open = output !== null;
+    const opened = open && !this._outputOpen;
+    this._outputOpen = open;
+    this._outputToggle.setAttribute('aria-expanded', String(open));
+    this._outputToggle.classList.toggle('jp-mod-active', open);
+    this._output.hidden = !open;
+    if (!open) {
+      if (this._outputKey !== '') {
+        this._outputKey = '';
+        this._outputPre.replaceChildren();
+      }
+      return;
+    }
+    if (opened) {
+      this._stick = true;
+    }
+    const lines = output.lines;
+    let status = '';
+    if (output.error !== null) {
+      status = `Could not read the output: ${output.error}`;
+    } else if (lines === null) {
+      status = 'Loading…';
+    } else if (lines.length === 0) {
+      status = NO_OUTPUT_TEXT;
+    }
+    setText(this._outputStatus, status);
+    this._outputStatus.hidden = !status;
+    this._outputStatus.classList.toggle('jp-Parallalx-error', output.error !== null);
+    this._outputPre.hidden = !lines || lines.length === 0;
+
+    const key = JSON.stringify(lines ?? []);
+    const changed = key !== this._outputKey;
+    if (changed) {
+      this._outputKey = key;
+      // each line as text (never markup), stderr marked for its own colour
+      this._outputPre.replaceChildren(
+        ...(lines ?? []).map(line =>
+          h(
+            'span',
+            {
+              class: `jp-Parallalx-outputLine${line.stream === 'stderr' ? ' jp-mod-stderr' : ''}`,
+              dataset: { stream: line.stream }
+            },
+            `${formatOutputLine(line)}\n`
+          )
+        )
+      );
+    }
+    // follow new lines, unless the user scrolled up to read
+    if (this._stick && (opened || changed)) {
+      this._outputPre.scrollTop = this._outputPre.scrollHeight;
+    }
   }
 
   private _show(key: RowKey, node: HTMLElement, text: string): void {
@@ -477,6 +574,13 @@ class JobCard {
   private readonly _took: HTMLElement;
   private readonly _cancel: HTMLButtonElement;
   private readonly _remove: HTMLButtonElement;
+  private readonly _outputToggle: HTMLButtonElement;
+  private readonly _output: HTMLElement;
+  private readonly _outputStatus: HTMLElement;
+  private readonly _outputPre: HTMLPreElement;
+  private _outputOpen = false;
+  private _outputKey = '';
+  private _stick = true;
   private readonly _rows: { [key in RowKey]: HTMLElement };
 }
 

@@ -24,6 +24,7 @@ export type IModelAPI = Pick<
   | 'addSelfToCluster'
   | 'retryJoin'
   | 'listJobs'
+  | 'getJob'
   | 'cancelJob'
   | 'deleteJob'
   | 'listWorkloads'

@@ -29,6 +29,7 @@ import { pendingIncoming, pendingOutgoing } from '../models/requestViews';
 import { ClusterState } from './cluster';
 import { IModelAPI, IModelHost, errorMessage } from './host';
 import { IncomingTracker, KernelChoices, OutgoingTracker } from './incoming';
+import { IJobOutputView, JobOutputState } from './jobOutput';
 import { JobsState } from './jobs';
 import { NearbyState } from './nearby';
 import { PollTimer } from './polling';
@@ -48,7 +49,7 @@ export class ParallalxModel implements IDisposable {
       get isDisposed() {
         return isDisposed();
       },
-      emitChanged: () => this._changed.emit(),
+      emitChanged: () => this._emitChanged(),
       markActivity: () => {
         this._activity = true;
       },
@@ -58,6 +59,7 @@ export class ParallalxModel implements IDisposable {
     };
     this._cluster = new ClusterState(api, host);
     this._jobs = new JobsState(api, host);
+    this._outputs = new JobOutputState(api, host);
     this._workloads = new WorkloadsState(api, host);
     this._nearby = new NearbyState(api);
     this._kernels = new KernelChoices(api);
@@ -137,6 +139,14 @@ export class ParallalxModel implements IDisposable {
   /** True while a cancel or remove of this job is on its way to the server. */
   jobBusy(id: string): boolean {
     return this._jobs.busy(id);
+  }
+  /** True while the Output of this job is open. */
+  jobOutputOpen(id: string): boolean {
+    return this._outputs.isOpen(id);
+  }
+  /** The lines the ranks of this job printed, while its Output is open; else null. */
+  jobOutput(id: string): IJobOutputView | null {
+    return this._outputs.view(id);
   }
   /** Workloads installed on the server; null until `loadWorkloads` got an answer. */
   get workloads(): readonly IWorkload[] | null {
@@ -237,6 +247,10 @@ export class ParallalxModel implements IDisposable {
     this._activity = true;
     if (event.name === 'job-progress') {
       this.refreshJobs();
+      const jobId = event.payload['job_id'];
+      if (typeof jobId === 'string') {
+        this._outputs.refresh(jobId);
+      }
     } else {
       void this.refresh();
     }
@@ -249,6 +263,18 @@ export class ParallalxModel implements IDisposable {
    */
   refreshJobs(): void {
     this._jobs.refresh();
+  }
+
+  /**
+   * Open or close the Output of a job: while open, its lines are read at once, then again
+   * (throttled) on each job-progress event of the job and whenever the jobs list shows it changed.
+   */
+  setJobOutputOpen(id: string, open: boolean): void {
+    if (open) {
+      this._outputs.open(id);
+    } else {
+      this._outputs.close(id);
+    }
   }
 
   /** Ask a job's owner to cancel it; the job shows `cancelling` from the server's answer. */
@@ -341,7 +367,7 @@ export class ParallalxModel implements IDisposable {
     const device = await this.api.getDevice(true);
     this._device = device;
     this._deviceFetchedAt = Date.now();
-    this._changed.emit();
+    this._emitChanged();
   }
 
   /** The server's clock in unix seconds (for countdowns). */
@@ -356,7 +382,14 @@ export class ParallalxModel implements IDisposable {
     this._isDisposed = true;
     this._poll.dispose();
     this._jobs.dispose();
+    this._outputs.dispose();
     Signal.clearData(this);
+  }
+
+  /** Emit `changed`; open Outputs first catch up with the jobs list. */
+  private _emitChanged(): void {
+    this._outputs.sync(this._jobs.jobs);
+    this._changed.emit();
   }
 
   /** A request or device action: the API call, then a refresh (whether it worked or not). */
@@ -447,7 +480,7 @@ export class ParallalxModel implements IDisposable {
     this._diffIncoming(firstLoad);
     if (changed || this._uiChanged || firstLoad) {
       this._uiChanged = false;
-      this._changed.emit();
+      this._emitChanged();
     }
     this._poll.settle(changed || this._activity || probing);
     this._activity = false;
@@ -492,6 +525,7 @@ export class ParallalxModel implements IDisposable {
   private readonly _poll: PollTimer;
   private readonly _cluster: ClusterState;
   private readonly _jobs: JobsState;
+  private readonly _outputs: JobOutputState;
   private readonly _workloads: WorkloadsState;
   private readonly _nearby: NearbyState;
   private readonly _kernels: KernelChoices;
