@@ -8,7 +8,8 @@ newest checkpoint (``max_restarts``, ``min_workers``), the job's ``state``/``res
 and device names. What differs:
 
 * the rank task is :func:`launch_rank.run_launch_rank` (the user's function as body);
-* rank 0's ``px.report`` messages become the job's progress records, and its return value
+* rank 0's ``px.report`` batches (``launch_rank.REPORT_BATCH_S``) become the job's progress
+  records, one each, spaced as they were made; its return value
   arrives as a ``result`` message (data, on the ship channel) which ends the run; every
   rank's printed output arrives as ``output`` records with the device's name;
 * a rank whose function hangs in a collective makes the others fail at the group timeout
@@ -46,6 +47,7 @@ class LaunchDriver(Driver):
         #: PEP 508 lines each worker's interpreter must satisfy before its ranks start
         self.requirements = list(requirements or [])
         self._provided: set[str] = set()  # workers that have them (checked once per job)
+        self._report_time = 0.0  # the time given to the last progress record
 
     def _prepare_workers(self, workers: list[str], attempt: int) -> None:
         """Check and install the job's requirements on each worker not checked yet, all at
@@ -80,10 +82,18 @@ class LaunchDriver(Driver):
             if msg.get("attempt") != self.aggregator.attempt:
                 return  # a late report of a superseded attempt
             self._running_again()
-            fields = dict(msg.get("fields") or {})
-            self.hub.emit({**fields, "kind": "progress", "job_id": self.job.job_id,
-                           "time": time.time(), "attempt": msg.get("attempt"),
-                           "workers": len(self._workers)})
+            batch = [dict(f) for f in msg.get("batch") or [msg.get("fields") or {}]]
+            # each report's time: its arrival, less how much earlier than the batch's last
+            # it was made (the rank's monotonic clock: no skew between the devices' clocks)
+            now, last = time.time(), _number(batch[-1].get("_at"))
+            for fields in batch:
+                at = _number(fields.pop("_at", None))
+                when = now - (last - at) if at is not None and last is not None else now
+                # never before the previous batch's last (a batch may travel faster)
+                when = self._report_time = max(when, self._report_time)
+                self.hub.emit({**fields, "kind": "progress", "job_id": self.job.job_id,
+                               "time": when, "attempt": msg.get("attempt"),
+                               "workers": len(self._workers)})
         elif kind == "output":  # any attempt's: what a failed attempt printed tells why
             worker = str(msg.get("worker", ""))
             self.hub.emit({"kind": "output", "job_id": self.job.job_id, "time": time.time(),
@@ -130,6 +140,11 @@ class LaunchDriver(Driver):
             self._final = self._final or {"cancelled": True, "data": b"", "global_step": 0}
             return
         super()._wait_ranks(futures, timeout)
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) \
+        else None
 
 
 __all__ = ["LaunchDriver"]

@@ -73,6 +73,12 @@ class HungRankError(UserCodeError):
         return self.message
 
 
+#: rank 0's reports travel together, at most one message per this many seconds: a loop that
+#: reports every few steps (40 times a second in benchmark (d)) would otherwise send as many
+#: messages through the worker, the scheduler and the driver, on the cores the ranks train on
+REPORT_BATCH_S = 0.25
+
+
 @dataclass
 class RankContext:
     """What ``report``/``checkpoint``/``restore`` reach inside a launched rank."""
@@ -83,6 +89,35 @@ class RankContext:
     resume: bytes | None
     last_step: int = -1
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: reports not sent yet (rank 0), and when the last batch went
+    pending: list[dict[str, Any]] = field(default_factory=list)
+    sent_at: float = 0.0
+    flusher: threading.Thread | None = None
+
+    def queue_report(self, fields: dict[str, Any]) -> None:
+        with self.lock:
+            self.pending.append({**fields, "_at": time.monotonic()})  # spacing kept (driver)
+            due = time.monotonic() - self.sent_at >= REPORT_BATCH_S
+        if due:
+            self.flush_reports()
+        elif self.flusher is None:  # the last reports of a quiet stretch go out on time
+            self.flusher = threading.Thread(target=self._flush_loop, name="launch-report",
+                                            daemon=True)
+            self.flusher.start()
+
+    def flush_reports(self) -> None:
+        """Send what is pending now (before a checkpoint, the result, or when due)."""
+        with self.lock:
+            batch, self.pending = self.pending, []
+            self.sent_at = time.monotonic()
+            if batch:  # in the lock: batches leave in order
+                self.channel.ship({"kind": "report", "attempt": self.spec.attempt,
+                                   "batch": batch})
+
+    def _flush_loop(self) -> None:
+        while True:
+            time.sleep(REPORT_BATCH_S)
+            self.flush_reports()
 
 
 _CURRENT: RankContext | None = None
@@ -219,6 +254,7 @@ def launch_body(spec: RankSpec, payload: AttemptPayload, channel: Any,
             value = None
         finally:
             unguard()
+            _CURRENT.flush_reports()
             output.close()  # before the result or the error: what it printed comes first
     marks["fn_end"] = time.time()
     result = b""
@@ -297,7 +333,7 @@ def report(step: int | None = None, loss: Any = None, **metrics: Any) -> None:
     if "step" in fields:
         with ctx.lock:
             ctx.last_step = max(ctx.last_step, int(fields["step"]))
-    ctx.channel.ship({"kind": "report", "attempt": ctx.spec.attempt, "fields": fields})
+    ctx.queue_report(fields)
 
 
 def _plain(name: str, value: Any) -> Any:
@@ -345,6 +381,7 @@ def checkpoint(state: dict[str, Any], step: int | None = None) -> None:
             "checkpoint(): the state must hold only tensors and plain data (numbers, strings, "
             f"lists, dicts), as torch.load(weights_only=True) reads: {err}"
         ) from None
+    ctx.flush_reports()  # the steps it reported before come first
     ctx.channel.ship({"kind": "checkpoint", "attempt": ctx.spec.attempt,
                       "global_step": int(step), "data": data})
 

@@ -228,3 +228,39 @@ def test_what_each_rank_prints_reaches_the_job_in_order_and_rate_capped(cluster2
     text = job.output_text(rank=0)
     assert "bytes of stdout left out: more than 64 kB/s" in text
     assert len(text) < 1_000_000
+
+
+def many_reports(n: int) -> int:
+    import time
+
+    import parallalx_jupyter as px
+
+    for step in range(1, n + 1):
+        px.report(step=step, loss=1.0 / step)
+        time.sleep(0.002)
+    px.report(step=n + 1, loss=0.0)  # the last one, right before returning
+    return n
+
+
+def test_frequent_reports_travel_in_batches_and_keep_their_order_and_spacing(cluster2) -> None:
+    from parallalx_jupyter.training import launch_driver
+
+    batches: list[int] = []
+    original = launch_driver.LaunchDriver._handle_control
+
+    def counting(self, msg):  # noqa: ANN001, ANN202 - the driver's own method, observed
+        if msg.get("kind") == "report":
+            batches.append(len(msg.get("batch") or [1]))
+        return original(self, msg)
+
+    launch_driver.LaunchDriver._handle_control = counting
+    try:
+        job = px.launch(many_reports, 300, client=cluster2.client, report=False)
+        assert job.result(timeout=180) == 300
+    finally:
+        launch_driver.LaunchDriver._handle_control = original
+    assert [h["step"] for h in job.history] == list(range(1, 302))  # every one, in order
+    assert sum(batches) == 301 and len(batches) < 301 // 5  # far fewer messages than reports
+    times = [h["time"] for h in job.history]
+    assert all(b >= a for a, b in zip(times, times[1:], strict=False))
+    assert times[-1] - times[0] > 0.5  # spaced as they were made, not bunched per batch
