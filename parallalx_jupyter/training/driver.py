@@ -33,6 +33,7 @@ from distributed import Client, Future, wait
 
 from ..jobs.speed import StreamRates, eta_s
 from ..jobs.topics import JobTopics
+from ..text import printable
 from ..wire import from_wire
 from .checkpoint import CheckpointStore
 from .errors import (
@@ -275,7 +276,15 @@ class Driver:
 
     def _handle_control(self, msg: dict[str, Any]) -> None:
         kind = msg.get("kind")
-        if kind == "phase":  # rank 0 says where it is before the first step
+        if kind == "output":  # any attempt's: what a failed attempt printed tells why
+            worker = str(msg.get("worker", ""))
+            self.hub.emit({"kind": "output", "job_id": self.job.job_id, "time": time.time(),
+                           "rank": int(msg.get("rank", 0)), "attempt": msg.get("attempt"),
+                           "device": self._label(worker) if worker else "",
+                           "stream": str(msg.get("stream", "stdout")),
+                           # another device's text: no terminal sequences reach a terminal here
+                           "text": printable(msg.get("text", ""))})
+        elif kind == "phase":  # rank 0 says where it is before the first step
             if msg.get("attempt") == self.aggregator.attempt and msg.get("phase") in PHASES:
                 self._phase(str(msg["phase"]))
         elif kind == "preflight":

@@ -10,8 +10,7 @@ and device names. What differs:
 * the rank task is :func:`launch_rank.run_launch_rank` (the user's function as body);
 * rank 0's ``px.report`` batches (``launch_rank.REPORT_BATCH_S``) become the job's progress
   records, one each, spaced as they were made; its return value
-  arrives as a ``result`` message (data, on the ship channel) which ends the run; every
-  rank's printed output arrives as ``output`` records with the device's name;
+  arrives as a ``result`` message (data, on the ship channel) which ends the run;
 * a rank whose function hangs in a collective makes the others fail at the group timeout
   while every device is healthy: that is the user's hang, reported with the hung ranks'
   device names (:class:`HungRankError`) instead of being retried as a lost device;
@@ -26,7 +25,6 @@ from typing import Any
 
 from distributed import Future
 
-from ..text import printable
 from ..wire import from_wire
 from .driver import Driver
 from .launch_rank import HungRankError, run_launch_rank
@@ -94,14 +92,6 @@ class LaunchDriver(Driver):
                 self.hub.emit({**fields, "kind": "progress", "job_id": self.job.job_id,
                                "time": when, "attempt": msg.get("attempt"),
                                "workers": len(self._workers)})
-        elif kind == "output":  # any attempt's: what a failed attempt printed tells why
-            worker = str(msg.get("worker", ""))
-            self.hub.emit({"kind": "output", "job_id": self.job.job_id, "time": time.time(),
-                           "rank": int(msg.get("rank", 0)), "attempt": msg.get("attempt"),
-                           "device": self._label(worker) if worker else "",
-                           "stream": str(msg.get("stream", "stdout")),
-                           # another device's text: no terminal sequences reach a terminal here
-                           "text": printable(msg.get("text", ""))})
         elif kind == "result":
             if msg.get("attempt") == self.aggregator.attempt:
                 self._final = msg

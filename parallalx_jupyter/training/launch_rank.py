@@ -56,7 +56,6 @@ from typing import Any
 
 from .errors import UserCodeError
 from .launcher import RankGroup, RankSpec, host_of
-from .rank_output import OutputForwarder
 from .spec import AttemptPayload
 
 #: store keys of the end-of-run barrier
@@ -242,8 +241,6 @@ def launch_body(spec: RankSpec, payload: AttemptPayload, channel: Any,
     _CURRENT = RankContext(spec, channel, spec.job_id, payload.resume)
     if payload.resume:
         _CURRENT.last_step = int(_unpack(payload.resume).get("global_step", -1))
-    output = OutputForwarder(channel.ship, rank=spec.rank, attempt=spec.attempt,
-                             worker=spec.worker).start()
     marks["fn_start"] = time.time()
     with user_code(f"{_name_of(fn)}", spec.rank, where):
         try:
@@ -255,7 +252,7 @@ def launch_body(spec: RankSpec, payload: AttemptPayload, channel: Any,
         finally:
             unguard()
             _CURRENT.flush_reports()
-            output.close()  # before the result or the error: what it printed comes first
+            channel.end_output()  # before the result or the error: what it printed comes first
     marks["fn_end"] = time.time()
     result = b""
     if spec.rank == 0:

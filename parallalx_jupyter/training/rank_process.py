@@ -164,6 +164,7 @@ class ChildChannel:
         self._events = events
         self._out: queue.Queue[Any] = queue.Queue()
         self._stop = threading.Event()
+        self._output: Any = None  # the OutputForwarder while one runs
         self._sender = threading.Thread(target=self._send_loop, name="rank-send", daemon=True)
         self._watcher = threading.Thread(target=self._watch, name="rank-watch", daemon=True)
         self._sender.start()
@@ -197,6 +198,19 @@ class ChildChannel:
 
     def ship(self, msg: dict[str, Any]) -> None:
         self._out.put(("ship", msg))
+
+    def forward_output(self, **fields: Any) -> None:
+        """Send what this process prints home from now on (``rank_output.py``)."""
+        from .rank_output import OutputForwarder
+
+        self._output = OutputForwarder(self.ship, **fields).start()
+
+    def end_output(self) -> None:
+        """Stop forwarding and send the rest; call before the message that ends the run, so
+        what was printed arrives first. Idempotent."""
+        output, self._output = self._output, None
+        if output is not None:
+            output.close()
 
     def finish(self, msg: tuple[str, Any], timeout: float = 120.0) -> None:
         """Send the last message and wait until everything queued is in the pipe."""
@@ -234,12 +248,15 @@ def child_main(spec: RankSpec, payload: AttemptPayload, control: Any, events: An
         with process_group(spec) as group:
             marks["process_group"] = time.time()
             spec = dataclasses.replace(spec, rank_traffic=group.traffic)
+            channel.forward_output(rank=spec.rank, attempt=spec.attempt, worker=spec.worker)
             summary = (body or train_body)(spec, payload, channel, marks, group)
         outcome: tuple[str, Any] = ("done", summary)
     except BaseException as exc:  # noqa: BLE001 - everything is reported, nothing re-raised
         outcome = ("error", portable_error(exc, spec.rank))
         code = EXIT_FAILED
     try:
+        with contextlib.suppress(Exception):
+            channel.end_output()
         channel.finish(outcome)
     finally:
         # os._exit: no atexit, no ProcessGroup destructor waiting on a dead peer; the kernel

@@ -7,6 +7,7 @@ import sys
 
 import cloudpickle
 import pytest
+import torch
 
 import parallalx_jupyter as px
 from parallalx_jupyter.training.errors import RankInfraError
@@ -31,17 +32,35 @@ def torch_in_this_process() -> dict[str, bool]:
     return {"imported": "torch" in sys.modules, "mapped": mapped}
 
 
-def test_launch_and_train_leave_the_worker_processes_without_torch(cluster2) -> None:
-    import torch
+class Chatty(torch.nn.Module):
+    """A model whose forward says something once per rank process."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 2)
+        self.said = False
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        if not self.said and x.shape[0] > 1:
+            import torch.distributed as dist
+
+            print(f"forward on rank {dist.get_rank()} sees {tuple(x.shape)}")
+            self.said = True
+        return self.linear(x)
+
+
+def test_launch_and_train_leave_the_worker_processes_without_torch(cluster2) -> None:
     client = cluster2.client
     assert px.launch(all_reduce_ranks, client=client, report=False).result(180) == 3.0
     data = torch.utils.data.TensorDataset(torch.randn(64, 4), torch.randint(0, 2, (64,)))
-    job = px.train(torch.nn.Linear(4, 2), data, torch.nn.functional.cross_entropy,
+    job = px.train(Chatty(), data, torch.nn.functional.cross_entropy,
                    lambda p: torch.optim.SGD(p, lr=0.1), epochs=1, batch_size=16,
                    client=client, report=False)
     job.result(180)
     assert job.state == "finished"
+    # train()'s ranks forward what the model's code prints too, each line after its rank
+    text = job.output_text()
+    assert "] forward on rank 0 sees (8, 4)" in text and "] forward on rank 1 sees" in text
     # probe, rendezvous store and ranks ran in the forkserver's children: the workers (and so
     # their GPUs, on a GPU device) never loaded torch
     seen = client.run(torch_in_this_process)
