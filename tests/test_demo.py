@@ -34,6 +34,10 @@ def test_demo_pairs_devices_and_trains_digits_on_the_devices_auto_chose() -> Non
     preflight = training["preflight"]
     # auto measured every device and trained on those predicted to finish soonest
     assert preflight["placement"].startswith("training on")
+    # ... by the devices' names (asked of the server the job reports to), not their IDs
+    names = {"laptop", "lab-desktop", "gaming-pc"}
+    chosen = preflight["placement"].removeprefix("training on ").split(":")[0]
+    assert set(chosen.removesuffix(" alone").split(", ")) <= names, preflight["placement"]
     assert len(contributed) == preflight["world_size"] >= 1
     if preflight["idle"]:
         assert preflight["world_size"] == 1 and "alone" in preflight["placement"]

@@ -68,6 +68,8 @@ from .spec import AttemptPayload, JobSpec
 
 logger = logging.getLogger(__name__)
 
+NAMES_WAIT_S = 1.0  # how long the ranks' payload waits for a device-name lookup under way
+
 #: what a job does before its first step, in the order it happens: (phase, text people see)
 PHASES = {
     "starting": "starting workers…",
@@ -117,6 +119,7 @@ class Driver:
         self.quick_stale_s = min(QUICK_STALE_S, float(recovery.heartbeat_timeout))
         self._device_names = device_names
         self._known_names: dict[str, str] = {}
+        self._names_lookup: threading.Thread | None = None
         #: the loss being recovered from (lost devices, reason, message), None while running
         self._recovery: dict[str, Any] | None = None
         # when a rank of the current attempt last reported (None: not yet; starting is quiet)
@@ -439,7 +442,17 @@ class Driver:
             except Exception:  # names are a nicety: the workers' own names stand in
                 logger.debug("could not look up device names", exc_info=True)
 
-        threading.Thread(target=refresh, name="parallalx-device-names", daemon=True).start()
+        self._names_lookup = threading.Thread(target=refresh, name="parallalx-device-names",
+                                              daemon=True)
+        self._names_lookup.start()
+
+    def _names_for(self, workers: Sequence[str]) -> dict[str, str]:
+        """The workers' device names for the ranks' report: waits a moment for a lookup still
+        under way (the first attempt's usually is, and a report naming device IDs stays so)."""
+        lookup = self._names_lookup
+        if lookup is not None and lookup.is_alive():
+            lookup.join(NAMES_WAIT_S)
+        return {w: self._label(w) for w in workers}
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> bytes:
@@ -592,7 +605,7 @@ class Driver:
             choose_devices=self.choose_devices and fixed is None and len(workers) > 1,
             strategy_reason=self._strategy_reason if fixed else None,
             placement=self._placement_note,
-            names={w: self._label(w) for w in workers},
+            names=self._names_for(workers),
         )
         master = host_of(workers[0])
         world = len(workers)

@@ -59,9 +59,18 @@ def load_object(ref: str, what: str) -> Any:
 class JobContext:
     """What ``Workload.run`` gets: the cluster, the job, and ways to report and stop."""
 
-    def __init__(self, job: Job, client: Any) -> None:
+    def __init__(self, job: Job, client: Any, api: Any = None) -> None:
         self.job = job
         self.client = client
+        #: the ``ApiClient`` of the server the job reports to (None: found when needed)
+        self.api = api
+
+    def device_names(self) -> dict[str, str]:
+        """Device ID -> name, from the server the job reports to (``jobs.client``): the one
+        ``report=`` named, not whichever server this process would find."""
+        from ..jobs.client import device_names
+
+        return device_names(self.api)
 
     @property
     def cancelled(self) -> bool:

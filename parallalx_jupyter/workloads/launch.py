@@ -128,7 +128,6 @@ class LaunchWorkload(Workload):
         return {"result": repr(result)[:500]}
 
     def run(self, ctx: JobContext, params: dict[str, Any]) -> Any:
-        from ..jobs.client import device_names
         from ..training.launch_driver import LaunchDriver
         from ..training.spec import JobSpec
         from ..wire import from_wire
@@ -141,7 +140,7 @@ class LaunchWorkload(Workload):
                        torch_threads=placement.torch_threads, same_job=job.id)
         driver = LaunchDriver(ctx.client, spec, store=job._store, hub=job.hub,
                               cancel=job._cancel, recovery=from_params(RecoveryOptions, params),
-                              workers=placement.workers, device_names=device_names,
+                              workers=placement.workers, device_names=ctx.device_names,
                               requirements=params.get("requirements"))
         try:
             return from_wire(driver.run())

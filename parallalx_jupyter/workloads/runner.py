@@ -42,7 +42,7 @@ def start(
     reporter = attach_reporter(job, report, adopt=adopt)
 
     def body() -> None:
-        ctx = JobContext(job, dask_client)
+        ctx = JobContext(job, dask_client, api=reporter.client if reporter else None)
         try:
             if job.state == "pending":
                 job.hub.emit({"kind": "state", "job_id": job_id, "state": "running"})

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..jobs.client import NoClientError, device_names
+from ..jobs.client import NoClientError
 from ..jobs.handle import Job
 from ..jobs.hub import ProgressHub, Record
 from ..training.batches import check_sample
@@ -262,7 +262,7 @@ class TrainWorkload(Workload):
             cancel=job._cancel,
             recovery=from_params(RecoveryOptions, params),
             workers=placement.workers,
-            device_names=device_names,  # a lost device is named as its owner calls it
+            device_names=ctx.device_names,  # a lost device is named as its owner calls it
         )
         final = driver.run()
         return _load_result(model, ship_model, final)
