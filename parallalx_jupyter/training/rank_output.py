@@ -69,8 +69,11 @@ class OutputForwarder:
         self._flusher.start()
         return self
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Put the descriptors back, read what is left, send it."""
+    def close(self, timeout: float = 1.0) -> None:
+        """Put the descriptors back, read what is left, send it. A child process that still
+        holds a pipe (a data-loader worker, a daemon the function started) keeps its reader
+        from seeing EOF: it is given ``timeout`` to drain, then left behind with what it
+        reads after that unsent (the worker's log still gets it)."""
         if not self._saved:
             return
         for stream in (sys.stdout, sys.stderr):

@@ -264,3 +264,22 @@ def test_frequent_reports_travel_in_batches_and_keep_their_order_and_spacing(clu
     times = [h["time"] for h in job.history]
     assert all(b >= a for a, b in zip(times, times[1:], strict=False))
     assert times[-1] - times[0] > 0.5  # spaced as they were made, not bunched per batch
+
+
+def leaves_a_child_behind() -> str:
+    import subprocess
+
+    # a process that outlives the function and keeps the rank's stdout open
+    subprocess.Popen(["sleep", "20"])
+    print("started a sleeper")
+    return "ok"
+
+
+def test_a_child_process_holding_stdout_does_not_hold_the_job(cluster2) -> None:
+    import time
+
+    t0 = time.monotonic()
+    job = px.launch(leaves_a_child_behind, client=cluster2.client, report=False)
+    assert job.result(timeout=120) == "ok"
+    assert time.monotonic() - t0 < 15  # not the sleeper's 20 s
+    assert "started a sleeper" in job.output_text(rank=0)
