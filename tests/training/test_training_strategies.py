@@ -128,7 +128,9 @@ def _local_sgd_rank(
         strategy.after_step(model, g, SAMPLES[rank], sum(SAMPLES))
     in_flight = strategy._pending is not None
     strategy.synchronize(model)
-    out.put((rank, (model.weight.detach().view(-1).clone(), in_flight)))
+    # plain numbers: a tensor in a multiprocessing queue travels as a file descriptor this
+    # process must still be alive to hand over, and it exits right after
+    out.put((rank, (model.weight.detach().view(-1).tolist(), in_flight)))
     dist.destroy_process_group()
 
 
@@ -161,7 +163,8 @@ CASES = [  # every, overlap, end_known, compress, huge
 def test_local_sgd_average_is_applied_at_a_fixed_step(
     every: int, overlap: bool, end_known: bool, compress: bool, huge: bool
 ) -> None:
-    got = _run(_local_sgd_rank, every, overlap, end_known, compress, huge)
+    got = {r: (torch.tensor(w), f) for r, (w, f) in
+           _run(_local_sgd_rank, every, overlap, end_known, compress, huge).items()}
     want = expected_local_sgd(every, overlap, end_known, compress, huge)
     for r in range(WORLD):
         torch.testing.assert_close(got[r][0], want[r], atol=1e-5, rtol=1e-6)
