@@ -654,13 +654,13 @@ class ClusterService:
 REFUSED_RETRY_INITIAL = 2.0
 REFUSED_RETRY_MAX = 60.0
 
-#: what a grant says about the worker itself; a new grant differing in none of them keeps it
 def _asked_gpus(limits: dict[str, Any]) -> int | None:
     """The GPUs an accepted invitation asked for: None when it did not say (all of them)."""
     gpus = limits.get("gpus")
     return None if gpus is None else int(gpus)
 
 
+#: what a grant says about the worker itself; a new grant differing in none of them keeps it
 WORKER_ASKS = ("nthreads", "memory_limit_gb", "gpus", "requirements", "cluster")
 
 
