@@ -16,6 +16,7 @@ import asyncio
 import collections
 import concurrent.futures
 import threading
+import time
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -66,6 +67,10 @@ class Job:
         self.progress: Record = {}
         self.history: list[Record] = []
         self.events: list[Record] = []
+        self.created_at = time.time()
+        #: seconds from the job's start to each phase of its latest attempt (workloads that
+        #: run ranks: probe, ship, rendezvous, rank process, process group, first step, ...)
+        self.timeline: dict[str, float] = {}
         #: (rank, device, stream, line) of the last :data:`OUTPUT_LINES` lines printed
         self.output: collections.deque[tuple[int, str, str, str]] = collections.deque(
             maxlen=OUTPUT_LINES)
@@ -90,6 +95,10 @@ class Job:
                                         line[:OUTPUT_LINE_CHARS]))
                 return
             self.events.append(rec)
+            if kind == "timeline":
+                marks = rec.get("marks") or {}
+                self.timeline = {k: round(v - self.created_at, 4)
+                                 for k, v in sorted(marks.items(), key=lambda kv: kv[1])}
             if kind == "state":
                 self.state = str(rec["state"])
                 message = rec.get("message")

@@ -242,6 +242,8 @@ def launch_body(spec: RankSpec, payload: AttemptPayload, channel: Any,
     if payload.resume:
         _CURRENT.last_step = int(_unpack(payload.resume).get("global_step", -1))
     marks["fn_start"] = time.time()
+    if spec.rank == 0:  # the job's timeline: where the time went before the function ran
+        channel.ship({"kind": "timeline", "attempt": spec.attempt, "marks": dict(marks)})
     with user_code(f"{_name_of(fn)}", spec.rank, where):
         try:
             value = fn(*args, **kwargs)
@@ -254,6 +256,8 @@ def launch_body(spec: RankSpec, payload: AttemptPayload, channel: Any,
             _CURRENT.flush_reports()
             channel.end_output()  # before the result or the error: what it printed comes first
     marks["fn_end"] = time.time()
+    if spec.rank == 0:
+        channel.ship({"kind": "timeline", "attempt": spec.attempt, "marks": dict(marks)})
     result = b""
     if spec.rank == 0:
         try:

@@ -49,8 +49,10 @@ _NO_BATCH = 1 << 30
 
 class LaunchJob(Job):
     """Handle on a launched job: ``Job``'s ``state``, ``progress``, ``history``, ``events``,
-    ``cancel()`` and ``result()`` (rank 0's return value), plus ``restarts`` (how often the
-    group re-formed after losing a device) and ``checkpoint_path`` (newest file written)."""
+    ``output``, ``timeline`` (seconds from the call to the probe, the rank processes, the
+    process group, the function's start and end), ``cancel()`` and ``result()`` (rank 0's
+    return value), plus ``restarts`` (how often the group re-formed after losing a device)
+    and ``checkpoint_path`` (newest file written)."""
 
     def __init__(self, job_id: str, hub: ProgressHub, store: CheckpointStore,
                  name: str = "launch") -> None:

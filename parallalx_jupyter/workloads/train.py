@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -99,8 +98,6 @@ class TrainingJob(Job):
         self.preflight: PreflightReport | None = None
         self.restarts = 0
         self.resume_notes: list[str] = []
-        self.timeline: dict[str, float] = {}
-        self.created_at = time.time()
         self._store = store
         super().__init__(job_id, "train", name, hub)
 
@@ -115,10 +112,6 @@ class TrainingJob(Job):
         elif kind == "resume":
             notes = [rec.get("text"), rec.get("fingerprint"), *(rec.get("hyperparameters") or [])]
             self.resume_notes += [n for n in notes if n and n not in self.resume_notes]
-        elif kind == "timeline":
-            marks = rec.get("marks") or {}
-            self.timeline = {k: round(v - self.created_at, 4)
-                             for k, v in sorted(marks.items(), key=lambda kv: kv[1])}
 
     @property
     def evaluations(self) -> list[dict[str, Any]]:

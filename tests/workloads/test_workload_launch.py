@@ -100,6 +100,10 @@ def test_plain_ddp_returns_rank_0s_value_and_reports_reach_the_job(cluster2) -> 
     assert job.history[-1]["lr"] == pytest.approx(0.05 * 0.5 ** 3)
     assert job.history[-1]["loss"] < job.history[0]["loss"]
     assert len(seen) == 6  # subscribers get every report as it happens
+    # where the time went, as train()'s jobs say it: seconds from the call, in order
+    order = ["probed", "submitted", "rank_process", "process_group", "fn_start", "fn_end"]
+    assert [k for k in job.timeline if k in order] == order, job.timeline
+    assert 0 < job.timeline["fn_start"] < job.timeline["fn_end"] < 180
     # the same result as one process doing the maths of both ranks' data (DDP averages)
     import torch
 
