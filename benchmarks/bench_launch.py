@@ -145,23 +145,6 @@ def torchrun(steps: int, warm: int, report_every: int, tmp: Path) -> dict[str, A
 
 
 # --------------------------------------------------------------------------- launch side
-DRIVER_MARKS: dict[str, dict[str, float]] = {}
-
-
-def _record_driver_marks() -> None:
-    """Copy the driver's phase marks (probed, shipped, rendezvous, submitted) per job: the
-    driver runs in this process; ``LaunchJob`` has no ``timeline`` of its own."""
-    from parallalx_jupyter.training import driver
-
-    original = driver.Driver._mark
-
-    def _mark(self: Any, name: str) -> None:
-        original(self, name)
-        DRIVER_MARKS.setdefault(self.job.job_id, {})[name] = self.marks[name]
-
-    driver.Driver._mark = _mark
-
-
 def launch(client: Any, steps: int, warm: int, report_every: int) -> dict[str, Any]:
     """``px.launch(train_loop, ...)``; marks relative to the ``launch()`` call."""
     import parallalx_jupyter as px
@@ -171,8 +154,10 @@ def launch(client: Any, steps: int, warm: int, report_every: int) -> dict[str, A
                     report=False)
     res = dict(job.result(900))
     wall = time.time() - t_call
-    res["phases"] = {k: v - t_call for k, v in
-                     {**DRIVER_MARKS.pop(job.id, {}), **res["marks"]}.items() if v}
+    # the job's timeline (the driver's phases, seconds after the job was made) and the
+    # function's own marks (wall clock), both as seconds after the call
+    driver = {k: job.created_at + v for k, v in job.timeline.items()}
+    res["phases"] = {k: v - t_call for k, v in {**driver, **res["marks"]}.items() if v}
     res["wall"] = wall
     hist = [h for h in job.history if "t" in h and h.get("step", 0) > warm]
     if len(hist) > 1:  # the same rate from the reported timestamps (cross-check)
@@ -255,7 +240,6 @@ def main() -> None:
     if train_loop.__module__ != "__main__":  # imported: ship the loop by value all the same
         cloudpickle.register_pickle_by_value(sys.modules[train_loop.__module__])
     dask.config.set(QUIET_DASK_CONFIG)
-    _record_driver_marks()
     sec = Security.temporary()  # local-only benchmark cluster; never shipped to other devices
     med = statistics.median
     tmp = Path(tempfile.mkdtemp(prefix="bench-launch-"))

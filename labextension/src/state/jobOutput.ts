@@ -7,6 +7,7 @@
 import type { IJob, IJobOutputLine } from '../models/apiTypes';
 import { jobOutputLines } from '../models/jobViews';
 import { IModelAPI, IModelHost, errorMessage } from './host';
+import { Throttle } from './throttle';
 
 /** An open Output re-reads its job at most once per this many ms. */
 export const OUTPUT_MIN_INTERVAL_MS = 500;
@@ -26,10 +27,7 @@ interface IEntry {
   updatedAt: number | null;
   seq: number;
   applied: number;
-  fetchedAt: number;
-  timer: ReturnType<typeof setTimeout> | null;
-  inflight: boolean;
-  again: boolean;
+  throttle: Throttle;
 }
 
 type OutputAPI = Pick<IModelAPI, 'getJob'>;
@@ -56,17 +54,19 @@ export class JobOutputState {
     if (this._host.isDisposed || this._entries.has(id)) {
       return;
     }
-    this._entries.set(id, {
+    const entry: IEntry = {
       lines: null,
       error: null,
       updatedAt: null,
       seq: 0,
       applied: 0,
-      fetchedAt: 0,
-      timer: null,
-      inflight: false,
-      again: false
-    });
+      throttle: new Throttle(
+        OUTPUT_MIN_INTERVAL_MS,
+        () => this._load(id, entry),
+        () => !this._host.isDisposed && this._entries.get(id) === entry
+      )
+    };
+    this._entries.set(id, entry);
     this._host.markActivity();
     this._host.emitChanged();
     this.refresh(id);
@@ -85,29 +85,7 @@ export class JobOutputState {
    * Does nothing for a job whose Output is closed.
    */
   refresh(id: string): void {
-    const entry = this._entries.get(id);
-    if (!entry || this._host.isDisposed || entry.timer !== null) {
-      return;
-    }
-    if (entry.inflight) {
-      entry.again = true;
-      return;
-    }
-    const wait = Math.max(0, entry.fetchedAt + OUTPUT_MIN_INTERVAL_MS - Date.now());
-    entry.timer = setTimeout(() => {
-      entry.timer = null;
-      if (this._host.isDisposed || this._entries.get(id) !== entry) {
-        return;
-      }
-      entry.inflight = true;
-      void this._load(id, entry).finally(() => {
-        entry.inflight = false;
-        if (entry.again && this._entries.get(id) === entry) {
-          entry.again = false;
-          this.refresh(id);
-        }
-      });
-    }, wait);
+    this._entries.get(id)?.throttle.request();
   }
 
   /**
@@ -142,10 +120,7 @@ export class JobOutputState {
     if (!entry) {
       return false;
     }
-    if (entry.timer !== null) {
-      clearTimeout(entry.timer);
-      entry.timer = null;
-    }
+    entry.throttle.cancel();
     this._entries.delete(id);
     return true;
   }
@@ -153,7 +128,6 @@ export class JobOutputState {
   /** One GET jobs/{id}; the answer is kept unless a newer one came first or the Output closed. */
   private async _load(id: string, entry: IEntry): Promise<void> {
     const seq = ++entry.seq;
-    entry.fetchedAt = Date.now();
     let job: IJob | null = null;
     let error: string | null = null;
     try {

@@ -6,6 +6,7 @@
 import type { IJob, IWorkloadRunBody } from '../models/apiTypes';
 import { jobEnded, sortJobs } from '../models/jobViews';
 import { IModelAPI, IModelHost, errorMessage } from './host';
+import { Throttle } from './throttle';
 
 /**
  * Job-progress events come as fast as a job reports: they refresh the jobs list (GET jobs only)
@@ -51,7 +52,7 @@ export class JobsState {
    */
   async fetch(): Promise<IJobsAnswer> {
     const seq = ++this._seq;
-    this._fetchedAt = Date.now();
+    this._throttle.markRun();
     try {
       return { seq, jobs: await this._api.listJobs(), error: null };
     } catch (error) {
@@ -79,27 +80,7 @@ export class JobsState {
    * into one fetch at the end of the interval.
    */
   refresh(): void {
-    if (this._host.isDisposed || this._timer !== null) {
-      return;
-    }
-    if (this._inflight) {
-      this._again = true;
-      return;
-    }
-    const wait = Math.max(0, this._fetchedAt + JOBS_MIN_INTERVAL_MS - Date.now());
-    this._timer = setTimeout(() => {
-      this._timer = null;
-      if (this._host.isDisposed) {
-        return;
-      }
-      this._inflight = this._load().finally(() => {
-        this._inflight = null;
-        if (this._again) {
-          this._again = false;
-          this.refresh();
-        }
-      });
-    }, wait);
+    this._throttle.request();
   }
 
   /** Ask a job's owner to cancel it; the job shows `cancelling` from the server's answer. */
@@ -138,10 +119,7 @@ export class JobsState {
 
   /** Stop the throttled refresh's timer. */
   dispose(): void {
-    if (this._timer !== null) {
-      clearTimeout(this._timer);
-      this._timer = null;
-    }
+    this._throttle.cancel();
   }
 
   /** The throttled jobs-only refresh. */
@@ -185,10 +163,11 @@ export class JobsState {
   private _jobs: IJob[] = [];
   private _error: string | null = null;
   private _busy = new Set<string>();
-  private _fetchedAt = 0;
   private _seq = 0;
   private _applied = 0;
-  private _timer: ReturnType<typeof setTimeout> | null = null;
-  private _inflight: Promise<void> | null = null;
-  private _again = false;
+  private readonly _throttle = new Throttle(
+    JOBS_MIN_INTERVAL_MS,
+    () => this._load(),
+    () => !this._host.isDisposed
+  );
 }
