@@ -29,7 +29,7 @@ from typing import Any
 
 from .errors import VersionMismatchError
 from .launcher import gloo_tls_available
-from .placement import Placement
+from .placement import MIN_SAVING_S, Placement
 
 PROBE_BYTES = 10_000_000
 MIN_PROBE_BYTES = 256_000
@@ -499,6 +499,7 @@ def build_report(
         line = _placement_line(
             [labels.get(str(d["worker"]), str(d["worker"])) for d in devices],
             len(devices) + len(idle), placement.gain,
+            short_s=placement.chosen.total_s if placement.short else None,
         )
         requested, strategy_reason = chosen.strategy, f"auto: {chosen.reason}"
         local_sgd_every = chosen.local_sgd_every or local_sgd_every
@@ -585,8 +586,15 @@ def build_report(
     )
 
 
-def _placement_line(chosen: Sequence[str], world: int, gain: float) -> str:
-    """"training on gaming-pc alone: predicted 4.8x faster than all three; ..."."""
+def _placement_line(
+    chosen: Sequence[str], world: int, gain: float, short_s: float | None = None
+) -> str:
+    """"training on gaming-pc alone: predicted 4.8x faster than all three; ..."; for a job
+    decided as too short (``short_s``: its predicted seconds on that device), says so instead
+    of a gain nothing measured."""
     who = f"{chosen[0]} alone" if len(chosen) == 1 else ", ".join(chosen)
     others = "the other stays idle" if world - len(chosen) == 1 else "the others stay idle"
+    if short_s is not None:
+        return (f"training on {who}: the whole job is predicted to take {short_s:.2g} s there, "
+                f"too short for {world} devices to save {MIN_SAVING_S:g} s; {others}")
     return f"training on {who}: predicted {gain:.1f}x faster than all {world}; {others}"

@@ -22,7 +22,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import gc
+import math
 import os
 import queue
 import random
@@ -57,7 +59,7 @@ from .heap import keep_freed_memory
 from .launcher import RankGroup, RankSpec, host_of, process_group, regroup, set_gloo_interface
 from .loop import Precision, StepRunner, build_scheduler, evaluate, scheduler_problem
 from .metrics import RankMetrics
-from .placement import link_bound, plan_placement
+from .placement import group_step_matters, link_bound, plan_placement, short_job_placement
 from .preflight import (
     PreflightReport,
     build_report,
@@ -392,8 +394,6 @@ class RankTrainer:
             for b, saved in zip(model.buffers(), buffers, strict=True):
                 b.copy_(saved)
         self.marks["pf_step_cost"] = time.time()
-        latency, bandwidth = measure_link(device, probe_bytes(param_bytes))
-        self.marks["pf_link"] = time.time()
         mine = {
             "worker": self.spec.worker,
             "host": host_of(self.spec.worker),
@@ -405,10 +405,29 @@ class RankTrainer:
         dist.all_gather_object(devices, mine)
         self._measured = [str(d["worker"]) for d in devices]  # in rank order
         choose = self.payload.choose_devices and self.world > 1
+        measured: dict[str, Any] = dict(
+            overhead=[max(float(d["overhead_s"]), 0.0) for d in devices],
+            per_sample=[max(float(d["per_sample_s"]), 1e-12) for d in devices],
+            memory_bytes=[int(d.get("memory_bytes", 0)) for d in devices],
+            global_batch=self.job.global_batch,
+            steps=self._steps_left,
+            param_bytes=param_bytes,
+            replan_s=REGROUP_S,
+            homogeneous=len({d["device"].split(":")[0] for d in devices}) == 1,
+        )
+        short = short_job_placement(**measured) if choose else None
+        if short is None:
+            latency, bandwidth = measure_link(device, probe_bytes(param_bytes))
+        else:  # one device alone, whatever the link: it is not measured (nor used)
+            latency, bandwidth = 0.0, math.inf
+        self.marks["pf_link"] = time.time()
+        plan = functools.partial(plan_placement, latency_s=latency, bandwidth_Bps=bandwidth,
+                                 **measured)
         group_step: float | None = None
-        if choose and probe_opt is not None and not link_bound(
-            devices, self.job.global_batch, param_bytes, latency, bandwidth
-        ):
+        if (short is None and choose and probe_opt is not None
+                and not link_bound(devices, self.job.global_batch, param_bytes, latency,
+                                   bandwidth)
+                and group_step_matters(plan)):
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 with self._user("the model's training step (preflight)"):
                     group_step = self._measure_group_step(
@@ -418,21 +437,9 @@ class RankTrainer:
         box: list[Any] = [None]
         if self.rank == 0:
             params = list(model.parameters())
-            placement = None
-            if choose:
-                placement = plan_placement(
-                    overhead=[max(float(d["overhead_s"]), 0.0) for d in devices],
-                    per_sample=[max(float(d["per_sample_s"]), 1e-12) for d in devices],
-                    memory_bytes=[int(d.get("memory_bytes", 0)) for d in devices],
-                    global_batch=self.job.global_batch,
-                    steps=self._steps_left,
-                    param_bytes=param_bytes,
-                    latency_s=latency,
-                    bandwidth_Bps=bandwidth,
-                    group_step_s=group_step,
-                    replan_s=REGROUP_S,
-                    homogeneous=len({d["device"].split(":")[0] for d in devices}) == 1,
-                )
+            placement = short
+            if choose and placement is None:
+                placement = plan(group_step_s=group_step)
             box[0] = build_report(
                 devices=devices,
                 backend=self.spec.backend,
@@ -444,7 +451,7 @@ class RankTrainer:
                 requested=self.payload.strategy or self.job.strategy,
                 shares=self.payload.shares,
                 local_sgd_every=self.payload.local_sgd_every or self.job.local_sgd_every,
-                homogeneous=len({d["device"].split(":")[0] for d in devices}) == 1,
+                homogeneous=bool(measured["homogeneous"]),
                 rank_traffic=self.spec.rank_traffic,
                 placement=placement,
                 placement_note=self.payload.placement,
