@@ -138,6 +138,8 @@ class Driver:
         self._chunks: dict[tuple[Any, Any], dict[int, bytes]] = {}
         self._final: dict[str, Any] | None = None
         self._cleanup: list[Future] = []
+        #: the job (model, data) on each worker, shipped once per job: attempts reuse it
+        self._job_on: dict[str, Future] = {}
         self.topics = JobTopics(client)
         # ``auto`` may leave devices idle (placement.py): measured on every device, the ranks
         # re-form their group on the chosen ones before the first step
@@ -463,6 +465,7 @@ class Driver:
         finally:
             self._drop_topics(delete=True)
             self._finish_cleanup()
+            self._release_job(keep=())
 
     def _drop_topics(self, delete: bool) -> None:
         """Free the scheduler's stored copies of this job's events (delivery is unaffected).
@@ -476,6 +479,25 @@ class Driver:
             self.topics.release()
         else:
             self.topics.truncate([self.job.ship_topic])
+
+    def _ship_job(self, workers: Sequence[str]) -> dict[str, Future]:
+        """The job on each of ``workers``: shipped to those that do not hold it yet.
+
+        A copy is gone when its worker left (its future is no longer ``finished``): that
+        worker, back under the same address, gets it again. Copies on workers the attempt no
+        longer uses are released.
+        """
+        self._release_job(keep=workers)
+        missing = [w for w in workers
+                   if w not in self._job_on or self._job_on[w].status != "finished"]
+        if missing:
+            self._job_on.update(ship_to_each(self.client, self.job, missing))
+        return {w: self._job_on[w] for w in workers}
+
+    def _release_job(self, keep: Sequence[str]) -> None:
+        for w in [w for w in self._job_on if w not in keep]:
+            with contextlib.suppress(Exception):
+                self._job_on.pop(w).release()
 
     def _finish_cleanup(self, timeout: float = 5.0) -> None:
         """Wait briefly for the rendezvous cleanup tasks, then forget them."""
@@ -597,7 +619,7 @@ class Driver:
         shares: list[float] | None = None,
     ) -> AttemptOutcome:
         payload = AttemptPayload(
-            job=self.job,
+            job=None,  # on each worker already, or shipped beside it (``_ship_job``)
             resume=resume,
             strategy=fixed[0] if fixed else None,
             local_sgd_every=(fixed[1] or None) if fixed else None,
@@ -635,6 +657,7 @@ class Driver:
             try:
                 # One copy per worker, each sent from here: never replicated between workers,
                 # so no device ever decodes data that another device handed it.
+                job_futures = self._ship_job(workers)
                 payload_futures = ship_to_each(self.client, payload, workers)
             except Exception as exc:  # a worker vanished between probe and scatter
                 return AttemptOutcome(
@@ -649,7 +672,8 @@ class Driver:
                 return failure
             self._mark("rendezvous")
             futures = submit_ranks(
-                self.client, self.rank_task, workers, make_spec, per_worker=payload_futures
+                self.client, self.rank_task, workers, make_spec,
+                per_worker={w: (payload_futures[w], job_futures[w]) for w in workers},
             )
             self._mark("submitted")
             return self._monitor(futures, workers)

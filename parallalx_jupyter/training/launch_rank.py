@@ -56,7 +56,7 @@ from typing import Any
 
 from .errors import UserCodeError
 from .launcher import RankGroup, RankSpec, host_of
-from .spec import AttemptPayload
+from .spec import AttemptPayload, JobSpec
 
 #: store keys of the end-of-run barrier
 _DONE = "parallalx-launch/done/"
@@ -411,11 +411,13 @@ def in_launch() -> bool:
     return _CURRENT is not None
 
 
-def run_launch_rank(spec: RankSpec, payload: AttemptPayload) -> bytes:
+def run_launch_rank(
+    spec: RankSpec, shipped: AttemptPayload | tuple[AttemptPayload, JobSpec]
+) -> bytes:
     """Dask task of one launched rank: ``rank.run_rank`` with the user's function as body."""
     from .rank import run_rank
 
-    return run_rank(spec, payload, launch_body)
+    return run_rank(spec, shipped, launch_body)
 
 
 __all__ = ["HungRankError", "checkpoint", "in_launch", "launch_body", "report", "restore",

@@ -4,7 +4,7 @@ Three things are measured because each one changes a decision:
 
 * versions (before the group forms): a torch/Python/CUDA mismatch is refused with a table of who
   runs what, since mismatched builds fail later in far more confusing ways;
-* the link: a tiny all-reduce (latency) and a ~10 MB all-reduce (bus bandwidth ``B``, from the
+* the link: a tiny all-reduce (latency) and one of up to 4 MB (bus bandwidth ``B``, from the
   ring formula), which bound what any data-parallel strategy can reach;
 * each device: a few forward/backward passes of the *real* model on a real sample batch (no
   optimizer step, RNG and buffers restored afterwards), giving samples/s for the batch shares
@@ -31,14 +31,15 @@ from .errors import VersionMismatchError
 from .launcher import gloo_tls_available
 from .placement import MIN_SAVING_S, Placement
 
-PROBE_BYTES = 10_000_000
+PROBE_BYTES = 4_000_000
 MIN_PROBE_BYTES = 256_000
 
 
 def probe_bytes(param_bytes: int) -> int:
-    """The bandwidth probe's size: four gradients' worth, between 256 kB and 10 MB. Four 10 MB
-    all-reduces cost ~0.3 s at 1 Gbit/s, as long as a small model's whole training; for a
-    model that small the link's latency, not its bandwidth, decides."""
+    """The bandwidth probe's size: four gradients' worth, between 256 kB and 4 MB. Four 10 MB
+    all-reduces cost ~0.3 s at 1 Gbit/s, as long as a small model's whole training (for a
+    model that small the link's latency, not its bandwidth, decides) and 0.36 s of the 17M
+    MLP's 1.2 s preflight in benchmark (c); three of 4 MB take ~0.1 s there."""
     return int(min(PROBE_BYTES, max(MIN_PROBE_BYTES, 4 * param_bytes)))
 
 
@@ -186,7 +187,7 @@ def check_connectivity(device: Any) -> None:
         raise RuntimeError(f"connectivity check summed to {t.item()}, not the world size")
 
 
-def measure_link(device: Any, size_bytes: int = PROBE_BYTES, iters: int = 3) -> tuple[float, float]:
+def measure_link(device: Any, size_bytes: int = PROBE_BYTES, iters: int = 2) -> tuple[float, float]:
     """(latency s, ring bus bandwidth bytes/s) from a 4-byte and a ``size_bytes`` all-reduce.
 
     Bus bandwidth ``B = 2(N-1)/N * S / t`` is the figure the ring formula needs, so a prediction

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import EXIT_ORPHANED, RankInfraError, UserCodeError, is_comm_error
 from .launcher import RankSpec, claim_rendezvous, tls_files_of, worker_slot
-from .spec import AttemptPayload
+from .spec import AttemptPayload, JobSpec, with_job
 from .torch_processes import children_allowed, rank_process_context
 
 if TYPE_CHECKING:
@@ -90,18 +90,25 @@ def ship_messages(msg: dict[str, Any], seq: int) -> Iterator[dict[str, Any]]:
         }
 
 
-def run_rank(spec: RankSpec, payload: AttemptPayload, body: RankBody | None = None) -> bytes:
+def run_rank(
+    spec: RankSpec,
+    shipped: AttemptPayload | tuple[AttemptPayload, JobSpec],
+    body: RankBody | None = None,
+) -> bytes:
     """Dask task entry point for one rank; returns the rank's small summary dict as data
     (``wire.to_wire``: nothing a device returns is unpickled on the main device).
 
-    ``body`` is what the rank process runs inside its process group (``child_main``): the
-    training loop by default, the user's own function for ``launch`` (``launch_rank.py``)."""
+    ``shipped``: the attempt's payload and the job, each already on this worker (the job
+    once per job, ``spec.with_job``). ``body`` is what the rank process runs inside its
+    process group (``child_main``): the training loop by default, the user's own function
+    for ``launch`` (``launch_rank.py``)."""
     from distributed import get_worker
 
     from ..wire import to_wire
 
     worker = get_worker()
     key = worker.get_current_task()
+    payload = with_job(shipped)
     job = payload.job
     spec = dataclasses.replace(spec, tls_files=tls_files_of(worker))
     # Rank 0 holds the attempt's store server open for as long as this task runs.

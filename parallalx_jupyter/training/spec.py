@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .options import (
@@ -74,9 +74,14 @@ class JobSpec:
 
 @dataclass
 class AttemptPayload:
-    """What one attempt ships to its ranks (scattered once, shared by all rank tasks)."""
+    """What one attempt ships to its ranks (one copy per worker, each attempt).
 
-    job: JobSpec
+    The job itself (the user's model and data: the big part) travels to each worker once per
+    job, beside it (:func:`with_job`): a restart re-ships only the resume point and the plan.
+    """
+
+    #: None in transit from the driver; the rank task joins it with the job (:func:`with_job`)
+    job: JobSpec | None
     resume: bytes | None = None
     strategy: str | None = None  # fixed after the first attempt so restarts keep the maths
     local_sgd_every: int | None = None
@@ -89,6 +94,17 @@ class AttemptPayload:
     placement: str = ""
     #: worker address -> the device's name, for reports
     names: dict[str, str] | None = None
+
+
+def with_job(shipped: AttemptPayload | tuple[AttemptPayload, JobSpec]) -> AttemptPayload:
+    """The attempt's payload joined with the job it belongs to, as a rank task receives them
+    (the driver's ``(attempt payload, job)`` per worker; a bare payload carries its job)."""
+    if isinstance(shipped, tuple):
+        payload, job = shipped
+        return replace(payload, job=job)
+    if shipped.job is None:
+        raise TypeError("an attempt payload without its job")
+    return shipped
 
 
 # --------------------------------------------------------------------------- user objects

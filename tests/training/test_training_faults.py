@@ -73,7 +73,25 @@ def restart_events(job) -> list[dict]:
     return [e for e in job.events if e["kind"] == "restart"]
 
 
-def test_sigkill_worker_finishes_with_survivors(cluster3, tmp_path) -> None:
+def shipped_jobs(client, monkeypatch) -> list[tuple[str, ...]]:
+    """The workers each copy of a training job (its model and data) was scattered to."""
+    from parallalx_jupyter.training.spec import JobSpec
+
+    seen: list[tuple[str, ...]] = []
+    scatter = client.scatter
+
+    def recording(data, *args, **kw):
+        if isinstance(data, list) and data and isinstance(data[0], JobSpec):
+            seen.append(tuple(kw.get("workers") or ()))
+        return scatter(data, *args, **kw)
+
+    monkeypatch.setattr(client, "scatter", recording)
+    return seen
+
+
+def test_sigkill_worker_finishes_with_survivors(cluster3, tmp_path, monkeypatch) -> None:
+    shipped = shipped_jobs(cluster3.client, monkeypatch)
+    everyone = sorted((w,) for w in cluster3.workers_by_name().values())
     job = start(cluster3, checkpoint_dir=tmp_path)
     wait_for_step(job, 120)
     address, name = victim_of(cluster3, job, rank=1)
@@ -87,6 +105,8 @@ def test_sigkill_worker_finishes_with_survivors(cluster3, tmp_path) -> None:
     assert restart["time"] - killed_at < 10, "survivors should fail fast on a crash"
     assert restart["repeated_steps"] <= CHECKPOINT_EVERY
     assert job.preflight.world_size == 2
+    # the job travelled to each worker once: the restart re-shipped only the resume point
+    assert sorted(shipped) == everyone, shipped
     assert job.progress["global_step"] == job.progress["total_steps"] == 750
     x, y = data(2000)
     assert (trained(x).argmax(1) == y).float().mean() > 0.9
