@@ -536,6 +536,9 @@ def build_report(
         for s in STRATEGIES
     }
     predicted_step = compute_s + comm[name]
+    if group_step_s > 0 and name == "ddp" and (placement is None or not placement.is_subset):
+        # measured on these very ranks: what the model leaves out (the stack's per-step cost)
+        predicted_step = max(predicted_step, group_step_s)
     if placement is not None:
         chosen = placement.chosen
         if chosen.strategy == name:  # it includes the measured group step, or is one device

@@ -59,7 +59,14 @@ from .heap import keep_freed_memory
 from .launcher import RankGroup, RankSpec, host_of, process_group, regroup, set_gloo_interface
 from .loop import Precision, StepRunner, build_scheduler, evaluate, scheduler_problem
 from .metrics import RankMetrics
-from .placement import group_step_matters, link_bound, plan_placement, short_job_placement
+from .placement import (
+    CHEAP_GROUP_STEP_S,
+    group_step_matters,
+    link_bound,
+    modelled_group_step,
+    plan_placement,
+    short_job_placement,
+)
 from .preflight import (
     PreflightReport,
     build_report,
@@ -424,10 +431,8 @@ class RankTrainer:
         plan = functools.partial(plan_placement, latency_s=latency, bandwidth_Bps=bandwidth,
                                  **measured)
         group_step: float | None = None
-        if (short is None and choose and probe_opt is not None
-                and not link_bound(devices, self.job.global_batch, param_bytes, latency,
-                                   bandwidth)
-                and group_step_matters(plan)):
+        if self._times_group_step(choose, short is None and probe_opt is not None, devices,
+                                  measured, latency, bandwidth, plan):
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 with self._user("the model's training step (preflight)"):
                     group_step = self._measure_group_step(
@@ -461,6 +466,26 @@ class RankTrainer:
             ).to_dict()
         dist.broadcast_object_list(box, src=0)
         return PreflightReport.from_dict(box[0])
+
+    def _times_group_step(
+        self, choose: bool, possible: bool, devices: list[Any], measured: dict[str, Any],
+        latency: float, bandwidth: float, plan: Callable[..., Any],
+    ) -> bool:
+        """Whether the preflight times real DDP steps of the whole group (every rank decides
+        alike, from the same gathered numbers): where ``auto``'s choice depends on them, and
+        for the prediction alone where they are cheap (``CHEAP_GROUP_STEP_S``) and the steps
+        are plain DDP's; never where the link model says DDP cannot pay (``link_bound``)."""
+        if not possible or self.world < 2 or link_bound(
+            devices, self.job.global_batch, measured["param_bytes"], latency, bandwidth
+        ):
+            return False
+        cheap = modelled_group_step(
+            measured["overhead"], measured["per_sample"], self.job.global_batch,
+            measured["param_bytes"], latency, bandwidth,
+        ) <= CHEAP_GROUP_STEP_S
+        if choose:
+            return cheap or group_step_matters(plan)
+        return cheap and (self.payload.strategy or self.job.strategy) == "ddp"
 
     def _measure_group_step(
         self, devices: list[Any], net: Any, step: Any, dataset_len: int, device: Any

@@ -182,6 +182,17 @@ def test_the_report_of_a_short_job_says_why_one_device_trains_not_a_gain():
     assert "link:" not in str(report)
 
 
+def test_a_measured_group_step_is_the_prediction_of_ddp_on_every_device():
+    kw = dict(devices=_devices(2), backend="gloo", latency_s=300e-6, bandwidth_Bps=8 * GBIT,
+              param_count=10_000, param_bytes=40_000, global_batch=64)
+    modelled = build_report(requested="ddp", **kw)
+    measured = build_report(requested="ddp", group_step_s=3 * modelled.predicted_step_s, **kw)
+    assert measured.predicted_step_s == pytest.approx(3 * modelled.predicted_step_s)
+    # not for another strategy's steps, which it did not time
+    other = build_report(requested="ddp_fp16", group_step_s=3 * modelled.predicted_step_s, **kw)
+    assert other.predicted_step_s < 2 * modelled.predicted_step_s
+
+
 def test_the_report_says_when_the_maths_is_not_exact_and_shows_measured_speed():
     report = build_report(
         devices=_devices(2), backend="gloo", latency_s=300e-6, bandwidth_Bps=8 * GBIT,
@@ -265,6 +276,11 @@ def test_explicit_workers_or_strategy_keep_every_device(cluster2):
     assert job.preflight.world_size == 2 and not job.preflight.idle
     job = _train(cluster2, _tiny(), epochs=1, batch_size=64, strategy="ddp")
     assert job.preflight.world_size == 2 and not job.preflight.idle
+    # a millisecond step: the group's real step is timed for the prediction (cheap), and the
+    # prediction is no faster than it
+    report = job.preflight
+    assert report.group_step_s > 0, str(report)
+    assert report.predicted_step_s >= report.group_step_s
 
 
 # --------------------------------------------------------------------------- rebalancing
