@@ -29,7 +29,7 @@ from typing import Any
 
 from .errors import VersionMismatchError
 from .launcher import gloo_tls_available
-from .placement import MIN_SAVING_S, Placement
+from .placement import MIN_GAIN, MIN_SAVING_S, Placement
 
 PROBE_BYTES = 4_000_000
 MIN_PROBE_BYTES = 256_000
@@ -601,4 +601,8 @@ def _placement_line(
     if short_s is not None:
         return (f"training on {who}: the whole job is predicted to take {short_s:.2g} s there, "
                 f"too short for {world} devices to save {MIN_SAVING_S:g} s; {others}")
+    if gain < 1:  # near a tie: more devices were a little faster, not enough to be worth it
+        return (f"training on {who}: all {world} were predicted only {1 / gain:.2f}x faster, "
+                f"less than the {MIN_GAIN:.0%} and {MIN_SAVING_S:g} s more devices must save; "
+                f"{others}")
     return f"training on {who}: predicted {gain:.1f}x faster than all {world}; {others}"
