@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,11 +61,19 @@ class UnwaitedDevice(LocalDevice):
 
 
 def _jupyter_status(dev: LocalDevice) -> int:
-    """HTTP status of Jupyter's own /api/status (not parallalx's API)."""
+    """HTTP status of Jupyter's own /api/status (not parallalx's API); 0 while nothing listens
+    yet (the refusal is logged while the server is still starting)."""
     request = urllib.request.Request(f"{dev.url}/api/status")
     request.add_header("Authorization", f"token {dev.token}")
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return response.status
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as err:
+        return err.code
+    except urllib.error.URLError as err:
+        if isinstance(err.reason, ConnectionRefusedError):
+            return 0
+        raise
 
 
 def _log_lines_with(dev: LocalDevice, text: str) -> list[str]:
