@@ -76,15 +76,36 @@ def _compute_s(
     return max(x + y * n for x, y, n in zip(a, b, split, strict=True))
 
 
-def modelled_group_step(
-    overhead: Sequence[float], per_sample: Sequence[float], global_batch: int,
-    param_bytes: int, latency_s: float, bandwidth_Bps: float,
-) -> float:
-    """One synchronous DDP step of every device by the link model: the slowest share's
-    compute plus the ring all-reduce."""
-    n = len(overhead)
-    return _compute_s(range(n), global_batch, overhead, per_sample) + comm_seconds(
-        "ddp", param_bytes, n, latency_s, bandwidth_Bps)
+@dataclass(frozen=True)
+class StepCosts:
+    """What the preflight gathered from every rank, with the job's size: the inputs of every
+    placement decision. Each rank holds the same one, so each decides alike."""
+
+    overhead: Sequence[float]  # per rank: seconds of a step whatever its batch
+    per_sample: Sequence[float]  # per rank: seconds per sample of a step
+    memory_bytes: Sequence[int]
+    global_batch: int
+    steps: int  # the steps left to train
+    param_bytes: int
+    replan_s: float  # what re-forming the group on fewer ranks costs
+    homogeneous: bool = True
+
+    @property
+    def single(self) -> list[float]:
+        """Each device's step on the whole global batch alone."""
+        return [a + b * self.global_batch
+                for a, b in zip(self.overhead, self.per_sample, strict=True)]
+
+    def compute_s(self, ranks: Sequence[int]) -> float:
+        """The slowest share's compute when ``ranks`` split the global batch."""
+        return _compute_s(ranks, self.global_batch, self.overhead, self.per_sample)
+
+    def modelled_group_step(self, latency_s: float, bandwidth_Bps: float) -> float:
+        """One synchronous DDP step of every device by the link model: the slowest share's
+        compute plus the ring all-reduce."""
+        n = len(self.overhead)
+        return self.compute_s(range(n)) + comm_seconds(
+            "ddp", self.param_bytes, n, latency_s, bandwidth_Bps)
 
 
 #: A group step the link model puts under this is timed for the prediction alone: a few
@@ -93,18 +114,15 @@ def modelled_group_step(
 CHEAP_GROUP_STEP_S = 0.01
 
 
-def link_bound(
-    devices: Sequence[dict], global_batch: int, param_bytes: int, latency_s: float,
-    bandwidth_Bps: float,
-) -> bool:
+def link_bound(costs: StepCosts, latency_s: float, bandwidth_Bps: float) -> bool:
     """True when the link model alone says exact DDP cannot pay (its all-reduce takes more
     than twice the compute of a step): timing a real DDP step would then cost seconds of a
     slow link (a 17M-parameter model: ~0.6 s a step at 1 Gbit/s) to learn nothing.
     Deterministic from numbers every rank holds, so all ranks agree to skip."""
-    n = len(devices)
-    compute = max(float(d["overhead_s"]) + float(d["per_sample_s"]) * global_batch / n
-                  for d in devices)
-    return comm_seconds("ddp", param_bytes, n, latency_s, bandwidth_Bps) > 2 * compute
+    n = len(costs.overhead)
+    compute = max(a + b * costs.global_batch / n
+                  for a, b in zip(costs.overhead, costs.per_sample, strict=True))
+    return comm_seconds("ddp", costs.param_bytes, n, latency_s, bandwidth_Bps) > 2 * compute
 
 
 #: What a measured group step may exceed the link model by before a decision taken without
@@ -123,7 +141,7 @@ def excess_allowance(modelled_step_s: float) -> float:
 def group_step_matters(plan: Callable[..., Placement]) -> bool:
     """Whether timing real DDP steps of the whole group could change ``plan``'s choice.
 
-    ``plan`` is :func:`plan_placement` with every input but the group step bound. Timing
+    ``plan`` is :func:`plan_placement` with the costs and the link bound. Timing
     the group costs a few of its steps (0.45 s of a CNN's 4.6 s job: a tenth of what two
     devices are there to save) and is only worth it where the choice depends on it: when
     the link model alone and the link model plus :func:`excess_allowance` per step choose
@@ -135,17 +153,7 @@ def group_step_matters(plan: Callable[..., Placement]) -> bool:
         worst.chosen.ranks, worst.chosen.strategy)
 
 
-def short_job_placement(
-    *,
-    overhead: Sequence[float],
-    per_sample: Sequence[float],
-    memory_bytes: Sequence[int],
-    global_batch: int,
-    steps: int,
-    param_bytes: int,
-    replan_s: float,
-    homogeneous: bool = True,
-) -> Placement | None:
+def short_job_placement(costs: StepCosts) -> Placement | None:
     """The fastest device alone, when it finishes the whole job in under :data:`MIN_SAVING_S`.
 
     :func:`plan_placement` would choose it whatever the link measures (more devices must save
@@ -154,57 +162,50 @@ def short_job_placement(
     0.1 s that two devices cost over one. Deterministic from the gathered step costs, so every
     rank skips the same collectives. None: the job is long enough to measure everything.
     """
-    n = len(overhead)
+    n = len(costs.overhead)
     if n < 2:
         return None
-    single = [overhead[i] + per_sample[i] * global_batch for i in range(n)]
+    single = costs.single
     fastest = min(range(n), key=lambda i: (single[i], i))
-    total = steps * single[fastest] + replan_s
+    total = costs.steps * single[fastest] + costs.replan_s
     if total > MIN_SAVING_S:
         return None
     name, reason, h = choose_strategy(
-        param_bytes=param_bytes, world=1, compute_s=single[fastest], single_s=single[fastest],
-        latency_s=0.0, bandwidth_Bps=float("inf"),
-        min_memory_bytes=int(memory_bytes[fastest]), homogeneous_devices=homogeneous,
+        param_bytes=costs.param_bytes, world=1, compute_s=single[fastest],
+        single_s=single[fastest], latency_s=0.0, bandwidth_Bps=float("inf"),
+        min_memory_bytes=int(costs.memory_bytes[fastest]),
+        homogeneous_devices=costs.homogeneous,
     )
-    compute_all = _compute_s(range(n), global_batch, overhead, per_sample)
+    compute_all = costs.compute_s(range(n))
     return Placement(
         chosen=Candidate((fastest,), name, reason, h, single[fastest], total),
         every=Candidate(tuple(range(n)), "ddp", "not measured", 0, compute_all,
-                        steps * compute_all),
+                        costs.steps * compute_all),
         short=True,
     )
 
 
 def plan_placement(
+    costs: StepCosts,
     *,
-    overhead: Sequence[float],
-    per_sample: Sequence[float],
-    memory_bytes: Sequence[int],
-    global_batch: int,
-    steps: int,
-    param_bytes: int,
     latency_s: float,
     bandwidth_Bps: float,
     group_step_s: float | None,
-    replan_s: float,
-    homogeneous: bool = True,
     assume_excess: bool = False,
 ) -> Placement:
     """Predict each prefix of the fastest devices and return the best and the all-device one.
 
     ``group_step_s`` is the measured synchronous step of all N ranks (None: not measured, the
-    model alone predicts, or with ``assume_excess`` the model plus :func:`excess_allowance`);
-    ``replan_s`` what re-forming the group on fewer ranks costs.
+    model alone predicts, or with ``assume_excess`` the model plus :func:`excess_allowance`).
     """
-    n = len(overhead)
-    single = [overhead[i] + per_sample[i] * global_batch for i in range(n)]
+    n = len(costs.overhead)
+    global_batch, param_bytes = costs.global_batch, costs.param_bytes
+    single = costs.single
     order = sorted(range(n), key=lambda i: (single[i], i))
     fastest_single = min(single)
     excess = 0.0
     if n > 1 and (group_step_s is not None or assume_excess):
-        modelled = modelled_group_step(overhead, per_sample, global_batch, param_bytes,
-                                       latency_s, bandwidth_Bps)
+        modelled = costs.modelled_group_step(latency_s, bandwidth_Bps)
         excess = (max(group_step_s - modelled, 0.0) if group_step_s is not None
                   else excess_allowance(modelled))
     candidates = []
@@ -214,7 +215,7 @@ def plan_placement(
         ranks = tuple(sorted(order[:k] if k == 1 else [0, *[i for i in order if i][: k - 1]]))
         if k > global_batch:  # every rank needs at least one sample per step
             break
-        compute = _compute_s(ranks, global_batch, overhead, per_sample)
+        compute = costs.compute_s(ranks)
         name, reason, h = choose_strategy(
             param_bytes=param_bytes,
             world=k,
@@ -222,8 +223,8 @@ def plan_placement(
             single_s=fastest_single,
             latency_s=latency_s,
             bandwidth_Bps=bandwidth_Bps,
-            min_memory_bytes=min(int(memory_bytes[i]) for i in ranks),
-            homogeneous_devices=homogeneous,
+            min_memory_bytes=min(int(costs.memory_bytes[i]) for i in ranks),
+            homogeneous_devices=costs.homogeneous,
         )
         comm = comm_seconds(name, param_bytes, k, latency_s, bandwidth_Bps, h or 8, compute)
         # Every strategy pays the excess each step: measured, local SGD's steps of a small
@@ -232,7 +233,7 @@ def plan_placement(
         step = compute + comm + (excess if k > 1 else 0.0)
         if k == n and group_step_s is not None and name in ("ddp", "ddp_fp16"):
             step = max(step, group_step_s) if name == "ddp" else step
-        total = steps * step + (replan_s if k < n else 0.0)
+        total = costs.steps * step + (costs.replan_s if k < n else 0.0)
         candidates.append(Candidate(ranks, name, reason, h, step, total))
     every = candidates[-1]
     fastest = min(c.total_s for c in candidates)

@@ -61,9 +61,9 @@ from .loop import Precision, StepRunner, build_scheduler, evaluate, scheduler_pr
 from .metrics import RankMetrics
 from .placement import (
     CHEAP_GROUP_STEP_S,
+    StepCosts,
     group_step_matters,
     link_bound,
-    modelled_group_step,
     plan_placement,
     short_job_placement,
 )
@@ -412,7 +412,7 @@ class RankTrainer:
         dist.all_gather_object(devices, mine)
         self._measured = [str(d["worker"]) for d in devices]  # in rank order
         choose = self.payload.choose_devices and self.world > 1
-        measured: dict[str, Any] = dict(
+        costs = StepCosts(
             overhead=[max(float(d["overhead_s"]), 0.0) for d in devices],
             per_sample=[max(float(d["per_sample_s"]), 1e-12) for d in devices],
             memory_bytes=[int(d.get("memory_bytes", 0)) for d in devices],
@@ -422,17 +422,17 @@ class RankTrainer:
             replan_s=REGROUP_S,
             homogeneous=len({d["device"].split(":")[0] for d in devices}) == 1,
         )
-        short = short_job_placement(**measured) if choose else None
+        short = short_job_placement(costs) if choose else None
         if short is None:
             latency, bandwidth = measure_link(device, probe_bytes(param_bytes))
         else:  # one device alone, whatever the link: it is not measured (nor used)
             latency, bandwidth = 0.0, math.inf
         self.marks["pf_link"] = time.time()
-        plan = functools.partial(plan_placement, latency_s=latency, bandwidth_Bps=bandwidth,
-                                 **measured)
+        plan = functools.partial(plan_placement, costs, latency_s=latency,
+                                 bandwidth_Bps=bandwidth)
         group_step: float | None = None
-        if self._times_group_step(choose, short is None and probe_opt is not None, devices,
-                                  measured, latency, bandwidth, plan):
+        if self._times_group_step(choose, short is None and probe_opt is not None, costs,
+                                  latency, bandwidth, plan):
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 with self._user("the model's training step (preflight)"):
                     group_step = self._measure_group_step(
@@ -456,7 +456,7 @@ class RankTrainer:
                 requested=self.payload.strategy or self.job.strategy,
                 shares=self.payload.shares,
                 local_sgd_every=self.payload.local_sgd_every or self.job.local_sgd_every,
-                homogeneous=bool(measured["homogeneous"]),
+                homogeneous=costs.homogeneous,
                 rank_traffic=self.spec.rank_traffic,
                 placement=placement,
                 placement_note=self.payload.placement,
@@ -468,21 +468,16 @@ class RankTrainer:
         return PreflightReport.from_dict(box[0])
 
     def _times_group_step(
-        self, choose: bool, possible: bool, devices: list[Any], measured: dict[str, Any],
-        latency: float, bandwidth: float, plan: Callable[..., Any],
+        self, choose: bool, possible: bool, costs: StepCosts, latency: float, bandwidth: float,
+        plan: Callable[..., Any],
     ) -> bool:
         """Whether the preflight times real DDP steps of the whole group (every rank decides
         alike, from the same gathered numbers): where ``auto``'s choice depends on them, and
         for the prediction alone where they are cheap (``CHEAP_GROUP_STEP_S``) and the steps
         are plain DDP's; never where the link model says DDP cannot pay (``link_bound``)."""
-        if not possible or self.world < 2 or link_bound(
-            devices, self.job.global_batch, measured["param_bytes"], latency, bandwidth
-        ):
+        if not possible or self.world < 2 or link_bound(costs, latency, bandwidth):
             return False
-        cheap = modelled_group_step(
-            measured["overhead"], measured["per_sample"], self.job.global_batch,
-            measured["param_bytes"], latency, bandwidth,
-        ) <= CHEAP_GROUP_STEP_S
+        cheap = costs.modelled_group_step(latency, bandwidth) <= CHEAP_GROUP_STEP_S
         if choose:
             return cheap or group_step_matters(plan)
         return cheap and (self.payload.strategy or self.job.strategy) == "ddp"

@@ -11,6 +11,7 @@ from torch import nn
 from parallalx_jupyter.training.placement import (
     MIN_GAIN,
     MIN_SAVING_S,
+    StepCosts,
     group_step_matters,
     plan_placement,
     short_job_placement,
@@ -20,13 +21,19 @@ from parallalx_jupyter.training.preflight import PreflightReport, build_report
 GBIT = 125e6
 
 
+def _costs(overhead, per_sample, *, steps=200, param_bytes=40_000, global_batch=64,
+           replan_s=0.1) -> StepCosts:
+    return StepCosts(overhead=overhead, per_sample=per_sample,
+                     memory_bytes=[8 << 30] * len(overhead), global_batch=global_batch,
+                     steps=steps, param_bytes=param_bytes, replan_s=replan_s)
+
+
 def _plan(overhead, per_sample, *, group_step_s, param_bytes=40_000, steps=200, **kw):
-    n = len(overhead)
     return plan_placement(
-        overhead=overhead, per_sample=per_sample, memory_bytes=[8 << 30] * n,
-        global_batch=64, steps=steps, param_bytes=param_bytes, latency_s=300e-6,
-        bandwidth_Bps=kw.pop("bandwidth_Bps", 8 * GBIT), group_step_s=group_step_s,
-        replan_s=kw.pop("replan_s", 0.1), **kw,
+        _costs(overhead, per_sample, steps=steps, param_bytes=param_bytes,
+               replan_s=kw.pop("replan_s", 0.1)),
+        latency_s=300e-6, bandwidth_Bps=kw.pop("bandwidth_Bps", 8 * GBIT),
+        group_step_s=group_step_s, **kw,
     )
 
 
@@ -90,8 +97,7 @@ def test_a_job_shorter_than_the_saving_is_placed_without_measuring_the_link(
     # 200 steps of ~1 ms: 0.2 s on one device, which more devices cannot cut by MIN_SAVING_S;
     # the full plan picks the same device whatever the link and the group step measure
     over, per = [0.9e-3, 0.8e-3], [5e-6, 4e-6]
-    short = short_job_placement(overhead=over, per_sample=per, memory_bytes=[8 << 30] * 2,
-                                global_batch=64, steps=200, param_bytes=40_000, replan_s=0.1)
+    short = short_job_placement(_costs(over, per, steps=200, replan_s=0.1))
     full = _plan(over, per, group_step_s=group_step_s, bandwidth_Bps=bandwidth_Bps)
     assert short is not None and short.short and short.chosen.ranks == (1,)
     assert full.chosen.ranks == short.chosen.ranks
@@ -101,20 +107,17 @@ def test_a_job_shorter_than_the_saving_is_placed_without_measuring_the_link(
 
 
 def test_a_job_longer_than_the_saving_measures_everything():
-    kw = dict(overhead=[0.9e-3, 0.8e-3], per_sample=[5e-6, 4e-6], memory_bytes=[8 << 30] * 2,
-              global_batch=64, param_bytes=40_000, replan_s=0.03)
-    assert short_job_placement(steps=1000, **kw) is None  # 1.09 s alone
-    assert short_job_placement(steps=800, **kw) is not None  # 0.87 s
-    assert short_job_placement(steps=10, **{**kw, "overhead": [0.9e-3]}) is None  # one device
+    over, per = [0.9e-3, 0.8e-3], [5e-6, 4e-6]
+    assert short_job_placement(_costs(over, per, steps=1000, replan_s=0.03)) is None  # 1.09 s
+    assert short_job_placement(_costs(over, per, steps=800, replan_s=0.03)) is not None  # 0.87
+    assert short_job_placement(_costs([0.9e-3], [5e-6], steps=10)) is None  # one device
 
 
 def _plan_without_group_step(overhead, per_sample, *, steps, param_bytes, bandwidth_Bps):
-    n = len(overhead)
-    return functools.partial(
-        plan_placement, overhead=overhead, per_sample=per_sample, memory_bytes=[8 << 30] * n,
-        global_batch=128, steps=steps, param_bytes=param_bytes, latency_s=300e-6,
-        bandwidth_Bps=bandwidth_Bps, replan_s=0.03,
-    )
+    costs = _costs(overhead, per_sample, steps=steps, param_bytes=param_bytes,
+                   global_batch=128, replan_s=0.03)
+    return functools.partial(plan_placement, costs, latency_s=300e-6,
+                             bandwidth_Bps=bandwidth_Bps)
 
 
 def test_the_group_step_is_not_timed_where_no_plausible_result_changes_the_choice():
@@ -182,9 +185,7 @@ def test_the_report_of_a_near_tie_says_the_pair_was_not_faster_enough():
 
 def test_the_report_of_a_short_job_says_why_one_device_trains_not_a_gain():
     over, per = [0.8e-3, 0.8e-3], [4e-6, 4e-6]
-    placement = short_job_placement(overhead=over, per_sample=per, memory_bytes=[8 << 30] * 2,
-                                    global_batch=64, steps=300, param_bytes=40_000,
-                                    replan_s=0.03)
+    placement = short_job_placement(_costs(over, per, steps=300, replan_s=0.03))
     report = build_report(
         devices=_devices(2), backend="gloo", latency_s=0.0, bandwidth_Bps=float("inf"),
         param_count=10_000, param_bytes=40_000, global_batch=64, requested="auto",
@@ -350,6 +351,8 @@ def test_a_device_that_slows_down_mid_run_gets_a_smaller_share(cluster2):
 def test_a_real_ddp_step_is_timed_only_where_ddp_could_pay():
     from parallalx_jupyter.training.placement import link_bound
 
-    devs = [{"overhead_s": 5e-3, "per_sample_s": 7e-4}] * 2
-    assert link_bound(devs, 128, 68_000_000, 300e-6, GBIT)  # 17M parameters, 1 Gbit/s
-    assert not link_bound(devs, 128, 40_000, 300e-6, GBIT)  # the demo's MLP
+    def costs(param_bytes: int) -> StepCosts:
+        return _costs([5e-3] * 2, [7e-4] * 2, global_batch=128, param_bytes=param_bytes)
+
+    assert link_bound(costs(68_000_000), 300e-6, GBIT)  # 17M parameters, 1 Gbit/s
+    assert not link_bound(costs(40_000), 300e-6, GBIT)  # the demo's MLP
