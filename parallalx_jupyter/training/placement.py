@@ -153,6 +153,32 @@ def group_step_matters(plan: Callable[..., Placement]) -> bool:
         worst.chosen.ranks, worst.chosen.strategy)
 
 
+def times_group_step(
+    costs: StepCosts, latency_s: float, bandwidth_Bps: float, *, choose_devices: bool,
+    strategy: str, plan: Callable[..., Placement],
+) -> bool:
+    """Whether the preflight times real DDP steps of the whole group.
+
+    Where ``auto`` chooses the devices (``choose_devices``): where its choice depends on
+    them (:func:`group_step_matters`), or where they are cheap (:data:`CHEAP_GROUP_STEP_S`)
+    and make the prediction honest; never where the link model already rules DDP out
+    (:func:`link_bound`), which timing could only confirm. For an explicit ``ddp`` the
+    caller chose the devices and the strategy, and the steps serve the prediction alone:
+    timed wherever they are cheap, link-bound or not (a loaded machine's 2.4 ms collective
+    made a 0.6 ms step link-bound, and the prediction then said 330 steps/s for a run of
+    138). Deterministic from numbers every rank holds,
+    so all ranks agree on the collectives that follow.
+    """
+    if len(costs.overhead) < 2:
+        return False
+    cheap = costs.modelled_group_step(latency_s, bandwidth_Bps) <= CHEAP_GROUP_STEP_S
+    if not choose_devices:
+        return cheap and strategy == "ddp"
+    if link_bound(costs, latency_s, bandwidth_Bps):
+        return False
+    return cheap or group_step_matters(plan)
+
+
 def short_job_placement(costs: StepCosts) -> Placement | None:
     """The fastest device alone, when it finishes the whole job in under :data:`MIN_SAVING_S`.
 

@@ -60,12 +60,10 @@ from .launcher import RankGroup, RankSpec, host_of, process_group, regroup, set_
 from .loop import Precision, StepRunner, build_scheduler, evaluate, scheduler_problem
 from .metrics import RankMetrics
 from .placement import (
-    CHEAP_GROUP_STEP_S,
     StepCosts,
-    group_step_matters,
-    link_bound,
     plan_placement,
     short_job_placement,
+    times_group_step,
 )
 from .preflight import (
     PreflightReport,
@@ -431,8 +429,10 @@ class RankTrainer:
         plan = functools.partial(plan_placement, costs, latency_s=latency,
                                  bandwidth_Bps=bandwidth)
         group_step: float | None = None
-        if self._times_group_step(choose, short is None and probe_opt is not None, costs,
-                                  latency, bandwidth, plan):
+        if short is None and probe_opt is not None and times_group_step(
+            costs, latency, bandwidth, plan=plan,
+            choose_devices=choose, strategy=self.payload.strategy or self.job.strategy,
+        ):
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 with self._user("the model's training step (preflight)"):
                     group_step = self._measure_group_step(
@@ -466,21 +466,6 @@ class RankTrainer:
             ).to_dict()
         dist.broadcast_object_list(box, src=0)
         return PreflightReport.from_dict(box[0])
-
-    def _times_group_step(
-        self, choose: bool, possible: bool, costs: StepCosts, latency: float, bandwidth: float,
-        plan: Callable[..., Any],
-    ) -> bool:
-        """Whether the preflight times real DDP steps of the whole group (every rank decides
-        alike, from the same gathered numbers): where ``auto``'s choice depends on them, and
-        for the prediction alone where they are cheap (``CHEAP_GROUP_STEP_S``) and the steps
-        are plain DDP's; never where the link model says DDP cannot pay (``link_bound``)."""
-        if not possible or self.world < 2 or link_bound(costs, latency, bandwidth):
-            return False
-        cheap = costs.modelled_group_step(latency, bandwidth) <= CHEAP_GROUP_STEP_S
-        if choose:
-            return cheap or group_step_matters(plan)
-        return cheap and (self.payload.strategy or self.job.strategy) == "ddp"
 
     def _measure_group_step(
         self, devices: list[Any], net: Any, step: Any, dataset_len: int, device: Any
