@@ -52,6 +52,7 @@ def _rest(command: Command) -> Callable[[argparse.Namespace], Any]:
 def cmd_run(args: argparse.Namespace) -> Any:
     """Run a workload in this process (it owns the job), listed by the device's server."""
     from .workloads import WorkloadError
+    from .workloads.base import require_references
     from .workloads.params import parse_params
     from .workloads.registry import get
     from .workloads.runner import start
@@ -59,7 +60,9 @@ def cmd_run(args: argparse.Namespace) -> Any:
     os.environ["PARALLALX_JOB_OWNER"] = "cli"
     try:
         workload = get(args.workload)
-        params = workload.validate(parse_params(args.params, args.params_json))
+        params = parse_params(args.params, args.params_json)
+        require_references(workload.name, workload.parameters, params)
+        params = workload.validate(params)
         url, token = args.server
         job = start(workload, params, client=_run_client(args), name=args.name,
                     report=ApiClient(url, token, timeout=10), job_id=args.job_id,

@@ -8,7 +8,9 @@ validation is off: a CA could not vouch for a laptop's self-made key anyway.
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import re
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -20,6 +22,7 @@ from .pairing import ProtocolError, parse_json
 
 PEER_PREFIX = "/parallalx/peer/v1"
 MAX_RESPONSE_BYTES = 256 * 1024
+_HOST_NAME = re.compile(r"[\w.-]+")
 
 
 class PeerError(ParallalxError):
@@ -39,18 +42,37 @@ def normalise_peer_url(url: str) -> str:
     text = url.strip()
     if "://" not in text:
         text = "https://" + text
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+    except ValueError as err:  # an unclosed or non-IP [...] host
+        raise PeerError(f"invalid peer URL: {err}", 400) from None
     if parts.scheme != "https":
         raise PeerError("peer URL must use https:// (the peer listener only speaks TLS)", 400)
     if not parts.hostname:
         raise PeerError("peer URL has no host", 400)
+    if not _valid_host(parts.hostname):
+        raise PeerError(f"invalid peer URL: {parts.hostname!r} is not a host name or address",
+                        400)
     try:
         port = parts.port
     except ValueError:
         raise PeerError("peer URL has an invalid port", 400) from None
+    if port == 0:  # would otherwise read as "no port" and quietly become the default
+        raise PeerError("peer URL has an invalid port", 400)
     host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
-    return urlunsplit(("https", f"{host}:{port or settings.default('peer_port')}", "", "", ""))
+    port = settings.default("peer_port") if port is None else port
+    return urlunsplit(("https", f"{host}:{port}", "", "", ""))
 
+
+def _valid_host(host: str) -> bool:
+    """A name with spaces or punctuation would only fail later, as a 502 after a DNS lookup."""
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return False
+        return True
+    return _HOST_NAME.fullmatch(host) is not None
 
 class PeerClient:
     """Small JSON-over-HTTPS client with bounded time and response size."""

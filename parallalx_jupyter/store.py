@@ -278,16 +278,17 @@ class Store:
 
     async def decide(
         self, request_id: str, decision: str, now: float, detail: dict[str, Any] | None = None,
-        device: dict[str, Any] | None = None,
+        device: dict[str, Any] | None = None, reason: str | None = None,
     ) -> bool:
-        """Record a decision on a pending request, and the resulting paired device, atomically.
-        False when the request was no longer pending (someone else decided first)."""
+        """Record a decision on a pending request (with the user's note, `reason`), and the
+        resulting paired device, atomically. False when the request was no longer pending
+        (someone else decided first)."""
 
         def fn(c: sqlite3.Connection) -> bool:
             cur = c.execute(
-                "UPDATE requests SET state = ?, decided_at = ? WHERE id = ? AND state = 'pending' "
-                "AND expires_at >= ?",
-                (decision, now, request_id, now),
+                "UPDATE requests SET state = ?, decided_at = ?, reason = ? WHERE id = ? "
+                "AND state = 'pending' AND expires_at >= ?",
+                (decision, now, reason, request_id, now),
             )
             if cur.rowcount != 1:
                 return False

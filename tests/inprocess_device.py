@@ -199,9 +199,10 @@ class InProcessDevice:
             case ("GET", "requests", rid):
                 return lambda: m.get_request(rid)
             case ("POST", "requests", rid, "accept"):
-                return lambda: m.decide(rid, True, None, expected_hash=body.get("shown_hash"))
+                return lambda: m.decide(rid, True, None, expected_hash=body.get("shown_hash"),
+                                        reason=body.get("note"))
             case ("POST", "requests", rid, "reject"):
-                return lambda: m.decide(rid, False)
+                return lambda: m.decide(rid, False, reason=body.get("reason"))
             case ("GET", "devices"):
                 return lambda: m.list_devices()
             case ("GET", "devices", device_id):

@@ -155,8 +155,9 @@ class InboundRequests:
 
     async def decide(
         self, request_id: str, accept: bool, selection: dict[str, Any] | None = None,
-        expected_hash: str | None = None,
+        expected_hash: str | None = None, reason: str | None = None,
     ) -> dict[str, Any]:
+        """`reason`: the user's note for this device's records; the peer is not told it."""
         await self.sweep()
         row = await self.store.get_request(request_id)
         if row is None or never_revealed(row):
@@ -171,7 +172,7 @@ class InboundRequests:
         now = time.time()
         decision = "accepted" if accept else "rejected"
         device = device_from_request(row, selection) if accept else None
-        if not await self.store.decide(request_id, decision, now, selection, device):
+        if not await self.store.decide(request_id, decision, now, selection, device, reason):
             latest = await self.store.get_request(request_id)
             state = latest["state"] if latest else "gone"
             raise ApiError(409, f"request is already {state}")

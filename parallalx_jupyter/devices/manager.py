@@ -170,9 +170,9 @@ class DeviceManager:
 
     async def decide(
         self, request_id: str, accept: bool, selection: dict[str, Any] | None = None,
-        expected_hash: str | None = None,
+        expected_hash: str | None = None, reason: str | None = None,
     ) -> dict[str, Any]:
-        return await self.inbound.decide(request_id, accept, selection, expected_hash)
+        return await self.inbound.decide(request_id, accept, selection, expected_hash, reason)
 
     async def revoke(self, device_id: str) -> dict[str, Any]:
         await self.paired.revoke(device_id)

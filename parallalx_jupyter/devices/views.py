@@ -46,6 +46,7 @@ def request_view(row: dict[str, Any], paired: dict[str, str] | None = None) -> d
         "created_at": row["created_at"],
         "expires_at": row["expires_at"],
         "decided_at": row["decided_at"],
+        "reason": row.get("reason"),
     }
 
 

@@ -115,18 +115,21 @@ class AcceptHandler(ParallalxHandler):
         body = self.json_body(ACCEPT_SPEC)
         selection = {k: body.get(k) for k in ("kernel", "ide") if body.get(k)}
         if selection:
+            # an unknown request is a 404 whatever the kernel: look it up before the kernel
+            await self.manager.get_request(request_id)
             python = await self.settings["parallalx_environments"].resolve_python(selection)
             selection["python"] = python
         self.write_json(await self.manager.decide(request_id, True, selection,
-                                                  expected_hash=body.get("shown_hash")))
+                                                  expected_hash=body.get("shown_hash"),
+                                                  reason=body.get("note")))
 
 
 class RejectHandler(ParallalxHandler):
     @web.authenticated
     @authorized
     async def post(self, request_id: str) -> None:
-        self.json_body(REJECT_SPEC)
-        self.write_json(await self.manager.decide(request_id, False))
+        body = self.json_body(REJECT_SPEC)
+        self.write_json(await self.manager.decide(request_id, False, reason=body.get("reason")))
 
 
 class DevicesHandler(ParallalxHandler):

@@ -19,7 +19,7 @@ from .. import settings
 from ..devices import ApiError
 from ..jobs import ACTIVE_STATES, FINAL_STATES, RENAMED_STATES
 from ..jobs.handle import OUTPUT_LINE_CHARS
-from ..pairing import ProtocolError, _int_range, _optional, _str_max, validate
+from ..pairing import ProtocolError, _int_range, _optional, _str_max, clean_text, validate
 
 Emit = Callable[[str, dict[str, Any]], None]
 
@@ -169,7 +169,12 @@ class JobRegistry:
     async def register(self, body: Any) -> dict[str, Any]:
         body = _check(body, REGISTER_SPEC, "body")
         owner = _check(body["owner"], OWNER_SPEC, "owner")
-        job = {"id": body["id"], "workload": body["workload"], "name": body["name"],
+        # shown in every job list, like a peer's name: no bidi overrides or control characters
+        name = clean_text(body["name"], 200)
+        if not name:
+            raise ApiError(400, "field 'name' has no visible text once control and format "
+                                "characters are removed")
+        job = {"id": body["id"], "workload": body["workload"], "name": name,
                "state": "pending", "owner": owner, "now": time.time()}
         if not await self.store.insert_job(job):
             raise ApiError(409, f"a job with ID {body['id']!r} exists already")

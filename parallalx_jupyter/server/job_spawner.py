@@ -40,6 +40,7 @@ class JobSpawner:
         self._watchers: set[asyncio.Task[None]] = set()
 
     async def run(self, workload: str, body: dict[str, Any]) -> dict[str, Any]:
+        from ..workloads.base import require_references
         from ..workloads.registry import get
 
         params = body.get("params") or {}
@@ -47,6 +48,7 @@ class JobSpawner:
 
         def check() -> tuple[Any, dict[str, Any]]:
             wl = get(workload)
+            require_references(wl.name, wl.parameters, params)
             return wl, wl.validate(dict(params))
 
         wl, checked = await loop.run_in_executor(None, check)  # WorkloadError: 400 or 404
@@ -59,14 +61,16 @@ class JobSpawner:
         logs = self.home / "jobs"
         logs.mkdir(parents=True, exist_ok=True)
         log_path = logs / f"{job_id}.log"
-        # the token goes in the environment: a command line is readable by every local user
-        cmd = [sys.executable, "-m", "parallalx_jupyter.cli", "--url", self.server_url,
-               "--home", str(self.home), "run", workload,
-               "--params-json", json.dumps(params), "--job-id", job_id]
+        # the token goes in the environment: a command line is readable by every local user.
+        # `--option=value`: a value from the request that starts with "-" (a name "--help")
+        # would otherwise be read as an option, and the job would fail however it is named
+        cmd = [sys.executable, "-m", "parallalx_jupyter.cli", f"--url={self.server_url}",
+               f"--home={self.home}", "run", workload,
+               f"--params-json={json.dumps(params)}", f"--job-id={job_id}"]
         if body.get("scheduler"):
-            cmd += ["--scheduler", str(body["scheduler"])]
+            cmd += [f"--scheduler={body['scheduler']}"]
         if body.get("name"):
-            cmd += ["--name", str(body["name"])]
+            cmd += [f"--name={view['name']}"]  # as the registry cleaned it
         env = dict(os.environ, PARALLALX_JOB_OWNER="server", PARALLALX_TOKEN=self.token)
         try:
             with log_path.open("wb") as out:

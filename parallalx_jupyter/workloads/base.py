@@ -20,6 +20,7 @@ Parameters that are Python objects (a model, a data set, a function) are declare
 from __future__ import annotations
 
 import importlib
+import math
 import time
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
@@ -51,9 +52,29 @@ def load_object(ref: str, what: str) -> Any:
         obj: Any = importlib.import_module(module)
         for part in attr.split("."):
             obj = getattr(obj, part)
-    except (ImportError, AttributeError) as err:
+    except Exception as err:  # a relative name is a TypeError; the module's own code, anything
         raise WorkloadError(f"{what}: cannot import {ref!r}: {err}") from None
     return obj
+
+
+def require_references(workload: str, schema: dict[str, Any], params: dict[str, Any]) -> None:
+    """Parameters that arrive as JSON (the REST API, ``parallalx run``) can only name a Python
+    object: any other value skips the schema check (which Python objects must) and would fail
+    only later, on a worker. Python callers pass objects and do not come through here."""
+    props: dict[str, Any] = schema.get("properties", {})
+    for key, value in params.items():
+        prop = props.get(key)
+        if not (isinstance(prop, dict) and prop.get("x-python")) or isinstance(value, str):
+            continue
+        # plain data that JSON can carry as it is (launch's args and kwargs): "x-json" names
+        # the JSON type that passes unchanged
+        data = {"array": list, "object": dict}.get(prop.get("x-json", ""))
+        if data is not None and isinstance(value, data):
+            continue
+        also = f" or a JSON {prop['x-json']}" if data is not None else ""
+        raise WorkloadError(
+            f"{workload}: parameter '{key}' must be a 'package.module:attribute' string{also}"
+        )
 
 
 class JobContext:
@@ -160,8 +181,25 @@ def validate_params(workload: str, schema: dict[str, Any], params: Any) -> dict[
         where, message = error
         prefix = f"parameter '{where}'" if where else "parameters"
         raise WorkloadError(f"{workload}: {prefix}: {message}")
+    for key, value in checked.items():
+        out[key] = _plain_number(workload, key, value, props.get(key))
     for key, prop in props.items():
         if key not in out and isinstance(prop, dict) and "default" in prop:
             out[key] = prop["default"]
     return out
+
+
+def _plain_number(workload: str, key: str, value: Any, prop: Any) -> Any:
+    """What the schema lets through but the work cannot use, settled here: NaN and infinity
+    (a NaN timeout excluded every worker as unresponsive; a NaN clip norm trained NaN
+    weights), and a whole float where an integer goes (``epochs=2.0`` passes JSON Schema,
+    then ``range()`` refused it on every rank, retried as a lost device)."""
+    items = value if isinstance(value, list) else [value]
+    if any(isinstance(v, float) and not math.isfinite(v) for v in items):
+        raise WorkloadError(f"{workload}: parameter '{key}' must be a finite number")
+    kinds = prop.get("type") if isinstance(prop, dict) else None
+    kinds = kinds if isinstance(kinds, list) else [kinds]
+    if isinstance(value, float) and "integer" in kinds and "number" not in kinds:
+        return int(value)  # the schema check passed: a whole number
+    return value
 

@@ -82,8 +82,10 @@ class LaunchWorkload(Workload):
         "required": ["fn"],
         "properties": {
             "fn": {**_PY, "description": "the function each rank runs"},
-            "args": {**_PY, "description": "positional arguments of fn (a tuple)"},
-            "kwargs": {**_PY, "description": "keyword arguments of fn (a dict)"},
+            "args": {**_PY, "x-json": "array",
+                     "description": "positional arguments of fn (a tuple)"},
+            "kwargs": {**_PY, "x-json": "object",
+                       "description": "keyword arguments of fn (a dict)"},
             "requirements": {
                 "type": ["array", "null"], "maxItems": 100,
                 "items": {"type": "string", "maxLength": 300},

@@ -197,10 +197,21 @@ async def test_duplicate_and_unknown_ids(jp_fetch: Any) -> None:
 
 
 async def test_hostile_names_come_back_as_plain_json_text(jp_fetch: Any) -> None:
-    name = '<img src=x onerror="alert(1)">\u202e'
+    name = '<img src=x onerror="alert(1)">'
     await register(jp_fetch, "x1", name=name)
     raw = (await fetch(jp_fetch, "jobs", "x1")).body
     assert json.loads(raw)["name"] == name
+
+
+async def test_job_names_are_cleaned_like_peer_names(jp_fetch: Any) -> None:
+    """A bidi override or a control character could disguise one job as another in a list."""
+    job = await register(jp_fetch, "c1", name="digits\u202e  MLP\u0000\n")
+    assert job["name"] == "digits MLP"
+    assert _json(await fetch(jp_fetch, "jobs", "c1"))["name"] == "digits MLP"
+    for name in ("\u202e\u0000", " \t "):
+        r = await fetch(jp_fetch, "jobs", method="POST", body=job_body("c2", name=name))
+        _assert_error(r, 400, "name")
+    assert [j["id"] for j in _json(await fetch(jp_fetch, "jobs"))] == ["c1"]
 
 
 async def test_every_change_is_a_job_progress_event(jp_fetch: Any, jp_serverapp: Any) -> None:
@@ -292,3 +303,69 @@ async def test_the_reporter_shows_which_device_a_recovering_job_lost(
     assert view["progress"]["message"] is None
     job.hub.emit({"kind": "state", "state": "finished"})
     await asyncio.to_thread(reporter.join, 10)
+
+
+# ------------------------------------------------------------------ jobs the server starts
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"fn": ".foo:x"}, "cannot import '.foo:x'"),
+        ({"fn": "../../etc:passwd"}, "cannot import '../../etc:passwd'"),
+        ({"fn": 123}, "parameter 'fn' must be a 'package.module:attribute' string"),
+        ({"fn": ["math:sqrt"]}, "parameter 'fn' must be a 'package.module:attribute' string"),
+        ({"fn": None}, "parameter 'fn' must be a 'package.module:attribute' string"),
+        ({"fn": {"a": 1}}, "parameter 'fn' must be a 'package.module:attribute' string"),
+        ({"fn": "math:sqrt", "args": 4},
+         "parameter 'args' must be a 'package.module:attribute' string or a JSON array"),
+        ({"fn": "math:sqrt", "kwargs": [4]},
+         "parameter 'kwargs' must be a 'package.module:attribute' string or a JSON object"),
+    ],
+)
+async def test_run_refuses_python_parameters_it_cannot_import(jp_fetch: Any, params,
+                                                               message) -> None:
+    """Over JSON a Python object can only be named; anything else would start a job that fails
+    on a worker."""
+    r = await fetch(jp_fetch, "workloads", "launch", "run", method="POST", body={"params": params})
+    _assert_error(r, 400, message)
+    assert _json(await fetch(jp_fetch, "jobs")) == []
+
+
+async def test_run_passes_names_that_look_like_options_as_values(
+    jp_fetch: Any, jp_serverapp: Any, parallalx_app: Any
+) -> None:
+    """The job's process gets `--name=--help`: it runs (here: fails for want of a cluster)
+    under that name instead of failing on its own command line."""
+    # what the server's start does (pytest-jupyter does not start it): tells the spawner and
+    # the job's process where this server listens
+    await parallalx_app._start_jupyter_server_extension(jp_serverapp)
+
+    async def ended(job_id: str) -> dict[str, Any]:
+        for _ in range(300):
+            job = _json(await fetch(jp_fetch, "jobs", job_id))
+            if job["state"] == "failed":
+                return job
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"job {job_id} did not fail: {job}")
+
+    r = await fetch(jp_fetch, "workloads", "launch", "run", method="POST",
+                    body={"params": {"fn": "math:sqrt"}, "name": "--help"})
+    assert r.code == 202, r.body
+    started = _json(r)
+    assert started["name"] == "--help"
+    job = await ended(started["id"])
+    assert job["name"] == "--help"
+    assert "no cluster has been started on this device" in job["error"], job["error"]
+    # a scheduler "--help" cannot be reached (the process would try for a long while): its
+    # command line shows the address went in as the option's value
+    r = await fetch(jp_fetch, "workloads", "launch", "run", method="POST",
+                    body={"params": {"fn": "math:sqrt"}, "scheduler": "--help"})
+    assert r.code == 202, r.body
+    proc = parallalx_app.spawner.children[_json(r)["id"]]
+    with open(f"/proc/{proc.pid}/cmdline", "rb") as f:
+        argv = f.read().decode().split("\0")
+    proc.kill()
+    assert "--scheduler=--help" in argv, argv
+    job = await ended(_json(r)["id"])
+    assert "expected one argument" not in job["error"], job["error"]

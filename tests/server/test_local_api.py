@@ -226,6 +226,25 @@ async def test_unknown_ids_are_404(jp_fetch: Any) -> None:
         ("POST", ("devices", "nope", "revoke"), "no paired device"),
     ):
         _assert_error(await fetch(jp_fetch, *path, method=method), 404, what)
+    # the request is looked up before the kernel it would run in
+    r = await fetch(jp_fetch, "requests", "nope", "accept", method="POST", body={"kernel": "nope"})
+    _assert_error(r, 404, "no request")
+
+
+async def test_the_users_note_is_kept_with_the_decision(
+    jp_fetch: Any, call_sender: Any, peer_url: str
+) -> None:
+    """`parallalx reject --reason` and accept's `note`: for this device's records."""
+    for action, body in (("reject", {"reason": "no thanks"}), ("accept", {"note": "lab PC"})):
+        req = await _incoming(jp_fetch, call_sender, peer_url)
+        assert req["reason"] is None
+        r = await fetch(jp_fetch, "requests", req["id"], action, method="POST", body=body)
+        assert r.code == 200, r.body
+        note = next(iter(body.values()))
+        assert _json(r)["reason"] == note
+        assert _json(await fetch(jp_fetch, "requests", req["id"]))["reason"] == note
+    r = await fetch(jp_fetch, "requests", params={"state": "all"})
+    assert sorted(x["reason"] for x in _json(r)) == ["lab PC", "no thanks"]
 
 
 async def test_decided_request_is_409(jp_fetch: Any, call_sender: Any, peer_url: str) -> None:
@@ -347,6 +366,21 @@ async def test_invitation_to_non_https_url_is_400(
     r = await fetch(jp_fetch, "invitations", method="POST",
                     body={"url": url.format(port=closed_port)})
     _assert_error(r, 400, "https")
+
+
+@pytest.mark.parametrize("url,message", [
+    ("https://[::1", "invalid peer url"),
+    ("[::1", "invalid peer url"),
+    ("https://[abc]:1", "invalid peer url"),
+    ("not a url", "invalid peer url"),
+    ("https://127.0.0.1:0", "invalid port"),
+    ("https://127.0.0.1:99999", "invalid port"),
+])
+async def test_invitation_to_malformed_url_is_400(jp_fetch: Any, url: str, message: str) -> None:
+    """Refused before any connection: not a 500 from urlsplit, not a 502 from a DNS lookup, and
+    port 0 is not quietly read as the default port."""
+    r = await fetch(jp_fetch, "invitations", method="POST", body={"url": url})
+    _assert_error(r, 400, message)
 
 
 async def test_invitation_to_own_listener_is_400(jp_fetch: Any, peer_url: str) -> None:
