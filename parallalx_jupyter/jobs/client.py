@@ -36,8 +36,19 @@ def resolve_client(client: Any, security: Any = None) -> tuple[Any, bool]:
                 "client= (a Client or a scheduler address), or pair a device first"
             ) from None
     if isinstance(client, str):
-        return Client(client, security=security, set_as_default=False), True
-    return client, False
+        try:
+            return Client(client, security=security, set_as_default=False), True
+        except (OSError, TimeoutError) as err:  # Dask's 55-line traceback says no more
+            raise NoClientError(f"could not reach the Dask scheduler at {client}: {err}") \
+                from None
+    if isinstance(client, Client):
+        return client, False
+    if hasattr(client, "scheduler_address"):  # a cluster object (LocalCluster, ...)
+        return Client(client, set_as_default=False), True
+    raise TypeError(
+        f"client= takes a distributed.Client, a cluster or a scheduler address "
+        f"('tls://host:8786'), not {type(client).__name__}"
+    )
 
 
 def device_names(api: Any = None, timeout: float = 5.0) -> dict[str, str]:

@@ -12,6 +12,7 @@ from .errors import (
     RestartsExhaustedError,
     TrainingCancelledError,
     TrainingError,
+    UnknownWorkersError,
     UserCodeError,
     VersionMismatchError,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "RestartsExhaustedError",
     "TrainingCancelledError",
     "TrainingError",
+    "UnknownWorkersError",
     "UserCodeError",
     "VersionMismatchError",
 ]

@@ -40,6 +40,7 @@ from .errors import (
     NotEnoughWorkersError,
     RestartsExhaustedError,
     TrainingCancelledError,
+    UnknownWorkersError,
 )
 from .launcher import (
     RankSpec,
@@ -113,7 +114,9 @@ class Driver:
         self.group_timeout = float(recovery.group_timeout)
         self.settle_timeout = float(recovery.settle_timeout)
         self.probe_timeout = float(recovery.probe_timeout)
-        self.only_workers = set(workers) if workers else None
+        #: ``workers=`` as asked (addresses or names), resolved to addresses when the job starts
+        self._asked_workers = list(workers) if workers else None
+        self.only_workers: set[str] | None = None
         self.watch = WorkerWatch(client, stale_after_s=float(recovery.heartbeat_timeout))
         # a stale heartbeat while every rank is silent: lost before the group timeout
         self.quick_stale_s = min(QUICK_STALE_S, float(recovery.heartbeat_timeout))
@@ -362,6 +365,33 @@ class Driver:
         self.hub.emit(record)
 
     # ------------------------------------------------------------------ phases
+    def _resolve_asked_workers(self) -> None:
+        """``workers=`` to addresses: each entry is a worker's address, its Dask name or its
+        device's name (what the preflight report shows). An entry matching none is refused
+        with the workers there are, before anything starts: training on the others would
+        drop a device the caller asked for without a word."""
+        if self._asked_workers is None:
+            return
+        listed = sorted(self.watch.poll(force=True))
+        known = {address: address for address in listed}
+        for address in listed:
+            known.setdefault(str(self.watch.name_of(address) or address), address)
+        unknown = [w for w in self._asked_workers if w not in known]
+        labels = {a: a for a in listed}
+        if unknown:  # device names: only then wait for their lookup
+            labels = self._names_for(listed)
+            for address in listed:
+                known.setdefault(labels[address], address)
+            unknown = [w for w in self._asked_workers if w not in known]
+        if unknown:
+            there = ", ".join(labels[a] if a in labels[a] else f"{labels[a]} ({a})"
+                              for a in listed)
+            raise UnknownWorkersError(
+                f"workers= names {', '.join(map(repr, unknown))}, which the cluster does not "
+                f"have; its workers: {there or 'none'} (give addresses or names)"
+            )
+        self.only_workers = {known[w] for w in self._asked_workers}
+
     def _candidates(self) -> list[str]:
         alive = self.watch.alive()
         if self.only_workers is not None:
@@ -516,6 +546,7 @@ class Driver:
         self._mark("driver_start")
         driver_env = driver_environment()
         self._refresh_names()
+        self._resolve_asked_workers()
         attempt = 0
         fixed: tuple[str, int] | None = None
         while True:

@@ -66,6 +66,11 @@ class NotEnoughWorkersError(TrainingError):
     """Fewer usable workers than ``min_workers``: stop instead of training on a shrunken group."""
 
 
+class UnknownWorkersError(TrainingError, ValueError):
+    """``workers=`` names a worker the cluster does not have (a typo, a device not started):
+    training on the rest would quietly drop a device the caller asked for."""
+
+
 class VersionMismatchError(TrainingError):
     """Ranks (or the notebook) run different torch / Python / CUDA versions.
 

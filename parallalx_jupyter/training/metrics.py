@@ -34,12 +34,15 @@ logger = logging.getLogger(__name__)
 __all__ = ["ProgressAggregator", "ProgressHub", "RankMetrics", "Record"]
 
 
-def _weighted_mean(losses: list[tuple[Any, int]]) -> float:
+def _weighted_mean(losses: list[tuple[Any, int]]) -> tuple[float, bool]:
+    """The window's loss, weighted by samples, and whether no step of it had a finite loss
+    (a diverged model: every loss after NaN parameters is NaN; one overflowing fp16 step
+    that the grad scaler skips leaves the others finite)."""
     import torch
 
     values = torch.stack([loss.reshape(()).to(torch.float64) for loss, _ in losses]).cpu()
     weights = torch.tensor([n for _, n in losses], dtype=torch.float64)
-    return float((values * weights).sum() / weights.sum())
+    return float((values * weights).sum() / weights.sum()), not bool(values.isfinite().any())
 
 
 class RankMetrics:
@@ -61,6 +64,8 @@ class RankMetrics:
         self.local_batch = local_batch
         self.forward_fraction = max(forward_fraction, 1e-3)
         self.interval_s = interval_s
+        #: (first step, last step, loss) of a reported window in which no loss was finite
+        self.diverged: tuple[int, int, float] | None = None
         self._reset(time.perf_counter())
 
     def _reset(self, now: float) -> None:
@@ -106,7 +111,9 @@ class RankMetrics:
         if self._steps == 0:
             return
         wall = max(now - self._t0, 1e-9)
-        loss = _weighted_mean(self._losses) if self._losses else float("nan")
+        loss, diverged = _weighted_mean(self._losses) if self._losses else (float("nan"), False)
+        if diverged:
+            self.diverged = (global_step - self._steps + 1, global_step, loss)
         step_time = self._step_time / self._steps
         compute = self._compute / self._steps
         comm = max(self._comm / self._steps, step_time - compute)

@@ -106,14 +106,16 @@ class PlacementOptions:
     """Which workers train, and how the work is divided between them.
 
     Attributes:
-        workers: only these worker addresses (None: every worker of the cluster).
+        workers: only these workers, by address or name (None: every worker of the cluster);
+            one the cluster does not have is refused, naming those it has.
         shares: one weight per worker in rank order (the preflight report's) for its part of
             the global batch; None splits by measured throughput. A wrong count is refused.
         torch_threads: torch's intra-op threads on each rank (None: torch's choice).
     """
 
     workers: Sequence[str] | None = _setting(
-        None, {"type": ["array", "null"], "items": {"type": "string"}}
+        None, {"type": ["array", "null"], "minItems": 1,
+               "items": {"type": "string", "minLength": 1}}
     )
     shares: Sequence[float] | None = _setting(
         None, {"type": ["array", "null"], "items": {"type": "number", "minimum": 0}}
@@ -155,7 +157,8 @@ class CheckpointOptions:
             holds some.
     """
 
-    dir: str | Path | None = _setting(None, {"type": ["string", "null"]}, "checkpoint_dir")
+    dir: str | Path | None = _setting(None, {"type": ["string", "null"], "minLength": 1},
+                                      "checkpoint_dir")
     every: int = _setting(50, _NONNEG_INT, "checkpoint_every")
     resume: bool = _setting(True, {"type": "boolean"})
 

@@ -143,6 +143,7 @@ def _relay(
         stop_sent_at: float | None = None
         abort = abort_key(spec.job_id, spec.attempt, spec.rank)
         aborted = False
+        exited = False  # the rank process ended while this relay still held its pipes
         try:
             while True:
                 # Woken by a message or the process's exit, not by polling: this thread shares
@@ -152,6 +153,7 @@ def _relay(
                     try:
                         msg = events_r.recv()
                     except (EOFError, OSError):
+                        exited = True
                         break
                     kind = msg[0]
                     if kind == "metrics":
@@ -164,6 +166,7 @@ def _relay(
                     elif kind in ("done", "error"):
                         outcome = msg
                 elif ready:
+                    exited = True
                     break  # the rank process exited and left nothing unread
                 if outcome is None and abort in worker.data:
                     aborted = True
@@ -191,6 +194,15 @@ def _relay(
             )
         if outcome is None:
             code = proc.exitcode
+            if exited and code is not None and code > 0:
+                # Not a signal (a crash, the OOM killer: those are the device's) and not
+                # orphaned (this relay, its parent, is here and never closed its pipes): the
+                # training code ended its own process. Re-forming would only run it again.
+                raise UserCodeError(
+                    f"the rank process exited with code {code} before reporting: the training "
+                    "code ended its own process (os._exit, or a library that calls exit); "
+                    "not retried, it would end the same way", "", spec.rank, spec.worker,
+                )
             why = "was orphaned" if code == EXIT_ORPHANED else f"exited with code {code}"
             raise RankInfraError(f"rank {spec.rank} process {why} without reporting")
         if outcome[0] == "error":

@@ -292,6 +292,21 @@ class RankTrainer:
         self.marks: dict[str, float] = marks if marks is not None else {}
 
     # ------------------------------------------------------------------ helpers
+    def _stop_if_diverged(self, metrics: RankMetrics) -> None:
+        """Fail the job, as the user's, once a whole reported window had no finite loss: the
+        parameters are NaN or inf from then on, and finishing would hand back (and checkpoint)
+        a model that predicts nothing. Restarting from a checkpoint would diverge again."""
+        if metrics.diverged is None:
+            return
+        first, last, loss = metrics.diverged
+        steps = f"step {last}" if first == last else f"every step from {first} to {last}"
+        raise UserCodeError(
+            f"training diverged: the loss was {loss} in {steps}, so the job stops rather than "
+            "return a model of NaN weights; lower the learning rate, set clip_grad_norm=, or "
+            "check the data and the loss function (checkpoints written before stay)",
+            "", self.rank, self.spec.worker,
+        )
+
     def _user(self, what: str) -> contextlib.AbstractContextManager[None]:
         return user_code(what, self.rank, self.spec.worker)
 
@@ -828,6 +843,7 @@ class RankTrainer:
                 forward_s=t1 - t0,
                 comm_s=comm,
             )
+            self._stop_if_diverged(metrics)
             if st + 1 == plan.steps_per_epoch or global_step >= total:
                 self._end_epoch(ep, global_step, st + 1 == plan.steps_per_epoch, wrapped,
                                 strategy, runner, loss_fn, device, report)
@@ -838,6 +854,7 @@ class RankTrainer:
             if job.checkpoint_every and global_step % job.checkpoint_every == 0:
                 if global_step < total:
                     metrics.flush(epoch=ep, global_step=global_step, total_steps=total)
+                    self._stop_if_diverged(metrics)
                     self._checkpoint(
                         "checkpoint",
                         wrapped,
@@ -850,6 +867,7 @@ class RankTrainer:
         vote.close()
         self.marks["last_step"] = time.time()
         metrics.flush(epoch=position[0], global_step=global_step, total_steps=total)
+        self._stop_if_diverged(metrics)
         self._checkpoint(
             "final",
             wrapped,

@@ -148,21 +148,28 @@ def dumps_for_workers(named: dict[str, Any]) -> bytes:
             except Exception:
                 culprit = name
                 break
-        raise cannot_ship(culprit, err) from None
+        raise cannot_ship(culprit, err, named.get(culprit)) from None
 
 
 #: user objects that are functions called on the workers (not objects a factory could build)
 _FUNCTIONS = ("objective", "collate_fn", "lr_scheduler", "eval_metric")
 
 
-def cannot_ship(name: str, err: BaseException) -> TypeError:
-    """The error for a user object that cannot be copied to the workers, with the way out."""
-    way_out = (
-        "create what cannot be copied (a lock, a connection) inside the function"
-        if name in _FUNCTIONS or name.startswith("fn")
-        else f"pass a zero-argument factory instead (e.g. {name}=lambda: ...), so each device "
-        "builds its own"
-    )
+def cannot_ship(name: str, err: BaseException, obj: Any = None) -> TypeError:
+    """The error for a user object that cannot be copied to the workers, with the way out:
+    which one depends on what was given (a factory already travels as its code and what it
+    closes over, so "pass a factory" would send its caller in a circle)."""
+    inside = "create what cannot be copied (a lock, a connection) inside the function"
+    if name in _FUNCTIONS or name.startswith("fn"):
+        way_out = inside
+    elif callable(obj) and not _is_module(obj):
+        way_out = f"{name} is a factory already: {inside}, not in the code around it"
+    elif name == "optimizer":
+        way_out = ("pass a factory of the parameters instead (e.g. optimizer=lambda params: "
+                   "torch.optim.SGD(params, lr=0.1)), so each device builds its own")
+    else:
+        way_out = (f"pass a zero-argument factory instead (e.g. {name}=lambda: ...), so each "
+                   "device builds its own")
     return TypeError(
         f"{name} cannot be sent to the workers ({type(err).__name__}: {err}); {way_out}"
     )
@@ -200,13 +207,48 @@ def build_model(model: Any) -> Any:
     raise TypeError("model must be a torch.nn.Module or a zero-argument factory returning one")
 
 
+def tensor_columns(dataset: Any, what: str = "dataset") -> Any:
+    """``(x, y)`` columns as tensors of one length each, else ``dataset`` unchanged.
+
+    NumPy arrays (what scikit-learn hands out) become tensors, so ``(X, y)`` from
+    ``load_digits`` trains as it reads, instead of passing for a data set of two items; columns
+    of different lengths are the caller's mistake, named here rather than by TensorDataset's
+    bare "Size mismatch between tensors" from a worker.
+    """
+    import torch
+
+    if not isinstance(dataset, tuple) or not dataset:
+        return dataset
+    arrays = all(isinstance(t, torch.Tensor) or _is_ndarray(t) for t in dataset)
+    if not arrays:
+        return dataset
+    if any(_is_ndarray(t) for t in dataset):
+        try:
+            dataset = tuple(t if isinstance(t, torch.Tensor) else torch.as_tensor(t)
+                            for t in dataset)
+        except (TypeError, ValueError, RuntimeError) as err:  # object arrays, strings
+            raise TypeError(f"{what}: a NumPy column cannot become a tensor ({err}); "
+                            "pass numeric arrays or tensors") from None
+    lengths = [int(t.shape[0]) if t.dim() else None for t in dataset]
+    if None in lengths or len(set(lengths)) > 1:
+        shown = ", ".join("a scalar" if n is None else f"{n:,}" for n in lengths)
+        raise ValueError(f"{what}: the columns of (x, y) need one row per sample each; their "
+                         f"lengths are {shown}")
+    return dataset
+
+
+def _is_ndarray(obj: Any) -> bool:
+    """Without importing NumPy where the caller never used it."""
+    return type(obj).__module__ == "numpy" and type(obj).__name__ == "ndarray"
+
+
 def build_dataset(dataset: Any) -> Any:
     """Dataset object, ``(X, y)`` tensor tuple, or zero-argument factory of either."""
     import torch
     from torch.utils.data import TensorDataset
 
     if isinstance(dataset, tuple) and all(isinstance(t, torch.Tensor) for t in dataset):
-        return TensorDataset(*dataset)
+        return TensorDataset(*tensor_columns(dataset))
     if hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__"):
         return dataset
     if callable(dataset):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -58,6 +57,7 @@ from ..training.spec import (
     cannot_ship,
     optimizer_factory,
     pack_user_objects,
+    tensor_columns,
 )
 from .base import JobContext, Workload, WorkloadError, validate_params
 from .runner import start
@@ -149,8 +149,14 @@ class TrainWorkload(Workload):
 
     def validate(self, params: dict[str, Any]) -> dict[str, Any]:
         out = validate_params(self.name, self.parameters, params)
-        if not math.isfinite(out["group_timeout"]):
-            raise WorkloadError("train: parameter 'group_timeout' must be a finite number")
+        if out["dataset"] is None:
+            raise WorkloadError("train: dataset is None: pass a map-style Dataset, (x, y) "
+                                "tensors or a factory returning one")
+        for what in ("dataset", "eval_dataset"):
+            try:
+                out[what] = tensor_columns(out.get(what), what)
+            except (TypeError, ValueError) as err:
+                raise WorkloadError(f"train: {err}") from None
         problem = scheduler_problem(out.get("lr_scheduler"), out["lr_scheduler_interval"],
                                     out.get("eval_dataset") is not None)
         for name in ("collate_fn", "eval_metric"):

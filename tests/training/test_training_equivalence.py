@@ -252,6 +252,44 @@ def test_objects_that_cannot_travel_say_which_and_the_factory_way_out(cluster2) 
     assert isinstance(run_job(cluster2, LockedModel, x, y).result(120), LockedModel)
 
 
+def test_a_diverged_model_fails_the_job_instead_of_finishing_with_nan_weights(
+        cluster2) -> None:
+    """QA: a loss that turned NaN finished 'successfully' with every weight NaN, no word."""
+    x, y = make_data(n=256)
+
+    def nan_loss(out, target):
+        return nn.functional.cross_entropy(out, target) * float("nan")
+
+    job = train(make_model(), (x, y), nan_loss,
+                functools.partial(torch.optim.SGD, lr=0.1), client=cluster2.client,
+                torch_threads=1, metrics_interval=0.05, epochs=5, batch_size=16, report=False)
+    with pytest.raises(UserCodeError, match=r"training diverged: the loss was nan in "):
+        job.result(120)
+    assert job.state == "failed" and job.restarts == 0  # the user's: never retried
+
+
+class ExitsInForward(nn.Module):
+    """Ends its own process, as a library that calls exit would (QA: retried three times as a
+    lost device, then RestartsExhaustedError)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(6, 2)
+
+    def forward(self, x):
+        import os
+
+        os._exit(7)
+
+
+def test_training_code_that_ends_its_process_fails_at_once_with_the_exit_code(cluster2):
+    x, y = make_data()
+    job = run_job(cluster2, ExitsInForward(), x, y, report=False)
+    with pytest.raises(UserCodeError, match=r"rank process exited with code 7 before reporting"):
+        job.result(120)
+    assert job.restarts == 0
+
+
 def test_cancel_stops_all_ranks_and_keeps_a_checkpoint(cluster2, tmp_path) -> None:
     x, y = make_data(n=4000)
     job = run_job(

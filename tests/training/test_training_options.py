@@ -144,3 +144,57 @@ def test_groups_round_trip_through_the_parameters(started):
     # what the REST API and the CLI validate leaves out (an optional Python object): default
     assert options.from_params(px.MetricsOptions, {"metrics_interval": 1.0}) == \
         px.MetricsOptions(interval=1.0)
+
+
+def _validated(**params):
+    """The train workload's parameters as the job would start with them (real objects: the
+    first batch runs through the model here, as at every call)."""
+    import torch
+    from torch import nn
+
+    x, y = torch.randn(8, 4), torch.arange(8) % 2
+    base = {"model": nn.Linear(4, 2), "dataset": (x, y), "loss_fn": nn.CrossEntropyLoss(),
+            "optimizer": lambda p: torch.optim.SGD(p, lr=0.1)}
+    return TrainWorkload().validate({**base, **params})
+
+
+def test_numpy_columns_train_as_tensors_and_columns_of_different_lengths_are_named():
+    """QA: scikit-learn's (X, y) passed for a data set of two items (with advice about padding
+    tokenizer output), and (x, y[:100]) failed with TensorDataset's bare 'Size mismatch'."""
+    import numpy as np
+    import torch
+
+    x, y = np.random.rand(8, 4).astype("float32"), np.arange(8) % 2
+    data = _validated(dataset=(x, y))["dataset"]
+    assert all(isinstance(t, torch.Tensor) for t in data) and data[0].shape == (8, 4)
+    with pytest.raises(ValueError, match=r"one row per sample each; their lengths are 8, 5"):
+        _validated(dataset=(torch.randn(8, 4), torch.arange(5)))
+    with pytest.raises(ValueError, match=r"eval_dataset: .*lengths are 8, 3"):
+        _validated(eval_dataset=(x, y[:3]))
+    with pytest.raises(ValueError, match=r"dataset is None"):
+        _validated(dataset=None)
+
+
+def test_empty_workers_and_an_empty_checkpoint_dir_are_refused():
+    """QA: workers=[] quietly meant every worker; checkpoint_dir='' wrote checkpoints into the
+    working directory."""
+    with pytest.raises(ValueError, match=r"'workers': \[\] should be non-empty"):
+        _validated(workers=[])
+    with pytest.raises(ValueError, match=r"'checkpoint_dir': '' should be non-empty"):
+        _validated(checkpoint_dir="")
+
+
+def test_whole_floats_become_integers_and_nan_or_infinite_settings_are_refused():
+    """QA: epochs=2.0 passed the schema (JSON Schema counts 2.0 as an integer), then every
+    rank's range() refused it and the job was retried as a lost device until it gave up;
+    probe_timeout=nan excluded every worker; clip_grad_norm=nan trained NaN weights."""
+    params = _validated(epochs=2.0, batch_size=64.0, grad_accumulation=2.0)
+    assert (params["epochs"], params["batch_size"], params["grad_accumulation"]) == (2, 64, 2)
+    assert all(type(params[k]) is int for k in ("epochs", "batch_size", "grad_accumulation"))
+    for key, value in (("probe_timeout", float("nan")), ("heartbeat_timeout", float("nan")),
+                       ("settle_timeout", float("inf")), ("clip_grad_norm", float("nan")),
+                       ("shares", [float("nan"), 1.0])):
+        with pytest.raises(ValueError, match=rf"parameter '{key}' must be a finite number"):
+            _validated(**{key: value})
+    with pytest.raises(ValueError, match=r"'epochs': 2.5 is not of type 'integer'"):
+        _validated(epochs=2.5)

@@ -295,6 +295,16 @@ def test_explicit_workers_or_strategy_keep_every_device(cluster2):
     workers = sorted(cluster2.workers_by_name().values())
     job = _train(cluster2, _tiny(), epochs=1, batch_size=64, workers=workers)
     assert job.preflight.world_size == 2 and not job.preflight.idle
+    # by the workers' names too; a name or address the cluster lacks is refused, not dropped
+    job = _train(cluster2, _tiny(), epochs=1, batch_size=64,
+                 workers=sorted(cluster2.workers_by_name()))
+    assert job.preflight.world_size == 2 and not job.preflight.idle
+    from parallalx_jupyter.training import UnknownWorkersError
+
+    with pytest.raises(UnknownWorkersError, match=r"names 'tcp://127.0.0.1:1', which the "
+                       r"cluster does not have; its workers: .*" + workers[0]):
+        _train(cluster2, _tiny(), epochs=1, batch_size=64,
+               workers=[workers[0], "tcp://127.0.0.1:1"])
     job = _train(cluster2, _tiny(), epochs=1, batch_size=64, strategy="ddp")
     assert job.preflight.world_size == 2 and not job.preflight.idle
     # a millisecond step: the group's real step is timed for the prediction (cheap, even where

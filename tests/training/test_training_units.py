@@ -484,3 +484,44 @@ def test_lost_devices_are_shown_by_name_never_by_address_when_a_name_is_known() 
     assert device_label(addr, "0") == f"worker 0 ({addr})"  # LocalCluster's numbers
     assert device_label(addr, addr) == addr
     assert device_label(addr) == addr
+
+
+def test_what_cannot_travel_gets_the_way_out_that_fits_what_was_given() -> None:
+    """QA: a factory closing over a lock was told to 'pass a zero-argument factory', and an
+    optimizer factory to take no arguments (optimizer factories take the parameters)."""
+    from torch import nn
+
+    from parallalx_jupyter.training.spec import cannot_ship, dumps_for_workers
+
+    lock = threading.Lock()
+    err = TypeError("cannot pickle '_thread.lock' object")
+    factory = cannot_ship("model", err, lambda: (lock, nn.Linear(2, 2))[1])
+    assert "model is a factory already: create what cannot be copied" in str(factory)
+    assert "=lambda: ..." not in str(factory)
+    assert "model=lambda: ..." in str(cannot_ship("model", err, nn.Linear(2, 2)))
+    optimizer = cannot_ship("optimizer", err, object())
+    assert "optimizer=lambda params: torch.optim.SGD(params" in str(optimizer)
+    with pytest.raises(TypeError, match="optimizer is a factory already"):
+        dumps_for_workers({"model": nn.Linear(2, 2),
+                           "optimizer": lambda p: (lock, torch.optim.SGD(p, lr=0.1))[1]})
+
+
+def test_a_window_without_one_finite_loss_marks_the_rank_diverged() -> None:
+    """One overflowing step (fp16, skipped by the grad scaler) is not divergence; a window in
+    which every loss is NaN is (the parameters are NaN from then on)."""
+    from parallalx_jupyter.training.metrics import RankMetrics
+
+    sent: list[dict] = []
+    metrics = RankMetrics(emit=sent.append, rank=0, worker="w", attempt=0, local_batch=4,
+                          forward_fraction=0.5, interval_s=1e9)
+
+    def window(*losses: float, end: int) -> None:
+        for loss in losses:
+            metrics.record(epoch=0, global_step=end, total_steps=99, samples=4,
+                           loss=torch.tensor(loss), step_s=0.01, forward_s=0.005)
+        metrics.flush(epoch=0, global_step=end, total_steps=99)
+
+    window(1.0, math.inf, 0.9, end=3)
+    assert metrics.diverged is None and math.isinf(sent[-1]["loss"])
+    window(math.nan, math.nan, end=5)
+    assert metrics.diverged is not None and metrics.diverged[:2] == (4, 5)
