@@ -160,8 +160,24 @@ def requirement_set(
                     f"job requirement {str(req)!r} conflicts with the main device's "
                     f"{pin.name}=={pinned}"
                 )
+        if key in merged:
+            _check_compatible(merged[key], req)
         merged[key] = _merge(merged[key], req) if key in merged else req
     return list(merged.values())
+
+
+def _check_compatible(a: Requirement, b: Requirement) -> None:
+    """Two requirements on one package that no version meets (``numpy==1.0`` and
+    ``numpy==2.0``) are refused here, by name, rather than merged into ``==1.0,==2.0`` for pip
+    to fail on every device. Only exact pins are decided: a general range intersection is
+    pip's resolver's job."""
+    for one, other in ((a, b), (b, a)):
+        for spec in one.specifier:
+            if spec.operator in ("==", "===") and "*" not in spec.version and \
+                    not other.specifier.contains(spec.version, prereleases=True):
+                raise RequirementError(
+                    f"job requirements {str(a)!r} and {str(b)!r} cannot both hold"
+                )
 
 
 # --------------------------------------------------------------------------- the target side

@@ -21,6 +21,7 @@ from tornado import web
 
 from ..cluster.service import ClusterService
 from ..devices import ApiError, DeviceManager
+from ..environments.requirements import requirement_set
 from ..environments.service import EnvironmentService
 from ..pairing import parse_json, validate
 from .dashboard_proxy import dashboard_handlers
@@ -166,6 +167,12 @@ class InvitationsHandler(ParallalxHandler):
     @authorized
     async def post(self) -> None:
         body = self.json_body(INVITATION_SPEC)
+        asks = body.get("asks")
+        if isinstance(asks, dict) and isinstance(asks.get("requirements"), list):
+            # what the peer would be asked to install, checked as `environment/check` does
+            # (PEP 508, no pip options or URLs, no conflict with this device's torch): a
+            # mistake here is the sender's 400, not an install failing on the peer later
+            requirement_set([str(r) for r in asks["requirements"]])
         result = await self.manager.send_request(
             body["url"], body.get("kind", "invite"), body.get("asks")
         )

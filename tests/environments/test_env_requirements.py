@@ -59,6 +59,12 @@ def test_job_requirements_are_validated_and_merged():
         requirement_set(["pkg @ https://example.invalid/pkg.whl"], main_versions=MAIN)
     with pytest.raises(RequirementError, match="invalid requirement"):
         requirement_set(["--index-url=https://example.invalid"], main_versions=MAIN)
+    # two exact pins no version meets: named here, not merged into '==1.0,==2.0' for pip
+    with pytest.raises(RequirementError, match="'numpy==1.0' and 'numpy==2.0' cannot both hold"):
+        requirement_set(["numpy==1.0", "numpy==2.0"], main_versions=MAIN)
+    merged = {r.name: str(r) for r in requirement_set(["numpy==1.0", "numpy>=0.5"],
+                                                      main_versions=MAIN)}
+    assert merged["numpy"] == "numpy==1.0,>=0.5"
 
 
 def test_diff_actions():

@@ -383,6 +383,20 @@ async def test_invitation_to_malformed_url_is_400(jp_fetch: Any, url: str, messa
     _assert_error(r, 400, message)
 
 
+@pytest.mark.parametrize(("requirements", "message"), [
+    (["--index-url=https://example.invalid"], "invalid requirement"),
+    (["torch==1.0"], "conflicts with the main device's torch=="),
+    (["numpy==1.0", "numpy==2.0"], "cannot both hold"),
+])
+async def test_invitation_asking_for_requirements_no_device_could_install_is_400(
+        jp_fetch: Any, peer_url: str, requirements: list[str], message: str) -> None:
+    """QA: accepted (201) and sent to the peer as pending, where `environment/check` refuses
+    the same list: the install would only have failed on the peer after its user accepted."""
+    r = await fetch(jp_fetch, "invitations", method="POST",
+                    body={"url": peer_url, "asks": {"requirements": requirements}})
+    _assert_error(r, 400, message)
+
+
 async def test_invitation_to_own_listener_is_400(jp_fetch: Any, peer_url: str) -> None:
     r = await fetch(jp_fetch, "invitations", method="POST", body={"url": peer_url})
     _assert_error(r, 400, "own peer listener")
