@@ -102,7 +102,10 @@ class PeerClient:
                     message = parse_json(err.response.body).get("error", message)
                 except (ProtocolError, AttributeError):
                     pass
-            raise PeerError(f"peer at {base_url} refused ({err.code}): {message}",
+            # a conflict (two requests raced: 'superseded') or a rate limit is the caller's to
+            # act on, as it is: not a 502, which says the peer could not be reached
+            status = err.code if err.code in (409, 429) else 502
+            raise PeerError(f"peer at {base_url} refused ({err.code}): {message}", status,
                             retryable=err.code in (503, 599)) from None  # 599: no answer
         except (OSError, TimeoutError) as err:
             raise PeerError(f"could not reach peer at {base_url}: {err}", retryable=True) from None

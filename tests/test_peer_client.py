@@ -98,6 +98,8 @@ async def test_only_no_answer_or_not_ready_is_worth_asking_again(status_peer):
             with pytest.raises(PeerError) as err:
                 await client.call(status_peer, f"/status/{status}", {})
             assert err.value.retryable is retryable, status
+            # what our API answers: a peer's conflict stays a conflict (two invitations raced)
+            assert err.value.status == (409 if status == 409 else 502), status
         with pytest.raises(PeerError) as err:
             await client.call(f"https://127.0.0.1:{free_port()}", "/hello")
         assert err.value.retryable and "could not reach" in err.value.message
