@@ -111,11 +111,19 @@ def _is_hex(length: int) -> Check:
 
 
 def _str_max(limit: int) -> Check:
-    return lambda v: isinstance(v, str) and len(v) <= limit
+    def check(v: Any) -> bool:
+        return isinstance(v, str) and len(v) <= limit
+
+    check.max_chars = limit  # type: ignore[attr-defined]  # for validate()'s message
+    return check
 
 
 def _optional(check: Check) -> Check:
-    return lambda v: v is None or check(v)
+    def optional(v: Any) -> bool:
+        return v is None or check(v)
+
+    optional.max_chars = getattr(check, "max_chars", None)  # type: ignore[attr-defined]
+    return optional
 
 
 def _int_range(lo: int, hi: int) -> Check:
@@ -140,6 +148,10 @@ def validate(obj: Any, spec: Mapping[str, tuple[Check, bool, str]], where: str) 
                 raise ProtocolError(400, f"{where}: missing field '{field}'")
             continue
         if not check(obj[field]):
+            limit = getattr(check, "max_chars", None)
+            if limit is not None and isinstance(obj[field], str):  # the type was right
+                raise ProtocolError(400, f"{where}: field '{field}' is too long: "
+                                         f"{len(obj[field]):,} characters, at most {limit:,}")
             raise ProtocolError(400, f"{where}: field '{field}' must be {description}")
     return obj
 

@@ -195,3 +195,14 @@ def test_request_ids_never_start_like_an_option():
     assert all(i[0].isalnum() for i in ids)
     assert all(re.fullmatch(r"[A-Za-z0-9_\-]{16}", i) for i in ids)
     assert len(set(ids)) == len(ids)
+
+
+def test_a_string_over_its_limit_is_called_too_long_not_the_wrong_type():
+    """QA: a 9,000-character purpose was refused as "must be a string"."""
+    from parallalx_jupyter.pairing import ASKS_SPEC, ProtocolError, validate
+
+    with pytest.raises(ProtocolError, match=r"field 'purpose' is too long: 9,000 characters, "
+                       r"at most 4,096"):
+        validate({"purpose": "x" * 9000}, ASKS_SPEC, "asks")
+    with pytest.raises(ProtocolError, match=r"field 'purpose' must be a string"):
+        validate({"purpose": 5}, ASKS_SPEC, "asks")

@@ -146,7 +146,10 @@ class ClusterMembership:
         """Join `main_id` again now: restart a refused worker, or the whole join when it failed
         before a worker existed (certificate, environment)."""
         assert self.cluster is not None
-        if await self._current_grant(main_id) is None:
+        current = await self._current_grant(main_id)
+        if current is None or current[0].get("role") != "main":
+            # a worker device of this one (QA: `cluster retry beta` on the main device exited
+            # 0 and left a lasting 'serving beta: failed (not a paired worker device)' entry)
             raise ApiError(404, f"not serving a paired main device with ID {main_id!r}")
         if not await self.cluster.retry_join(main_id):
             self.tasks.spawn(self.join_main(main_id))

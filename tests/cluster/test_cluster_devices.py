@@ -165,6 +165,11 @@ def test_a_refused_join_says_why_on_both_sides_and_is_asked_again_while_paired(m
     with pytest.raises(DeviceError) as err:
         b.api("POST", f"cluster/serving/{b_id}/retry")
     assert err.value.status == 404
+    # the main device has no main device of its own to retry: bravo is its worker (QA: this
+    # answered 200 and left a lasting 'serving bravo: failed' entry in its cluster view)
+    with pytest.raises(DeviceError) as err:
+        a.api("POST", f"cluster/serving/{b_id}/retry")
+    assert err.value.status == 404 and a.api("GET", "cluster")["serving"] == []
 
     revocations.unrevoke_device(b_id)  # what accepting the device again does
     wait_for(lambda: b_id in _workers_by_device(a), 40, 0.1)  # no user action needed
