@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
@@ -58,6 +59,11 @@ def cmd_run(args: argparse.Namespace) -> Any:
     from .workloads.runner import start
 
     os.environ["PARALLALX_JOB_OWNER"] = "cli"
+    if args.params_json is not None:  # named as the CLI spells it (parse_params says --params)
+        try:
+            json.loads(args.params_json)
+        except ValueError as err:
+            raise CliError(f"--params-json is not valid JSON: {err}") from None
     try:
         workload = get(args.workload)
         params = parse_params(args.params, args.params_json)
@@ -67,7 +73,7 @@ def cmd_run(args: argparse.Namespace) -> Any:
         job = start(workload, params, client=_run_client(args), name=args.name,
                     report=ApiClient(url, token, timeout=10), job_id=args.job_id,
                     adopt=args.job_id is not None)
-    except WorkloadError as err:
+    except (WorkloadError, CommandError) as err:  # CommandError: `_run_client` refused
         raise CliError(str(err)) from None
     except Exception as err:  # no cluster, cannot connect: one line
         raise CliError(f"{args.workload}: {type(err).__name__}: {err}") from None
@@ -158,11 +164,41 @@ def wait_for_decision(api: ApiClient, request_id: str, expires_at: Any,
 
 
 def _run_client(args: argparse.Namespace) -> Any:
-    if args.scheduler:
-        return args.scheduler
+    """The cluster a `run` or `launch` job goes to: `--scheduler`, else this device's own.
+
+    A `tls://` scheduler needs a client certificate: this device's own scheduler (the address
+    `parallalx cluster` prints) is driven with this device's credentials; any other only with
+    credentials in Dask's config, since without them Dask fails in a TypeError and then hangs
+    for a minute on its way out."""
     from .cluster.connect import main_client
 
-    return main_client(Path(args.home).expanduser() if args.home else None)
+    home = Path(args.home).expanduser() if args.home else None
+    if not args.scheduler:
+        return main_client(home)
+    if not args.scheduler.startswith("tls://"):
+        return args.scheduler
+    from distributed.security import Security
+
+    if Security().get_connection_args("client").get("ssl_context") is not None:
+        return args.scheduler  # Dask's config has the credentials
+    if args.scheduler == _own_scheduler(home):
+        return main_client(home)
+    raise CommandError(
+        f"--scheduler {args.scheduler}: a tls:// scheduler needs credentials, and that is not "
+        "this device's own scheduler: leave --scheduler out to run on this device's cluster "
+        "(or set Dask's distributed.comm.tls options)")
+
+
+def _own_scheduler(home: Path | None) -> str | None:
+    """The address this device's scheduler runs at (its `scheduler-state.json`), if any."""
+    from .client import default_home
+
+    try:
+        state = json.loads(((home or default_home()) / "cluster" / "scheduler-state.json")
+                           .read_text())
+    except (OSError, ValueError):
+        return None
+    return state.get("address") if isinstance(state, dict) else None
 
 
 def _progress_line(job: Any) -> str:
@@ -185,6 +221,16 @@ def _demo_devices(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     try:
         return check_device_count(n)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _demo_workdir(text: str) -> str:
+    """``--workdir``, checked by argparse: a file there is one usage line, not a traceback."""
+    from .demo import check_workdir
+
+    try:
+        return check_workdir(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
 
@@ -222,11 +268,31 @@ def _add_global_options(parser: argparse.ArgumentParser, defaults: bool) -> None
     def option(*flags: str, default: Any = None, **kwargs: Any) -> None:
         group.add_argument(*flags, default=default if defaults else argparse.SUPPRESS, **kwargs)
 
-    option("--url", help="Jupyter server URL (default: from --home's server.json)")
+    option("--url", type=_not_empty, help="Jupyter server URL (default: from --home's server.json)")
     option("--token", help="Jupyter server token")
-    option("--home", help="device state dir (env PARALLALX_HOME)")
+    option("--home", type=_not_empty, help="device state dir (env PARALLALX_HOME)")
     option("--json", action="store_true", default=False, help="print JSON")
-    option("--timeout", type=float, default=30.0, help="seconds per API call")
+    option("--timeout", type=_timeout, default=30.0, help="seconds per API call")
+
+
+def _not_empty(text: str) -> str:
+    """`--url ""` or `--home ""` (an unset shell variable) must not quietly mean the default
+    server or home."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+def _timeout(text: str) -> float:
+    """Seconds per API call: 0, a negative or NaN would be blamed on the server, and `inf`
+    overflows the socket's timeout."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
+    return seconds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -250,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the local multi-device demo (starts its own devices)")
     p.add_argument("--devices", type=_demo_devices, default=3,
                    help="how many devices to start, the main one included (2-8, default 3)")
-    p.add_argument("--workdir", help="where the demo devices keep their state")
+    p.add_argument("--workdir", type=_demo_workdir,
+                   help="where the demo devices keep their state")
     p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
     p.set_defaults(func=cmd_demo)
     return parser
@@ -330,11 +397,13 @@ def _server(args: argparse.Namespace) -> tuple[str, str]:
     else `PARALLALX_URL`/`PARALLALX_TOKEN` (a kernel's own server puts them there); else
     the default home's server.json."""
     if args.url:
-        return find_server(url=args.url, token=args.token or os.environ.get("PARALLALX_TOKEN"))
+        return find_server(url=args.url, token=args.token or os.environ.get("PARALLALX_TOKEN"),
+                           source="--url")
     if args.home:
         return find_server(token=args.token, home=Path(args.home).expanduser())
     return find_server(url=os.environ.get("PARALLALX_URL"),
-                       token=args.token or os.environ.get("PARALLALX_TOKEN"))
+                       token=args.token or os.environ.get("PARALLALX_TOKEN"),
+                       source="PARALLALX_URL")
 
 
 def _print(text: str) -> None:
@@ -355,7 +424,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str]) -> int:
     parser = build_parser()
-    args = parser.parse_args(protect_dash_arguments(parser, argv))
+    args, extras = parser.parse_known_args(protect_dash_arguments(parser, argv))
+    if args.command == "run":
+        # `run train --name x model=a:b`: argparse has filled `params` (with nothing) before
+        # the option, so the parameters after it come back unparsed
+        args.params = [*args.params, *(x for x in extras if not x.startswith("-"))]
+        extras = [x for x in extras if x.startswith("-")]
+    if extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
     try:
         if args.command == "launch":  # runs without a server too (then unlisted)
             try:
@@ -366,7 +442,12 @@ def _main(argv: list[str]) -> int:
             args.server = _server(args)
         result = args.func(args)
     except (CliError, CommandError, ClientError, ServerNotFound) as err:
-        print(f"parallalx: error: {err}", file=sys.stderr)
+        hint = ""
+        if isinstance(err, ClientError) and err.status == 403 and not (
+                getattr(args, "server", None) or ("", ""))[1]:
+            # Jupyter's "Forbidden" or "'_xsrf' argument missing" does not say a token is due
+            hint = "; no token was given: pass --token or set PARALLALX_TOKEN"
+        print(f"parallalx: error: {err}{hint}", file=sys.stderr)
         return EXIT_API
     except KeyboardInterrupt:
         return 130

@@ -31,14 +31,14 @@ def launch_script(args: argparse.Namespace, *, follow: Callable[..., Any],
     except ScriptError as err:
         raise CliError(f"launch: {err}") from None
     workload = LaunchWorkload()
-    params = workload.validate(launch_params(fn, args))
     report: Any = False
     if args.server is not None:
         url, token = args.server
         report = ApiClient(url, token, timeout=10)
     try:
+        params = workload.validate(launch_params(fn, args))  # --max-restarts -1: one line
         job = start(workload, params, client=client_for(args), name=args.name, report=report)
-    except WorkloadError as err:
+    except (WorkloadError, CliError) as err:  # CliError: `client_for` refused the scheduler
         raise CliError(str(err)) from None
     except Exception as err:  # no cluster, cannot connect: one line
         raise CliError(f"launch: {type(err).__name__}: {err}") from None

@@ -31,6 +31,7 @@ HTTP status (None when the server could not be reached).
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -88,13 +89,13 @@ class ApiClient:
         self, method: str, path: str, body: Any = None, timeout: float | None = None
     ) -> Any:
         """`method` on a server-relative `path` (e.g. `api/kernels`); the decoded JSON answer."""
-        request = urllib.request.Request(
-            self.url + path.lstrip("/"),
-            data=None if body is None and method == "GET" else json.dumps(body or {}).encode(),
-            method=method,
-            headers=self.headers,
-        )
         try:
+            request = urllib.request.Request(
+                self.url + path.lstrip("/"),
+                data=None if body is None and method == "GET" else json.dumps(body or {}).encode(),
+                method=method,
+                headers=self.headers,
+            )
             with urllib.request.urlopen(request, timeout=timeout or self.timeout) as response:
                 return json.loads(response.read() or b"null")
         except urllib.error.HTTPError as err:
@@ -107,7 +108,8 @@ class ApiClient:
             raise ClientError(
                 f"cannot reach the Jupyter server at {self.url}: {err.reason}"
             ) from None
-        except (OSError, ValueError) as err:  # timeouts, resets, a non-JSON answer
+        except (OSError, ValueError, http.client.HTTPException) as err:
+            # timeouts, resets, a non-JSON answer, a URL urllib cannot use
             raise ClientError(
                 f"cannot reach the Jupyter server at {self.url}: {err or type(err).__name__}"
             ) from None
@@ -252,12 +254,36 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def check_url(url: str, source: str = "the server URL") -> str:
+    """`url` if it can name a Jupyter server, else ServerNotFound in one line that names where
+    it came from (`--url`, `PARALLALX_URL`, a server.json): urllib would otherwise fail deep in
+    the first request, with a traceback that names neither."""
+    problem = "" if url.isprintable() and not any(ch.isspace() for ch in url) else (
+        "it holds a space or a control character")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 (a port that is not a number raises here)
+    except ValueError as err:
+        problem = problem or str(err)
+    else:
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            problem = problem or "no http:// or https:// scheme and host"
+    if problem:
+        raise ServerNotFound(
+            f"{source} {url!r} is not a valid server URL ({problem}); give it as "
+            "http://host:port, e.g. http://127.0.0.1:8888"
+        )
+    return url
+
+
 def find_server(
-    url: str | None = None, token: str | None = None, home: Path | None = None
+    url: str | None = None, token: str | None = None, home: Path | None = None,
+    source: str = "the server URL",
 ) -> tuple[str, str]:
-    """(url, token) of the server to talk to."""
+    """(url, token) of the server to talk to (`source`: where `url` came from, for the
+    message when it is no URL)."""
     if url:
-        return url, token or ""
+        return check_url(url, source), token or ""
     home = home or default_home()
     path = home / "server.json"
     try:
@@ -269,10 +295,15 @@ def find_server(
         ) from None
     except (OSError, ValueError) as err:
         raise ServerNotFound(f"cannot read {path}: {err}") from None
+    # the extension writes an object with a URL; anything else (edited by hand, another
+    # program's file) is as unreadable as broken JSON
+    if not isinstance(info, dict) or not isinstance(info.get("url"), str) or not info["url"]:
+        raise ServerNotFound(f"cannot read {path}: it records no server URL (restart the "
+                             "Jupyter server to write it again, or pass --url and --token)")
     pid = info.get("pid")
     if isinstance(pid, int) and not _alive(pid):
         raise ServerNotFound(f"the Jupyter server recorded in {path} (pid {pid}) is not running")
-    return str(info["url"]), str(token or info.get("token") or "")
+    return check_url(info["url"], f"the URL in {path}"), str(token or info.get("token") or "")
 
 
 # ------------------------------------------------------------------------ from a kernel or a job
@@ -375,7 +406,7 @@ def locate_server(
 ) -> ServerRef:
     """Where this kernel's device is (see the module docstring for the order)."""
     if url:
-        return ServerRef(url, token or "", "argument")
+        return ServerRef(check_url(url, "url"), token or "", "argument")
     notes = []
     if home is None:
         owner = find_kernel_server()
@@ -391,7 +422,8 @@ def locate_server(
                 notes.append(f"this kernel's Jupyter server {owner[0]} has no parallalx ({err})")
         env_url = os.environ.get("PARALLALX_URL")
         if env_url:
-            return ServerRef(env_url, os.environ.get("PARALLALX_TOKEN", ""), "PARALLALX_URL")
+            return ServerRef(check_url(env_url, "PARALLALX_URL"),
+                             os.environ.get("PARALLALX_TOKEN", ""), "PARALLALX_URL")
     try:
         found = find_server(home=Path(home).expanduser() if home else None)
     except ServerNotFound as err:

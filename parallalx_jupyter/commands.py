@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -153,8 +154,34 @@ def readable(value: Any, indent: int = 0) -> str:
 # ---------------------------------------------------------------------------- requests
 
 
-ASK_FIELDS = {"purpose": str, "nthreads": int, "memory_limit_gb": float, "gpus": int,
-              "duration_hours": float}
+def finite(text: str) -> float:
+    """A float that JSON can carry: NaN and infinity would reach the server as `NaN`, which it
+    refuses as a body that "is not valid JSON", naming neither the option nor the value."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, not {text!r}")
+    return value
+
+
+def requirement(text: str) -> str:
+    """A PEP 508 requirement, checked here so that a typo is one line naming the option, not
+    the server's (or the launch's) three lines with a caret under the spot."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    try:
+        Requirement(text.strip())
+    except InvalidRequirement as err:
+        reason = str(err).splitlines()[0] if str(err) else "not PEP 508"
+        raise argparse.ArgumentTypeError(
+            f"not a valid requirement {text!r}: {reason} (e.g. torch>=2.1)") from None
+    return text
+
+
+ASK_FIELDS = {"purpose": str, "nthreads": int, "memory_limit_gb": finite, "gpus": int,
+              "duration_hours": finite}
 
 
 def parse_asks(body: str | None) -> dict[str, Any]:
@@ -169,7 +196,7 @@ def parse_asks(body: str | None) -> dict[str, Any]:
             raise CommandError(f"invite: the cell body is not valid JSON: {err}") from None
         if not isinstance(asks, dict):
             raise CommandError("invite: the cell body must be a JSON object")
-        return asks
+        return {key: _ask_value(key, value) for key, value in asks.items()}
     asks = {}
     for raw in content.splitlines():
         line = raw.split("#", 1)[0].strip()
@@ -182,11 +209,27 @@ def parse_asks(body: str | None) -> dict[str, Any]:
                 f"invite: cannot read {raw.strip()!r}; lines are `key: value` with key one of "
                 + ", ".join(ASK_FIELDS)
             )
-        try:
-            asks[key] = ASK_FIELDS[key](value.strip())
-        except ValueError:
-            raise CommandError(f"invite: {key} must be a number, not {value.strip()!r}") from None
+        asks[key] = _ask_value(key, value.strip())
     return asks
+
+
+def _ask_value(key: str, raw: Any) -> Any:
+    """One field of an invite's body, as its option would take it: the number kinds checked
+    here by name (`gpus: 1.5` is not a whole number; NaN would reach the server as JSON it
+    cannot read). Unknown keys of a JSON body pass on, for the server to name."""
+    kind = ASK_FIELDS.get(key)
+    if kind is None or kind is str or raw is None:
+        return raw
+    whole = kind is int
+    shown = raw if isinstance(raw, str) else json.dumps(raw)
+    try:
+        value = float(raw) if not isinstance(raw, bool) else math.nan
+    except (TypeError, ValueError):
+        value = math.nan
+    if not math.isfinite(value) or (whole and not value.is_integer()):
+        need = "a whole number" if whole else "a finite number"
+        raise CommandError(f"invite: {key} must be {need}, not {shown!r}")
+    return int(value) if whole else value
 
 
 def _invite(inv: Invocation) -> Any:
@@ -196,6 +239,10 @@ def _invite(inv: Invocation) -> Any:
         if getattr(a, key, None) is not None:
             asks[key] = getattr(a, key)
     return inv.api.invite(a.peer_url, offer=a.offer, **asks)
+
+
+def _request_text(inv: Invocation, request: Any) -> str:
+    return text.request_text(request)
 
 
 def _invite_text(inv: Invocation, sent: Any) -> str:
@@ -211,7 +258,8 @@ def _invite_text(inv: Invocation, sent: Any) -> str:
 def _requests_text(inv: Invocation, rows: Any) -> str:
     a = inv.args
     out = text.requests_text(
-        rows, empty="No connection requests." if a.all else "No open connection requests.")
+        rows,
+        empty="No connection requests." if a.all else "No open connection requests.")
     if a.direction != "outgoing":
         # never-revealed requests are not listed; their number is, so a flood is not silent
         incomplete = inv.api.device().get("incomplete_requests") or 0
@@ -286,6 +334,9 @@ def _cluster_text(inv: Invocation, state: Any) -> str:
 def _jobs(inv: Invocation) -> Any:
     a = inv.args
     if a.action == "list":
+        if a.job:  # `jobs list extra`: a mistake, as every other command's extras are
+            raise CommandError(f"jobs list: takes no job ID, got {a.job!r} (`{inv.prog} jobs "
+                               "output ID` shows one job)")
         return inv.api.jobs()
     if not a.job:
         raise CommandError(f"jobs {a.action}: which job? (an ID from `{inv.prog} jobs`)")
@@ -345,10 +396,10 @@ _COMMANDS = [
                 help="offer this device as a worker instead of inviting the peer"),
             arg("--purpose", help="what the workers will be used for"),
             arg("--nthreads", type=int, help="threads per worker"),
-            arg("--memory-limit-gb", dest="memory_limit_gb", type=float, help="memory limit"),
+            arg("--memory-limit-gb", dest="memory_limit_gb", type=finite, help="memory limit"),
             arg("--gpus", type=int, help="GPUs to use"),
-            arg("--duration-hours", dest="duration_hours", type=float, help="how long"),
-            arg("--requirement", dest="requirements", action="append",
+            arg("--duration-hours", dest="duration_hours", type=finite, help="how long"),
+            arg("--requirement", dest="requirements", action="append", type=requirement,
                 help="a package the job needs on the worker (repeatable)"),
             arg("--wait", action="store_true", surfaces=(CLI,),
                 help="then wait for the other device's user to accept or reject (until the "
@@ -394,7 +445,7 @@ _COMMANDS = [
             arg("--kernel", help="kernelspec the worker runs in"),
         ),
         call=lambda inv: inv.api.accept(_request_id(inv), inv.args.kernel),
-        text=lambda inv, decided: text.request_text(decided),
+        text=_request_text,
     ),
     Command(
         "reject", "reject an incoming connection request",
@@ -404,7 +455,7 @@ _COMMANDS = [
             arg("--reason", help="a note for this device's records"),
         ),
         call=lambda inv: inv.api.reject(_request_id(inv), inv.args.reason),
-        text=lambda inv, decided: text.request_text(decided),
+        text=_request_text,
     ),
     Command(
         "devices",
@@ -463,7 +514,7 @@ _COMMANDS = [
             arg("action", choices=["check", "install"],
                 help="check: show what is missing; install: install it"),
             arg("-r", "--requirement", dest="requirements", action="append", default=[],
-                help="an extra requirement of the job (repeatable)"),
+                type=requirement, help="an extra requirement of the job (repeatable)"),
             _KERNEL, _IDE,
         ),
         call=lambda inv: inv.api.environment(inv.args.action, inv.args.requirements,
@@ -541,6 +592,7 @@ _COMMANDS = [
             arg("--name", help="name shown in the job list"),
             arg("--checkpoint-dir", metavar="DIR", help="write px.checkpoint()s here"),
             arg("--requirement", "-r", action="append", metavar="REQ", dest="requirements",
+                type=requirement,
                 help="a PEP 508 requirement each device's kernel must have (installed there "
                      "first when missing); repeat for more"),
             arg("--max-restarts", type=int, default=3,

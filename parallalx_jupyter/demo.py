@@ -45,6 +45,19 @@ def check_device_count(devices: int) -> int:
     return devices
 
 
+def check_workdir(workdir: str) -> str:
+    """The demo makes a state dir per device under `workdir`: a file there (or on the way
+    there) would stop it only once the first device starts, in a NotADirectoryError."""
+    if not workdir.strip():
+        raise ValueError("must not be empty")
+    path = Path(workdir).expanduser()
+    on_the_way = next((p for p in (path, *path.parents) if p.exists()), None)
+    if on_the_way is not None and not on_the_way.is_dir():
+        raise ValueError(f"{on_the_way} is a file, not a directory: give a directory (it may "
+                         "not exist yet) or leave --workdir out")
+    return workdir
+
+
 def run_demo(devices: int = 3, workdir: str | None = None, as_json: bool = False,
              echo: Callable[[str], None] | None = None) -> Any:
     """Run the demo; the report (a dict) with `as_json`, else None. Its lines, training
@@ -52,6 +65,8 @@ def run_demo(devices: int = 3, workdir: str | None = None, as_json: bool = False
     them without a terminal)."""
     global _echo
     check_device_count(devices)
+    if workdir:
+        check_workdir(workdir)
     _echo = echo
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="parallalx-demo-"))
     started: list[LocalDevice] = []

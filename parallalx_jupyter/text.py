@@ -152,9 +152,20 @@ def asks_parts(asks: dict[str, Any] | None) -> tuple[str, list[str]]:
             continue
         if isinstance(value, list | tuple):
             value = ", ".join(plain(v, 64) for v in value[:20]) + (" …" if len(value) > 20 else "")
+        elif isinstance(value, dict):  # `cluster`: a main device's scheduler port and CA
+            value = _as_words(value)
         label, unit = _ASK_LABELS.get(key, (plain(key, 32), ""))
         parts.append(f"{label} {plain(value, 200)}{unit}")
     return plain(asks.get("purpose") or "run training workers"), parts
+
+
+def _as_words(value: Any) -> str:
+    """An object a request asks for, as words (`(scheduler port 34489, ca fingerprint ab12)`),
+    not a Python dict's repr, in every surface that shows a request."""
+    if not isinstance(value, dict):
+        return plain(value, 80)
+    return "(" + ", ".join(f"{plain(str(k).replace('_', ' '), 32)} {_as_words(v)}"
+                           for k, v in list(value.items())[:10]) + ")"
 
 
 def peer_name(request: dict[str, Any]) -> str:

@@ -226,3 +226,122 @@ def test_invite_says_what_happens_next_instead_of_waiting_and_exiting():
     assert "Waiting" not in shown
     assert shown.splitlines()[-1].startswith("Next: the other device's user compares this code")
     assert "`parallalx requests --direction outgoing`" in shown and "--wait" in shown
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The CLI with no PARALLALX_* of this process's environment, `env` added."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PARALLALX_")}
+    return subprocess.run([*CLI_CMD, *args], capture_output=True, text=True, timeout=60,
+                          env={**clean, **(env or {})})
+
+
+@pytest.mark.parametrize(("argv", "env", "says"), [
+    (["--url", "notaurl", "devices"], {},
+     "--url 'notaurl' is not a valid server URL (no http:// or https:// scheme and host)"),
+    (["--url", "http://[::1", "devices"], {}, "--url 'http://[::1' is not a valid server URL"),
+    (["devices", "--url", "http://127.0.0.1:42237 x"], {},
+     "--url 'http://127.0.0.1:42237 x' is not a valid server URL (it holds a space"),
+    (["devices"], {"PARALLALX_URL": "127.0.0.1:8888"},
+     "PARALLALX_URL '127.0.0.1:8888' is not a valid server URL"),
+])
+def test_a_garbage_server_url_is_one_line(argv, env, says):
+    proc = _cli(*argv, env=env)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.startswith(f"parallalx: error: {says}"), proc.stderr
+    assert proc.stderr.count("\n") == 1 and "http://host:port" in proc.stderr
+
+
+@pytest.mark.parametrize("content", ['{"token": "x"}', "[1, 2]", '{"url": 5}', "not json"])
+def test_an_unusable_server_json_is_one_line(tmp_path, content):
+    (tmp_path / "server.json").write_text(content)
+    proc = _cli("--home", str(tmp_path), "devices")
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"parallalx: error: cannot read {tmp_path}/server.json: ")
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["--timeout", "inf", "devices"], "parallalx: error: argument --timeout: must be a positive "
+                                      "number of seconds, not 'inf'"),
+    (["--timeout", "0", "devices"], "parallalx: error: argument --timeout: must be a positive "
+                                    "number of seconds, not '0'"),
+    (["devices", "--timeout", "nan"], "parallalx devices: error: argument --timeout: must be a "
+                                      "positive number of seconds, not 'nan'"),
+    (["devices", "--timeout=-1"], "parallalx devices: error: argument --timeout: must be a "
+                                  "positive number of seconds, not '-1'"),
+    (["invite", "https://127.0.0.1:1", "--memory-limit-gb", "nan"],
+     "parallalx invite: error: argument --memory-limit-gb: must be a finite number, not 'nan'"),
+    (["invite", "https://127.0.0.1:1", "--duration-hours", "inf"],
+     "parallalx invite: error: argument --duration-hours: must be a finite number, not 'inf'"),
+    (["env", "check", "-r", "!!bad"],
+     "parallalx env: error: argument -r/--requirement: not a valid requirement '!!bad': "
+     "Expected package name at the start of dependency specifier (e.g. torch>=2.1)"),
+    (["--home", "", "devices"], "parallalx: error: argument --home: must not be empty"),
+    (["devices", "--url", ""], "parallalx devices: error: argument --url: must not be empty"),
+])
+def test_bad_option_values_are_one_usage_line(argv, says):
+    proc = _cli(*argv, env={"PARALLALX_URL": "http://127.0.0.1:1"})
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines()[-1] == says
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_mistakes_against_a_real_device_are_one_line(make_device):
+    a = make_device("alpha")
+    # a 403 with no token given says that a token is due (with --url, and PARALLALX_URL)
+    hint = "; no token was given: pass --token or set PARALLALX_TOKEN"
+    for argv, env in (([f"--url={a.url}", "devices"], {}), (["devices"], {"PARALLALX_URL": a.url})):
+        proc = _cli(*argv, env=env)
+        assert proc.returncode == 1 and "403" in proc.stderr, proc.stderr
+        assert proc.stderr.rstrip().endswith(hint) and proc.stderr.count("\n") == 1
+    rc, out, err = run_cli(a, "--url", a.url, "--token", "wrong", "devices", home=False)
+    assert rc == 1 and "403" in err and "no token was given" not in err
+    # `jobs list` takes no job ID, as every other command refuses extras
+    rc, out, err = run_cli(a, "jobs", "list", "extra")
+    assert rc == 1 and err.startswith("parallalx: error: jobs list: takes no job ID"), err
+    # options between the workload and its parameters, as before the workload
+    for argv in (["run", "launch", "--name", "x", "fn=.foo:x"],
+                 ["run", "--name", "x", "launch", "fn=.foo:x"]):
+        rc, out, err = run_cli(a, *argv)
+        assert rc == 1 and "launch: parameter 'fn': cannot import '.foo:x'" in err, err
+    rc, out, err = run_cli(a, "run", "launch", "--name", "x", "fn=.foo:x", "--bogus")
+    assert rc == 2 and err.strip().splitlines()[-1] == (
+        "parallalx: error: unrecognized arguments: --bogus")
+    rc, out, err = run_cli(a, "run", "launch", "--params-json", "{bad")
+    assert rc == 1 and err.startswith("parallalx: error: --params-json is not valid JSON: "), err
+    # a tls:// scheduler that is not this device's own: refused at once, no minute-long hang
+    started = time.monotonic()
+    rc, out, err = run_cli(a, "run", "launch", "fn=json:dumps", "--scheduler",
+                           "tls://127.0.0.1:1")
+    assert rc == 1 and err.startswith(
+        "parallalx: error: --scheduler tls://127.0.0.1:1: a tls:// scheduler needs credentials"
+    ) and err.count("\n") == 1, err
+    assert time.monotonic() - started < 30
+
+
+def test_a_tls_scheduler_of_this_device_is_driven_with_its_credentials(make_device):
+    """`--scheduler` with the address `parallalx cluster` prints: this device's credentials."""
+    a = make_device("alpha")
+    address = a.api("POST", "cluster/start")["scheduler_address"]
+    code = ("import argparse; from parallalx_jupyter import cli; "
+            f"c = cli._run_client(argparse.Namespace(scheduler={address!r}, "
+            f"home={str(a.home / 'state')!r})); print(c.scheduler.address); c.close()")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PARALLALX_")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode == 0 and proc.stdout.strip() == address, proc.stderr[-2000:]
+
+
+def test_asks_that_hold_an_object_print_as_words_not_a_python_dict():
+    args = argparse.Namespace(all=False, direction="outgoing")
+    sent = {"id": "r1", "direction": "outgoing", "kind": "offer", "state": "pending",
+            "peer": {"name": "bravo", "id_display": "B"}, "code": "123456",
+            "asks": {"purpose": "demo", "nthreads": 2,
+                     "cluster": {"scheduler_port": 34489, "ca_fingerprint": "ab12"}},
+            "expires_at": time.time() + 600}
+    api = ApiClient("http://127.0.0.1:1")
+    for name in ("invite", "accept", "requests"):
+        shown = COMMANDS[name].show(Invocation(name, api, args, CLI),
+                                    [sent] if name == "requests" else sent)
+        [asks] = [line for line in shown.splitlines() if line.startswith("  asks:")]
+        assert asks.split(None, 1)[1] == (
+            "demo, threads 2, cluster (scheduler port 34489, ca fingerprint ab12)"), shown

@@ -55,3 +55,17 @@ def test_a_bad_device_count_is_one_usage_line(value: str, says: str) -> None:
     last = out.stderr.strip().splitlines()[-1]
     assert last == f"parallalx demo: error: argument --devices: {says}"
     assert "Traceback" not in out.stderr and out.stdout == ""
+
+
+@pytest.mark.parametrize("below", ["", "sub"])
+def test_a_file_as_the_workdir_is_one_usage_line(tmp_path, below: str) -> None:
+    """A file where the demo would make its devices' state dirs (or on the way there)."""
+    (tmp_path / "file").write_text("")
+    workdir = tmp_path / "file" / below if below else tmp_path / "file"
+    command = [sys.executable, "-m", "parallalx_jupyter.cli", "demo", "--workdir", str(workdir),
+               "--devices", "2"]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and out.stdout == "" and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"parallalx demo: error: argument --workdir: {tmp_path}/file is a file, not a "
+        "directory: give a directory (it may not exist yet) or leave --workdir out")

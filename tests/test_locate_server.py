@@ -69,6 +69,27 @@ def test_a_silent_server_that_is_not_the_parent_is_not_taken(kernel, silent_serv
     assert client.locate_server().found_by == "PARALLALX_URL"
 
 
+@pytest.mark.parametrize("url", ["notaurl", "http://[::1", "http://127.0.0.1:42237 x",
+                                 "http://127.0.0.1:port"])
+def test_a_garbage_url_is_server_not_found_in_one_line(url, monkeypatch):
+    """What the magic (`notebook.connect(url=...)`, a kernel's PARALLALX_URL) reports: one
+    line naming where the URL came from, never urllib's ValueError from the first request."""
+    monkeypatch.setattr(client, "kernel_connection_file", lambda: None)
+    with pytest.raises(client.ServerNotFound, match=r"^url .* is not a valid server URL .*"
+                                                    r"give it as http://host:port"):
+        client.locate_server(url=url)
+    monkeypatch.setenv("PARALLALX_URL", url)
+    with pytest.raises(client.ServerNotFound, match=r"^PARALLALX_URL .* not a valid server URL"):
+        client.locate_server()
+
+
+@pytest.mark.parametrize("content", ['{"token": "x"}', "[1, 2]", '{"url": null}', "{"])
+def test_an_unusable_server_json_cannot_be_read(tmp_path, content):
+    (tmp_path / "server.json").write_text(content)
+    with pytest.raises(client.ServerNotFound, match=f"^cannot read {tmp_path}/server.json: "):
+        client.locate_server(home=tmp_path)
+
+
 
 
 

@@ -21,10 +21,11 @@ import threading
 from typing import Any
 
 import ipywidgets as widgets
+from IPython.core.error import UsageError
 
 from ..jobs.reporter import summarize
 from ..text import progress_text
-from .magics import Context, Result, handles, magic_error
+from .magics import Context, Result, handles, magic_error, prefixed
 from .training import _JOBS_LOCK, FINAL_STATES, JOBS, TrainingDashboard, sparkline
 
 OUTPUT_SHOWN = 200
@@ -145,7 +146,7 @@ def _launch(ctx: Context, args: Any) -> Result:
         params = workload.validate(launch_params(script_run(script, argv, args.working_dir),
                                                  args))
     except (ScriptError, WorkloadError) as err:
-        raise magic_error(f"launch: {err}") from None
+        raise magic_error(prefixed("launch", err)) from None
     return _started(ctx, args, var, "launch", lambda: (workload, params))
 
 
@@ -160,8 +161,10 @@ def _started(ctx: Context, args: Any, var: str, what: str, prepare: Any) -> Resu
         workload, params = prepare()
         job = start(workload, params, client=args.scheduler or ns.get("client"),
                     name=args.name, report=ctx.job_reporting())
+    except UsageError:  # already one line of ours (a notebook variable that is missing)
+        raise
     except WorkloadError as err:
-        raise magic_error(f"{what}: {err}") from None
+        raise magic_error(prefixed(what, err)) from None
     except Exception as err:  # no cluster, unreachable scheduler
         raise magic_error(f"{what}: {type(err).__name__}: {err}") from None
     with _JOBS_LOCK:

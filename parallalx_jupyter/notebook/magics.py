@@ -42,6 +42,7 @@ that is imported when the extension loads:
 
 from __future__ import annotations
 
+import argparse
 import json
 import keyword
 import re
@@ -64,6 +65,7 @@ __all__ = [
     "SUBCOMMANDS",
     "Context",
     "magic_error",
+    "prefixed",
     "ParallalxMagics",
     "Result",
     "Subcommand",
@@ -81,7 +83,16 @@ def magic_error(message: str) -> UsageError:
     shows exactly that type (not subclasses) as one line without a traceback, and still marks
     the cell as failed (so "Run all" stops there)."""
     text = " ".join(str(message).split())
+    text = text.removeprefix("parallalx: ")  # an error of ours passed on: one prefix
     return UsageError("parallalx: " + (text if len(text) <= 500 else text[:499] + "…"))
+
+
+def prefixed(what: str, message: Any) -> str:
+    """`what: message`, unless the message already names `what` first: errors from the
+    workloads and the command table carry their own prefix, so that the CLI and the API read
+    the same, and adding ours again gave "launch: launch: ..."."""
+    text = str(message).removeprefix("parallalx: ")
+    return text if text.startswith(f"{what}: ") else f"{what}: {text}"
 
 
 @dataclass
@@ -188,13 +199,15 @@ def run_subcommand(shell: Any, line: str, cell: str | None = None) -> None:
         raise magic_error(
             f"unknown subcommand {name!r}; one of: {', '.join(SUBCOMMANDS)} (see --help)"
         )
-    if {"-h", "--help"} & set(rest.split()):
-        print(sub.format_help())
-        return
     try:  # posix splitting: `--purpose "two words"` loses its quotes (IPython keeps them)
-        args = sub.parser.parse_args(arg_split(rest, posix=True))
+        argv = arg_split(rest, posix=True)
     except ValueError as err:  # unbalanced quotes
         raise magic_error(f"{name}: {err}") from None
+    if asks_for_help(sub.parser, argv):
+        print(sub.format_help())
+        return
+    try:
+        args = sub.parser.parse_args(argv)
     except UsageError as err:
         raise magic_error(f"{name}: {err}") from None
     if cell is not None and cell.strip() and not sub.takes_cell:
@@ -221,6 +234,42 @@ def run_subcommand(shell: Any, line: str, cell: str | None = None) -> None:
         raise magic_error(str(err)) from None
     except CommandError as err:
         raise magic_error(str(err)) from None
+
+
+class _HelpAsked(Exception):
+    pass
+
+
+class _HelpProbe(argparse.Action):
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, argparse.SUPPRESS, nargs=0, default=argparse.SUPPRESS)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
+        raise _HelpAsked
+
+
+class _ProbeParser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:
+        raise UsageError(message)
+
+
+def asks_for_help(parser: argparse.ArgumentParser, argv: list[str]) -> bool:
+    """Whether argparse, given `argv`, meets -h/--help as an option. The magics' parsers have
+    no help option (IPython adds none), and a plain word test would take `--help` inside a value
+    (`--purpose "train --help now"`, a script's arguments, words after `--`) for a request for
+    help and silently not run the command; so a copy of the parser with a help option that only
+    reports is run over the words, and any error before it means "no help"."""
+    if not {"-h", "--help"} & {word.split("=", 1)[0] for word in argv}:
+        return False
+    probe = _ProbeParser(parents=[parser], add_help=False, conflict_handler="resolve")
+    probe.add_argument("-h", "--help", action=_HelpProbe)
+    try:
+        probe.parse_known_args(argv)
+    except _HelpAsked:
+        return True
+    except (UsageError, argparse.ArgumentError, SystemExit):
+        return False
+    return False
 
 
 def _forget_if_unreachable(err: Exception) -> None:

@@ -23,7 +23,7 @@ import ipywidgets as widgets
 
 from ..jobs.handle import JobCancelledError, cancelled_text
 from ..text import plain, rate, speed_eta
-from .magics import Context, Result, argument, magic_error, subcommand
+from .magics import Context, Result, argument, magic_error, prefixed, subcommand
 
 REQUIRED = ("model", "dataset", "loss_fn", "optimizer")
 FINAL_STATES = ("finished", "failed", "cancelled")
@@ -269,7 +269,7 @@ def _train(ctx: Context, args: Any) -> Result:
                     checkpoint_dir=args.checkpoint_dir, client=ns.get("client"),
                     report=ctx.job_reporting())
     except (ValueError, TypeError) as err:
-        raise magic_error(f"train: {err}") from None
+        raise magic_error(prefixed("train", err)) from None
     except Exception as err:  # TrainingError and friends: no cluster, bad objects
         raise magic_error(f"train: {type(err).__name__}: {err}") from None
     with _JOBS_LOCK:

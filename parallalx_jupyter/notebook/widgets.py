@@ -654,16 +654,22 @@ class Overview(_LiveView, widgets.VBox):
 
     def __init__(self, connection: Connection | None = None, *, live: bool = True) -> None:
         self.connection = connection or connect()
-        self.status_view = StatusView(status_data(self.connection))
-        self.devices = DeviceTable(self.connection, live=live)
-        self.inbox = Inbox(self.connection, live=live)
-        self.footer = widgets.HTML()
-        super().__init__(children=[
-            widgets.HTML("<h4 style='margin:4px 0'>parallalx</h4>"), self.status_view,
-            widgets.HTML("<b>Paired devices</b>"), self.devices, self.inbox, self.footer,
-        ])
-        self.add_class("parallalx-overview")
-        self._start(live)
+        try:
+            self.status_view = StatusView(status_data(self.connection))
+            self.devices = DeviceTable(self.connection, live=live)
+            self.inbox = Inbox(self.connection, live=live)
+            self.footer = widgets.HTML()
+            super().__init__(children=[
+                widgets.HTML("<h4 style='margin:4px 0'>parallalx</h4>"), self.status_view,
+                widgets.HTML("<b>Paired devices</b>"), self.devices, self.inbox, self.footer,
+            ])
+            self.add_class("parallalx-overview")
+            self._start(live)
+        except BaseException:
+            # the server refused or vanished midway: a device table already built must stop
+            # following the live state now, not whenever the half-built overview is collected
+            self.close()
+            raise
 
     def text(self) -> str:
         return "\n\n".join([self.status_view.text(), "Paired devices:\n" + self.devices.text(),
@@ -677,6 +683,10 @@ class Overview(_LiveView, widgets.VBox):
     _tick = _render
 
     def close(self) -> None:
-        for child in (self.devices, self.inbox):
-            child.close()
+        """Also runs on a half-built overview (a failed `__init__`, and `Widget.__del__` when it
+        is collected), so only the parts that were made are closed."""
+        for name in ("devices", "inbox"):
+            child = getattr(self, name, None)
+            if child is not None:
+                child.close()
         super().close()

@@ -163,7 +163,7 @@ def test_cell_magic_runs_one_subcommand_per_line_and_gives_invite_its_body(ip, c
     incoming = bravo.api("GET", "requests?direction=incoming")
     assert ip.user_ns["second"]["id"] in [r["id"] for r in incoming]
 
-    for body, needle in [("nthreads: many", "nthreads must be a number"),
+    for body, needle in [("nthreads: many", "nthreads must be a"),  # whole number: see below
                          ("colour: red", "cannot read 'colour: red'"),
                          ('{"purpose": ', "not valid JSON")]:
         result, _, err = run(ip, capsys, f"%%parallalx invite {bravo.peer_url}\n{body}")
@@ -185,3 +185,83 @@ def test_bare_magic_shows_the_live_overview(ip, capsys, bravo):
     assert "Connection requests:" in out
     overview.close()
     assert not overview.inbox.is_live
+
+
+def test_a_failed_overview_leaves_nothing_that_complains_later(ip, capsys, alpha, monkeypatch):
+    """The overview's construction fails (403, unreachable): the half-built widget is garbage,
+    and collecting it must not print "Exception ignored in Widget.__del__"."""
+    import gc
+    import sys
+
+    from parallalx_jupyter.notebook import api
+
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    api.connect(url=alpha.url, token="wrong")
+    result, _, err = run(ip, capsys, "%parallalx")
+    assert_one_line_error(result, err, "(HTTP 403)")
+    api.connect(url="https://127.0.0.1:1", token="x")
+    result, _, err = run(ip, capsys, "%parallalx")
+    assert_one_line_error(result, err)
+    gc.collect()
+    result, _, err = run(ip, capsys, "%parallalx --help")
+    gc.collect()
+    assert result.success and not err, err
+    assert not unraisable, [(u.exc_value, u.object) for u in unraisable]
+
+
+def test_help_is_an_option_not_a_word_inside_a_quoted_value(ip, capsys, alpha, bravo):
+    """`--help` inside a quoted value is data: the invite is sent; only a real -h/--help option
+    (as argparse sees the shell-style words) shows the help."""
+    ip.use(alpha)
+    result, out, err = run(
+        ip, capsys, f'%parallalx invite {bravo.peer_url} --purpose "train --help now" -o sent')
+    assert result.success, err
+    assert not out.startswith("usage:"), out
+    assert ip.user_ns["sent"]["asks"]["purpose"] == "train --help now"
+    result, out, err = run(ip, capsys, f"%parallalx invite {bravo.peer_url} --purpose=-h -o s2")
+    assert result.success, err
+    assert ip.user_ns["s2"]["asks"]["purpose"] == "-h"
+    for line in ("invite --help", f"invite {bravo.peer_url} -h", "invite -h --purpose x",
+                 "launch --help", "requests --json --help"):
+        result, out, err = run(ip, capsys, f"%parallalx {line}")
+        assert result.success, err
+        assert out.startswith(f"usage: %parallalx {line.split()[0]}"), (line, out)
+
+
+def test_job_errors_carry_their_prefix_once(ip, capsys, alpha, tmp_path):
+    ip.use(alpha)
+    script = tmp_path / "s.py"
+    script.write_text("print('hi')\n")
+    cases = [
+        ("%parallalx run train model=undefined_var", "parallalx: run: parameter 'model': no "
+                                                     "variable 'undefined_var'"),
+        (f"%parallalx launch --max-restarts -1 {script}", "parallalx: launch: parameter "
+                                                          "'max_restarts'"),
+    ]
+    for source, start in cases:
+        result, _, err = run(ip, capsys, source)
+        assert_one_line_error(result, err)
+        line = err.strip()
+        assert line.startswith("UsageError: " + start), line
+        for doubled in ("UsageError: parallalx: run: UsageError", "run: run:",
+                        "launch: launch:", "parallalx: parallalx:"):
+            assert doubled not in line, line
+
+
+def test_invite_body_numbers_are_whole_and_finite(ip, capsys, alpha, bravo):
+    """A count must be a whole number, and NaN or infinity must be refused here naming the
+    field, not sent for the server to call the body "not valid JSON"."""
+    ip.use(alpha)
+    cases = [
+        ("gpus: 1.5", "gpus must be a whole number"),
+        ("nthreads = many", "nthreads must be a whole number"),
+        ("memory_limit_gb: nan", "memory_limit_gb must be a finite number"),
+        ("duration-hours: inf", "duration_hours must be a finite number"),
+        ('{"memory_limit_gb": NaN}', "memory_limit_gb must be a finite number"),
+        ('{"gpus": 1.5}', "gpus must be a whole number"),
+    ]
+    for body, needle in cases:
+        result, _, err = run(ip, capsys, f"%%parallalx invite {bravo.peer_url}\n{body}")
+        assert_one_line_error(result, err, needle)
+        assert "not valid JSON" not in err, err

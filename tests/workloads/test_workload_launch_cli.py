@@ -93,6 +93,36 @@ def test_cli_launch_refuses_a_missing_script_in_one_line(tmp_path) -> None:
     assert proc.stderr.strip() == f"parallalx: error: launch: no such script: {tmp_path}/nope.py"
 
 
+@pytest.mark.parametrize(("option", "says"), [
+    (["--max-restarts", "-1"], "parameter 'max_restarts': -1 is less than the minimum of 0"),
+    (["--group-timeout", "-5"], "parameter 'group_timeout': -5.0 is less than or equal to"),
+    (["--scheduler", "tls://127.0.0.1:1"],
+     "--scheduler tls://127.0.0.1:1: a tls:// scheduler needs credentials, and that is not "
+     "this device's own scheduler: leave --scheduler out"),
+])
+def test_cli_launch_refuses_bad_options_of_an_existing_script_in_one_line(
+        tmp_path, option, says) -> None:
+    (tmp_path / "s.py").write_text("print('hi')\n")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PARALLALX_", "DASK_DISTRIBUTED__COMM__TLS"))}
+    proc = subprocess.run(
+        [sys.executable, "-m", "parallalx_jupyter.cli", "launch", *option, str(tmp_path / "s.py")],
+        env=dict(env, PARALLALX_HOME=str(tmp_path)), capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("parallalx: error: ") and says in proc.stderr, proc.stderr
+
+
+def test_cli_launch_refuses_a_bad_requirement_in_one_usage_line(tmp_path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "parallalx_jupyter.cli", "launch", "-r", "!!bad",
+         str(tmp_path / "s.py")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "parallalx launch: error: argument --requirement/-r: not a valid requirement '!!bad': "
+        "Expected package name at the start of dependency specifier (e.g. torch>=2.1)")
+
+
 def test_a_working_dir_over_the_cap_is_one_clear_line_before_reading_it(tmp_path) -> None:
     root = _workdir(tmp_path)
     with open(root / "data" / "big.bin", "wb") as f:  # sparse: nothing is written or read
