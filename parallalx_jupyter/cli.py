@@ -59,11 +59,6 @@ def cmd_run(args: argparse.Namespace) -> Any:
     from .workloads.runner import start
 
     os.environ["PARALLALX_JOB_OWNER"] = "cli"
-    if args.params_json is not None:  # named as the CLI spells it (parse_params says --params)
-        try:
-            json.loads(args.params_json)
-        except ValueError as err:
-            raise CliError(f"--params-json is not valid JSON: {err}") from None
     try:
         workload = get(args.workload)
         params = parse_params(args.params, args.params_json)

@@ -2,8 +2,8 @@
 
 A value is read as JSON when it parses (``epochs=3``, ``space='{"lr": {...}}'``,
 ``workers='["tls://..."]'``), otherwise kept as a string (``objective=mypkg.tune:objective``,
-which the workload imports for ``x-python`` parameters). ``--params`` takes one JSON object;
-``key=value`` words override its entries.
+which the workload imports for ``x-python`` parameters). ``--params-json`` takes one JSON
+object; ``key=value`` words override its entries.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ def parse_params(words: Sequence[str], params_json: str | None = None) -> dict[s
         try:
             loaded = json.loads(params_json)
         except ValueError as err:
-            raise WorkloadError(f"--params is not valid JSON: {err}") from None
+            raise WorkloadError(f"--params-json is not valid JSON: {err}") from None
         if not isinstance(loaded, dict):
-            raise WorkloadError("--params must be a JSON object")
+            raise WorkloadError("--params-json must be a JSON object")
         out.update(loaded)
     for word in words:
         key, sep, text = word.partition("=")

@@ -96,7 +96,7 @@ def test_python_api_runs_the_plugin(example_workload, plain_cluster) -> None:
         (["run", "pi", "samples=5"], "pi: parameter 'samples': 5 is less than the minimum"),
         (["run", "pi", "colour=blue"], "pi: unknown parameter(s) colour"),
         (["run", "pi", "samples"], "expected key=value"),
-        (["run", "pi", "--params-json", "[1]"], "--params must be a JSON object"),
+        (["run", "pi", "--params-json", "[1]"], "--params-json must be a JSON object"),
         (["run", "launch", "fn=123"],
          "launch: parameter 'fn' must be a 'package.module:attribute' string"),
         (["run", "launch", "--params-json", '{"fn": null}'],
