@@ -112,9 +112,17 @@ class JobContext:
         """A workload-specific record (``job.events``), e.g. one finished trial."""
         self.job.hub.emit({"kind": kind, "job_id": self.job.id, "time": time.time(), **fields})
 
+    def worker_info(self) -> dict[str, Any]:
+        """The cluster's workers now (address -> Dask's info), asked of the scheduler itself:
+        ``Client.scheduler_info()`` returns the client's cache, which its periodic refresh
+        overwrites without workers, so it can read as "none" (the full suite caught the
+        inference workload putting every shard back: all three workers "left the cluster").
+        """
+        return dict(self.client.sync(self.client.scheduler.identity, n_workers=-1)["workers"])
+
     def workers(self) -> list[str]:
-        """Addresses of the cluster's workers now."""
-        return sorted(self.client.scheduler_info(n_workers=-1)["workers"])
+        """Addresses of the cluster's workers now (:meth:`worker_info`)."""
+        return sorted(self.worker_info())
 
 
 class Workload(ABC):

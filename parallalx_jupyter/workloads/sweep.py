@@ -244,7 +244,7 @@ class _SweepRun:
     def _capacity(self) -> int:
         if self.params["parallel"]:
             return int(self.params["parallel"])
-        info = self.ctx.client.scheduler_info(n_workers=-1)["workers"]
+        info = self.ctx.worker_info()
         return max(1, sum(int(w.get("nthreads", 1)) for w in info.values()))
 
     def _submit(
